@@ -1,0 +1,71 @@
+"""The one place that wires the gateway: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from gateway.broker import GatewayBroker
+from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
+from gateway.media import MEDIA_URL, PhotoStore
+from gateway.tokens import TokenService
+from gateway.users import UserRepository
+from gateway.websocket import TaxiSocket
+from shared.db import Database
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    database = Database(settings)
+    broker = GatewayBroker(settings)
+    users = UserRepository(database)
+    tokens = TokenService(
+        settings.jwt_secret,
+        access_seconds=settings.access_token_minutes * 60,
+        refresh_seconds=settings.refresh_token_days * 24 * 3600,
+    )
+    photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
+    Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
+
+    async def healthz(request: Request) -> Response:
+        return OrjsonResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {"database": await database.is_reachable(), "broker": broker.is_connected}
+        return OrjsonResponse(checks, status_code=200 if all(checks.values()) else 503)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await database.start()
+        try:
+            await broker.start()
+            try:
+                log.info("gateway ready on http://%s:%s", settings.host, settings.port)
+                yield
+            finally:
+                await broker.close()
+        finally:
+            await database.close()
+
+    routes = [
+        *AuthApi(users, tokens, photos).routes(),
+        WebSocketRoute("/taxi/", TaxiSocket(tokens, users, broker).endpoint),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={BadRequest: bad_request_handler},
+    )

@@ -1,0 +1,107 @@
+"""The gateway's side of the broker: publish commands, and open each user's inbox.
+
+One connection per gateway process. Commands go out on a channel with publisher
+confirms; all inboxes share one consuming channel (a channel per socket would cost
+the broker memory for every idle user).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueueIterator,
+    AbstractRobustConnection,
+)
+from pamqp.commands import Basic
+
+from shared import broker
+from shared.settings import Settings
+from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
+from shared.users import User
+
+# How many notifications the broker may push to one socket before it acknowledges any.
+INBOX_PREFETCH = 64
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm a command; the client must be told."""
+
+
+class GatewayBroker:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.topology = Topology(settings.broker_prefix)
+        self._connection: AbstractRobustConnection | None = None
+        self._commands: AbstractExchange | None = None
+        self._notifications: AbstractExchange | None = None
+        self._inbox_channel: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        self._connection = await broker.connect(self._settings, "gateway")
+        publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._commands, self._notifications = await broker.declare_exchanges(
+            publish_channel, self.topology
+        )
+        await broker.declare_dispatcher_queue(publish_channel, self.topology, self._commands)
+        self._inbox_channel = await self._connection.channel(publisher_confirms=False)
+        await self._inbox_channel.set_qos(prefetch_count=INBOX_PREFETCH)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def publish_command(self, command_type: str, body: bytes, message_id: str) -> None:
+        """Publish and wait for the broker's confirm; raise PublishFailed if it does not come."""
+        if self._commands is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            confirmation = await self._commands.publish(
+                message, command_key(command_type), mandatory=True, timeout=5
+            )
+        except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+            raise PublishFailed(f"the broker did not take the command: {exc!r}") from exc
+        if confirmation is not None and not isinstance(confirmation, Basic.Ack):
+            raise PublishFailed("the broker refused the command")
+
+    @asynccontextmanager
+    async def inbox(self, user: User) -> AsyncIterator[AbstractQueueIterator]:
+        """The user's queue, bound and consumed for as long as the context is open.
+
+        Drivers also receive offers while connected; the binding goes when they leave
+        so that offers do not pile up for a driver who is not there.
+        """
+        if self._inbox_channel is None or self._notifications is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        queue = await self._inbox_channel.declare_queue(
+            self.topology.user_queue(user.id),
+            durable=True,
+            arguments=broker.user_queue_arguments(self._settings),
+        )
+        await queue.bind(self._notifications, user_key(user.id))
+        if user.is_driver:
+            await queue.bind(self._notifications, DRIVER_OFFERS_KEY)
+        iterator = queue.iterator(no_ack=False)
+        try:
+            yield iterator
+        finally:
+            await iterator.close()
+            if user.is_driver and not self._inbox_channel.is_closed:
+                await queue.unbind(self._notifications, DRIVER_OFFERS_KEY)

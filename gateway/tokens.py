@@ -1,0 +1,93 @@
+"""JSON Web Tokens: the course's access/refresh pair, HS256 with the algorithm pinned.
+
+Access and refresh tokens carry a `token_type` claim and are never accepted in
+each other's place. Every token must carry `exp`, `iat` and `jti`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+
+from shared.users import User
+
+ALGORITHM = "HS256"
+TokenType = Literal["access", "refresh"]
+REQUIRED_CLAIMS = ["exp", "iat", "jti", "token_type", "id"]
+
+
+class TokenError(Exception):
+    """The token cannot be trusted; the message says why, without echoing it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    username: str
+    group: str
+    token_type: str
+    jti: str
+
+
+class TokenService:
+    def __init__(
+        self,
+        secret: str,
+        access_seconds: int,
+        refresh_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret
+        self._lifetimes: dict[TokenType, int] = {
+            "access": access_seconds,
+            "refresh": refresh_seconds,
+        }
+        self._clock = clock
+
+    def issue_pair(self, user: User) -> dict[str, str]:
+        return {"refresh": self.issue(user, "refresh"), "access": self.issue(user, "access")}
+
+    def issue(self, user: User, token_type: TokenType) -> str:
+        now = int(self._clock())
+        payload: dict[str, Any] = {
+            "token_type": token_type,
+            "exp": now + self._lifetimes[token_type],
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            **user.public(),
+        }
+        return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str, expected_type: TokenType) -> TokenClaims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("token is not valid yet") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenError(f"token is invalid: {exc}") from None
+        if payload["token_type"] != expected_type:
+            raise TokenError(
+                f"an {expected_type} token is required, not a {payload['token_type']} token"
+            )
+        user_id = payload["id"]
+        if not isinstance(user_id, int) or isinstance(user_id, bool):
+            raise TokenError("token is invalid: claim 'id' is not a user id")
+        return TokenClaims(
+            user_id=user_id,
+            username=str(payload.get("username", "")),
+            group=str(payload.get("group", "")),
+            token_type=payload["token_type"],
+            jti=str(payload["jti"]),
+        )

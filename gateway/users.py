@@ -1,0 +1,74 @@
+"""The users table: the SQL the gateway needs to sign users up and authenticate them."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.db import Database
+from shared.users import User
+
+_COLUMNS = "id, username, first_name, last_name, user_group, photo, is_active"
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+class UserRepository:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def create(
+        self,
+        *,
+        username: str,
+        password_hash: str,
+        first_name: str,
+        last_name: str,
+        group: str,
+        photo: str | None,
+    ) -> User:
+        try:
+            row = await self._database.pool.fetchrow(
+                f"""
+                INSERT INTO users
+                    (username, password_hash, first_name, last_name, user_group, photo)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                RETURNING {_COLUMNS}
+                """,
+                username,
+                password_hash,
+                first_name,
+                last_name,
+                group,
+                photo,
+            )
+        except asyncpg.UniqueViolationError:
+            raise UsernameTaken(username) from None
+        assert row is not None
+        return _user(row)
+
+    async def get(self, user_id: int) -> User | None:
+        row = await self._database.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id
+        )
+        return _user(row) if row else None
+
+    async def find_with_password_hash(self, username: str) -> tuple[User, str] | None:
+        row = await self._database.pool.fetchrow(
+            f"SELECT {_COLUMNS}, password_hash FROM users WHERE lower(username) = lower($1)",
+            username,
+        )
+        return (_user(row), row["password_hash"]) if row else None
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(
+        id=row["id"],
+        username=row["username"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        group=row["user_group"],
+        photo=row["photo"],
+        is_active=row["is_active"],
+    )

@@ -1,0 +1,115 @@
+"""The `/taxi/` WebSocket: authenticate, then bridge the socket and the user's inbox.
+
+Handshakes with a bad token are refused with HTTP 401 before the upgrade. Once
+open, every frame from the client is validated; a bad one gets an `error` frame and
+the connection stays open. Everything that arrives on the user's queue is forwarded
+to the socket and acknowledged only once it was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import AbstractQueueIterator
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.broker import GatewayBroker
+from gateway.http_api import OrjsonResponse
+from gateway.tokens import TokenError, TokenService
+from gateway.users import UserRepository
+from shared import wire
+from shared.users import User
+from shared.wire import ClientFrame, ErrorCode, FrameError
+
+log = logging.getLogger(__name__)
+
+FrameHandler = Callable[[WebSocket, User, ClientFrame], Awaitable[None]]
+
+
+class TaxiSocket:
+    def __init__(self, tokens: TokenService, users: UserRepository, broker: GatewayBroker) -> None:
+        self._tokens = tokens
+        self._users = users
+        self._broker = broker
+        self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        user = await self._authenticate(websocket)
+        if user is None:
+            return
+        # The inbox is bound before the handshake completes, so that anything sent
+        # to the user once their socket is open reaches them.
+        async with self._broker.inbox(user) as inbox:
+            await websocket.accept()
+            log.info("socket opened user_id=%s group=%s", user.id, user.group)
+            forwarder = asyncio.create_task(_forward(inbox, websocket))
+            try:
+                await self._receive(websocket, user)
+            finally:
+                forwarder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forwarder
+        log.info("socket closed user_id=%s", user.id)
+
+    async def _authenticate(self, websocket: WebSocket) -> User | None:
+        """The connecting user, or None after refusing the handshake with 401."""
+        token = websocket.query_params.get("token")
+        reason = "a token is required: connect to /taxi/?token=<access token>"
+        if token:
+            try:
+                claims = self._tokens.verify(token, "access")
+            except TokenError as exc:
+                reason = str(exc)
+            else:
+                user = await self._users.get(claims.user_id)
+                if user is not None and user.is_active:
+                    return user
+                reason = "user not found or inactive"
+        await websocket.send_denial_response(
+            OrjsonResponse({"detail": reason, "code": "token_not_valid"}, status_code=401)
+        )
+        return None
+
+    async def _receive(self, websocket: WebSocket, user: User) -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            try:
+                if text is None:
+                    raise FrameError(
+                        ErrorCode.INVALID_FRAME, "binary frames are not accepted; send JSON text"
+                    )
+                frame = wire.decode_frame(text)
+                handler = self._handlers.get(frame.type)
+                if handler is None:
+                    raise FrameError(
+                        ErrorCode.UNKNOWN_TYPE,
+                        f"unknown type {frame.type!r}; known types: {', '.join(self._handlers)}",
+                        request=frame.type,
+                    )
+                await handler(websocket, user, frame)
+            except FrameError as exc:
+                await send_frame(websocket, wire.error_frame(exc.code, exc.message, exc.request))
+
+    async def _echo(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
+        await send_frame(websocket, wire.encode(frame.raw))
+
+
+async def _forward(inbox: AbstractQueueIterator, websocket: WebSocket) -> None:
+    async for message in inbox:
+        try:
+            await send_frame(websocket, message.body)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+
+async def send_frame(websocket: WebSocket, frame: bytes) -> None:
+    """Frames go out as text: the course's browser client parses text frames only."""
+    await websocket.send_text(frame.decode())

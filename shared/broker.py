@@ -1,0 +1,67 @@
+"""Declaring the broker topology with aio-pika: the exchanges and queues of `topology`.
+
+Declarations are idempotent, so every process declares what it uses at start-up
+and nobody depends on start-up order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from shared.settings import Settings
+from shared.topology import COMMAND_KEY_PATTERN, Topology
+
+
+async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
+    """A connection that reconnects by itself and restores its channels and consumers."""
+    return await aio_pika.connect_robust(
+        settings.amqp_url, client_properties={"connection_name": name}
+    )
+
+
+async def declare_exchanges(
+    channel: AbstractChannel, topology: Topology
+) -> tuple[AbstractExchange, AbstractExchange]:
+    """Return the (commands, notifications) exchanges."""
+    commands = await channel.declare_exchange(
+        topology.commands_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    notifications = await channel.declare_exchange(
+        topology.notifications_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    return commands, notifications
+
+
+async def declare_dispatcher_queue(
+    channel: AbstractChannel, topology: Topology, commands: AbstractExchange
+) -> AbstractQueue:
+    dead_letters = await channel.declare_exchange(
+        topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_letter_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+    await dead_letter_queue.bind(dead_letters)
+    queue = await channel.declare_queue(
+        topology.dispatcher_queue,
+        durable=True,
+        arguments={"x-dead-letter-exchange": topology.dead_letter_exchange},
+    )
+    await queue.bind(commands, COMMAND_KEY_PATTERN)
+    return queue
+
+
+def user_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """Bounds of a per-user queue: it waits for its user, but not forever and not without limit."""
+    return {
+        "x-expires": settings.user_queue_idle_seconds * 1000,
+        "x-max-length": settings.user_queue_max_length,
+        "x-message-ttl": settings.user_queue_message_ttl_seconds * 1000,
+        "x-overflow": "drop-head",
+    }

@@ -1,0 +1,41 @@
+"""The Postgres connection pool (asyncpg directly; see the README's design notes).
+
+`Database` exists from start-up but opens its pool only in `start()`, which the
+application's lifespan (or the worker's bootstrap) calls: no connection at import.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.settings import Settings
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._settings.database_url,
+            min_size=1,
+            max_size=self._settings.db_pool_size,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the database is not started")
+        return self._pool
+
+    async def is_reachable(self) -> bool:
+        try:
+            return bool(await self.pool.fetchval("SELECT 1", timeout=2))
+        except (OSError, asyncpg.PostgresError, RuntimeError, TimeoutError):
+            return False

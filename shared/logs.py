@@ -1,0 +1,45 @@
+"""Logging for every process: one key=value line per event, level from TAXI_LOG_LEVEL.
+
+No secret reaches a log line: tokens in URLs (the WebSocket passes its token in the
+query string, and uvicorn logs the path) are redacted before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_SECRET_IN_URL = re.compile(r"((?:token|access|refresh|password\d?)=)[^&\s\"']+", re.IGNORECASE)
+
+# uvicorn's websockets-sansio protocol reports a refused handshake (our HTTP 401
+# denial response) as this error although the refusal was answered correctly.
+_REFUSED_HANDSHAKE_NOISE = "ASGI callable returned without completing handshake."
+
+
+class RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message == _REFUSED_HANDSHAKE_NOISE:
+            return False
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redact(text: str) -> str:
+    return _SECRET_IN_URL.sub(r"\1[redacted]", text)
+
+
+def configure_logging(level: str, process: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s level=%(levelname)s process={process} logger=%(name)s %(message)s"
+        )
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # aiormq logs every reconnect attempt with a traceback at ERROR; one line is enough.
+    logging.getLogger("aiormq").setLevel(logging.WARNING)

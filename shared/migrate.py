@@ -1,0 +1,72 @@
+"""Apply the database migrations (plain SQL files, run by yoyo).
+
+`python -m shared.migrate` (or `make migrate`) creates the database named in
+TAXI_DATABASE_URL if it does not exist yet, then applies what is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from yoyo import get_backend, read_migrations
+
+from shared.settings import Settings, SettingsError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def migrate(database_url: str) -> int:
+    """Bring the database up to date; return how many migrations were applied."""
+    create_database_if_missing(database_url)
+    backend = get_backend(_yoyo_url(database_url))
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return len(pending)
+
+
+def create_database_if_missing(database_url: str) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(maintenance_url(database_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(database_url: str) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(maintenance_url(database_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def maintenance_url(database_url: str) -> str:
+    """The same server, but the `postgres` database, which always exists."""
+    return urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
+
+
+def _yoyo_url(database_url: str) -> str:
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+    try:
+        applied = migrate(settings.database_url)
+    except psycopg.OperationalError as exc:
+        sys.exit(f"cannot reach Postgres at TAXI_DATABASE_URL: {exc}".strip())
+    print(f"database {settings.database_name}: {applied} migration(s) applied, schema up to date")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The one typed settings object, read from the environment once at start-up.
+
+Every entry point calls `Settings.from_env()` and passes the result down; nothing
+else reads `os.environ`. A bad value stops start-up with a message naming the
+variable, so an operator never has to guess which of twenty settings is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+# Long enough for HS256 (RFC 7518 asks for at least 256 bits), and refused in production.
+DEVELOPMENT_JWT_SECRET = "development-only-secret-do-not-use-in-production"
+
+ENVIRONMENTS = ("development", "test", "production")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the system cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str = "development"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/taxi"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    access_token_minutes: int = 60
+    refresh_token_days: int = 1
+    broker_prefix: str = "taxi"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_frame_bytes: int = 64 * 1024
+    media_dir: str = "media"
+    max_photo_bytes: int = 5 * 1024 * 1024
+    db_pool_size: int = 10
+    # Per-user notification queues: how long an unused queue lives, how many
+    # messages and how old a message it keeps while its user is away.
+    user_queue_idle_seconds: int = 30 * 60
+    user_queue_max_length: int = 1000
+    user_queue_message_ttl_seconds: int = 60 * 60
+    offer_ttl_seconds: int = 30
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            name = env_name(field.name)
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            parse = _PARSERS.get(field.name, _text)
+            try:
+                values[field.name] = parse(raw.strip())
+            except ValueError as exc:
+                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check the settings as a whole; raise SettingsError naming the variable."""
+        if self.env not in ENVIRONMENTS:
+            raise SettingsError(f"{env_name('env')}: must be one of {', '.join(ENVIRONMENTS)}")
+        if self.env == "production" and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
+            raise SettingsError(
+                f"{env_name('jwt_secret')}: set a secret of your own; the development "
+                "secret is refused when TAXI_ENV=production"
+            )
+        if len(self.jwt_secret.encode()) < 32:
+            raise SettingsError(f"{env_name('jwt_secret')}: must be at least 32 bytes long")
+        if not self.broker_prefix.replace("-", "").replace("_", "").isalnum():
+            raise SettingsError(
+                f"{env_name('broker_prefix')}: use letters, digits, '-' and '_' only"
+            )
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"{env_name('port')}: must be between 1 and 65535")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"{env_name('log_level')}: must be one of {', '.join(LOG_LEVELS)}")
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in another process."""
+        return {env_name(field.name): str(getattr(self, field.name)) for field in fields(self)}
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database_url).path.lstrip("/")
+
+
+def env_name(field_name: str) -> str:
+    return f"TAXI_{field_name.upper()}"
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"must be a URL like {schemes[0]}://user@host:port/name")
+        return raw
+
+    return parse
+
+
+def _upper(raw: str) -> str:
+    return raw.upper()
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "database_url": _url("postgresql", "postgres"),
+    "amqp_url": _url("amqp", "amqps"),
+    "access_token_minutes": _positive_int,
+    "refresh_token_days": _positive_int,
+    "port": _positive_int,
+    "max_frame_bytes": _positive_int,
+    "max_photo_bytes": _positive_int,
+    "db_pool_size": _positive_int,
+    "user_queue_idle_seconds": _positive_int,
+    "user_queue_max_length": _positive_int,
+    "user_queue_message_ttl_seconds": _positive_int,
+    "offer_ttl_seconds": _positive_int,
+    "log_level": _upper,
+}

@@ -1,0 +1,81 @@
+"""The WebSocket envelope: `{"type": "...", "data": ...}` frames, encoded with orjson.
+
+Clients send frames; the server answers every bad one with an `error` frame that
+says what was wrong and which request it concerns, and keeps the connection open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class ErrorCode:
+    INVALID_JSON = "invalid_json"
+    INVALID_FRAME = "invalid_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_DATA = "invalid_data"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TRIP_UNAVAILABLE = "trip_unavailable"
+    INVALID_TRANSITION = "invalid_transition"
+    DRIVER_BUSY = "driver_busy"
+    UNAVAILABLE = "service_unavailable"
+    RATE_LIMITED = "rate_limited"
+
+
+class FrameError(Exception):
+    """A client frame the server will not act on; becomes an `error` frame."""
+
+    def __init__(self, code: str, message: str, request: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request = request
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    type: str
+    data: Any
+    raw: dict[str, Any]
+
+
+def decode_frame(text: str | bytes) -> ClientFrame:
+    """Parse one client frame; raise FrameError saying what is wrong with it."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise FrameError(
+            ErrorCode.INVALID_FRAME,
+            f'frame must be a JSON object like {{"type": ..., "data": ...}}, '
+            f"not {_json_kind(frame)}",
+        )
+    frame_type = frame.get("type")
+    if not isinstance(frame_type, str) or not frame_type:
+        raise FrameError(ErrorCode.INVALID_FRAME, 'frame needs a "type" that is a non-empty string')
+    return ClientFrame(type=frame_type, data=frame.get("data"), raw=frame)
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return orjson.dumps(frame)
+
+
+def error_frame(code: str, message: str, request: str | None = None) -> bytes:
+    return encode({"type": "error", "data": {"code": code, "message": message, "request": request}})
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null"

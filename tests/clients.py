@@ -1,0 +1,81 @@
+"""Rider and driver clients speaking the public protocol, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+PASSWORD = "pAssw0rd!"
+RECEIVE_TIMEOUT_SECONDS = 10
+_counter = itertools.count()
+
+
+@dataclass
+class Account:
+    user: dict[str, Any]
+    access: str
+    refresh: str
+
+    @property
+    def id(self) -> int:
+        return int(self.user["id"])
+
+
+def new_username(group: str) -> str:
+    return f"{group}-{next(_counter)}-{uuid.uuid4().hex[:8]}@example.com"
+
+
+async def sign_up(http: httpx.AsyncClient, group: str, **extra: str) -> dict[str, Any]:
+    response = await http.post(
+        "/api/sign_up/",
+        data={
+            "username": new_username(group),
+            "first_name": extra.get("first_name", "Test"),
+            "last_name": extra.get("last_name", group.title()),
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "group": group,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def create_account(http: httpx.AsyncClient, group: str) -> Account:
+    user = await sign_up(http, group)
+    response = await http.post(
+        "/api/log_in/", json={"username": user["username"], "password": PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    tokens = response.json()
+    return Account(user=user, access=tokens["access"], refresh=tokens["refresh"])
+
+
+def ws_url(base_url: str, token: str | None) -> str:
+    url = base_url.replace("http://", "ws://") + "/taxi/"
+    return f"{url}?token={token}" if token is not None else url
+
+
+async def connect(base_url: str, token: str | None) -> ClientConnection:
+    return await websockets.connect(ws_url(base_url, token), open_timeout=10)
+
+
+async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(frame).decode())
+
+
+async def receive(
+    ws: ClientConnection, wait_seconds: float = RECEIVE_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), wait_seconds)
+    frame = orjson.loads(raw)
+    assert isinstance(frame, dict)
+    return frame

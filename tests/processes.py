@@ -1,0 +1,102 @@
+"""Real processes for end-to-end tests: the gateway over uvicorn and dispatcher workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from shared.settings import Settings
+
+READY_TIMEOUT_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServiceProcess:
+    """A `python -m <module>` child with the test run's settings; its output goes to a log."""
+
+    def __init__(self, module: str, settings: Settings, log_path: Path, *args: str) -> None:
+        self.module = module
+        self.settings = settings
+        self.log_path = log_path
+        self._args = args
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self._args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        assert self._process is not None
+        return self._process.poll()
+
+    def signal(self, signum: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self._process is not None
+        return self._process.wait(timeout)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self._process is None or self._process.poll() is not None:
+            return self._process.returncode if self._process else None
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_until_ready(self, url: str) -> None:
+        """Poll the readiness URL until it answers 200; fail with the log if the child dies."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.poll() is not None:
+                raise RuntimeError(f"{self.module} exited early:\n{self.log()}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.module} not ready after {READY_TIMEOUT_SECONDS}s:\n{self.log()}")
+
+
+def start_gateway(settings: Settings, log_dir: Path) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    process = ServiceProcess(
+        "gateway", replace(settings, port=port), log_dir / f"gateway-{port}.log"
+    )
+    process.start()
+    base_url = f"http://127.0.0.1:{port}"
+    process.wait_until_ready(f"{base_url}/readyz")
+    return process, base_url
