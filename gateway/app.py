@@ -17,6 +17,7 @@ from gateway.broker import GatewayBroker
 from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
 from gateway.media import MEDIA_URL, PhotoStore
 from gateway.tokens import TokenService
+from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
 from gateway.websocket import TaxiSocket
 from shared.db import Database
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         *AuthApi(users, tokens, photos).routes(),
+        *TripsApi(database, users, tokens).routes(),
         WebSocketRoute("/taxi/", TaxiSocket(tokens, users, broker).endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -9,27 +9,47 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
+    AbstractQueue,
     AbstractQueueIterator,
     AbstractRobustConnection,
 )
-from pamqp.commands import Basic
 
 from shared import broker
+from shared.broker import PublishFailed
 from shared.settings import Settings
 from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
 from shared.users import User
+
+__all__ = ["GatewayBroker", "Inbox", "PublishFailed"]
 
 # How many notifications the broker may push to one socket before it acknowledges any.
 INBOX_PREFETCH = 64
 
 
-class PublishFailed(Exception):
-    """The broker did not confirm a command; the client must be told."""
+@dataclass
+class Inbox:
+    """A user's queue while their socket is open: its messages, and their offers switch."""
+
+    messages: AbstractQueueIterator
+    queue: AbstractQueue
+    notifications: AbstractExchange
+    receives_offers: bool
+
+    async def pause_offers(self) -> None:
+        if self.receives_offers:
+            await self.queue.unbind(self.notifications, DRIVER_OFFERS_KEY)
+            self.receives_offers = False
+
+    async def resume_offers(self) -> None:
+        if not self.receives_offers:
+            await self.queue.bind(self.notifications, DRIVER_OFFERS_KEY)
+            self.receives_offers = True
 
 
 class GatewayBroker:
@@ -72,21 +92,17 @@ class GatewayBroker:
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        try:
-            confirmation = await self._commands.publish(
-                message, command_key(command_type), mandatory=True, timeout=5
-            )
-        except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
-            raise PublishFailed(f"the broker did not take the command: {exc!r}") from exc
-        if confirmation is not None and not isinstance(confirmation, Basic.Ack):
-            raise PublishFailed("the broker refused the command")
+        # Mandatory: a command that reaches no queue would be lost without a word.
+        await broker.publish_confirmed(
+            self._commands, message, command_key(command_type), mandatory=True
+        )
 
     @asynccontextmanager
-    async def inbox(self, user: User) -> AsyncIterator[AbstractQueueIterator]:
+    async def inbox(self, user: User, *, offers: bool) -> AsyncIterator[Inbox]:
         """The user's queue, bound and consumed for as long as the context is open.
 
-        Drivers also receive offers while connected; the binding goes when they leave
-        so that offers do not pile up for a driver who is not there.
+        A driver who is free (`offers`) also receives offers while connected; that
+        binding goes when they leave, so offers do not pile up for an absent driver.
         """
         if self._inbox_channel is None or self._notifications is None:
             raise PublishFailed("the gateway is not connected to the broker")
@@ -96,12 +112,12 @@ class GatewayBroker:
             arguments=broker.user_queue_arguments(self._settings),
         )
         await queue.bind(self._notifications, user_key(user.id))
-        if user.is_driver:
-            await queue.bind(self._notifications, DRIVER_OFFERS_KEY)
-        iterator = queue.iterator(no_ack=False)
+        inbox = Inbox(queue.iterator(no_ack=False), queue, self._notifications, False)
+        if offers:
+            await inbox.resume_offers()
         try:
-            yield iterator
+            yield inbox
         finally:
-            await iterator.close()
-            if user.is_driver and not self._inbox_channel.is_closed:
-                await queue.unbind(self._notifications, DRIVER_OFFERS_KEY)
+            await inbox.messages.close()
+            if not self._inbox_channel.is_closed:
+                await inbox.pause_offers()

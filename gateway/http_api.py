@@ -72,6 +72,8 @@ class AuthApi:
                 photo=photo_url,
             )
         except UsernameTaken:
+            if photo_url is not None:
+                await self._photos.delete(photo_url)
             return OrjsonResponse(
                 {"username": ["A user with that username already exists."]}, status_code=400
             )
@@ -82,7 +84,9 @@ class AuthApi:
         errors = required_strings(fields, "username", "password")
         if errors:
             return OrjsonResponse(errors, status_code=400)
-        found = await self._users.find_with_password_hash(fields["username"])
+        username = fields["username"].strip()
+        # Postgres text cannot hold NUL, so no stored username contains one.
+        found = None if "\x00" in username else await self._users.find_with_password_hash(username)
         user, password_hash = found if found else (None, None)
         if not await verify_password(password_hash, fields["password"]):
             user = None

@@ -41,6 +41,15 @@ class PhotoStore:
         await asyncio.to_thread(_write, target, content)
         return f"{MEDIA_URL}/{name}"
 
+    async def delete(self, url: str) -> None:
+        """Remove a stored photo, given the URL path `save` returned."""
+        name = url.removeprefix(f"{MEDIA_URL}/")
+        await asyncio.to_thread(_remove, self.root / name)
+
+
+def _remove(target: Path) -> None:
+    target.unlink(missing_ok=True)
+
 
 def _write(target: Path, content: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)

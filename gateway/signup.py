@@ -43,6 +43,8 @@ def validate_sign_up(fields: Mapping[str, Any]) -> SignUp | FieldErrors:
         return value
 
     username = text("username", required=True).strip()
+    if not username and "username" not in errors:
+        errors["username"] = ["This field is required."]
     first_name = text("first_name", required=False)
     last_name = text("last_name", required=False)
     group = text("group", required=True)

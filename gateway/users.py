@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from shared.db import Database
-from shared.users import User
-
-_COLUMNS = "id, username, first_name, last_name, user_group, photo, is_active"
+from shared.users import USER_COLUMNS as _COLUMNS
+from shared.users import User, user_from_row
 
 
 class UsernameTaken(Exception):
@@ -46,29 +45,27 @@ class UserRepository:
         except asyncpg.UniqueViolationError:
             raise UsernameTaken(username) from None
         assert row is not None
-        return _user(row)
+        return user_from_row(row)
 
     async def get(self, user_id: int) -> User | None:
         row = await self._database.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id
         )
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
+
+    async def has_active_trip(self, driver_id: int) -> bool:
+        """A driver busy with a trip gets no offers until it is over."""
+        return bool(
+            await self._database.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM trips WHERE driver_id = $1"
+                " AND status IN ('STARTED', 'IN_PROGRESS'))",
+                driver_id,
+            )
+        )
 
     async def find_with_password_hash(self, username: str) -> tuple[User, str] | None:
         row = await self._database.pool.fetchrow(
             f"SELECT {_COLUMNS}, password_hash FROM users WHERE lower(username) = lower($1)",
             username,
         )
-        return (_user(row), row["password_hash"]) if row else None
-
-
-def _user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["id"],
-        username=row["username"],
-        first_name=row["first_name"],
-        last_name=row["last_name"],
-        group=row["user_group"],
-        photo=row["photo"],
-        is_active=row["is_active"],
-    )
+        return (user_from_row(row), row["password_hash"]) if row else None

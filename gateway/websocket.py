@@ -2,8 +2,9 @@
 
 Handshakes with a bad token are refused with HTTP 401 before the upgrade. Once
 open, every frame from the client is validated; a bad one gets an `error` frame and
-the connection stays open. Everything that arrives on the user's queue is forwarded
-to the socket and acknowledged only once it was written.
+the connection stays open. Commands are stamped with the user and a message id and
+published; everything that arrives on the user's queue is forwarded to the socket
+and acknowledged only once it was written.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from aio_pika.abc import AbstractQueueIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.broker import GatewayBroker
+from gateway.broker import GatewayBroker, Inbox, PublishFailed
 from gateway.http_api import OrjsonResponse
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
+from shared.commands import COMMAND_TYPES, new_command
+from shared.topology import OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
 from shared.users import User
 from shared.wire import ClientFrame, ErrorCode, FrameError
 
@@ -35,14 +37,16 @@ class TaxiSocket:
         self._users = users
         self._broker = broker
         self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
+        self._handlers.update(dict.fromkeys(COMMAND_TYPES, self._command))
 
     async def endpoint(self, websocket: WebSocket) -> None:
         user = await self._authenticate(websocket)
         if user is None:
             return
+        offers = user.is_driver and not await self._users.has_active_trip(user.id)
         # The inbox is bound before the handshake completes, so that anything sent
         # to the user once their socket is open reaches them.
-        async with self._broker.inbox(user) as inbox:
+        async with self._broker.inbox(user, offers=offers) as inbox:
             await websocket.accept()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
             forwarder = asyncio.create_task(_forward(inbox, websocket))
@@ -99,9 +103,31 @@ class TaxiSocket:
     async def _echo(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
         await send_frame(websocket, wire.encode(frame.raw))
 
+    async def _command(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
+        command = new_command(frame.type, user.id, user.group, frame.data)
+        try:
+            await self._broker.publish_command(command.type, command.encode(), str(command.id))
+        except PublishFailed as exc:
+            log.warning(
+                "command not published message_id=%s user_id=%s error=%s", command.id, user.id, exc
+            )
+            raise FrameError(
+                ErrorCode.UNAVAILABLE,
+                "the request could not be passed on; nothing was changed, please try again",
+                frame.type,
+            ) from None
+        log.debug(
+            "command published message_id=%s user_id=%s type=%s", command.id, user.id, command.type
+        )
 
-async def _forward(inbox: AbstractQueueIterator, websocket: WebSocket) -> None:
-    async for message in inbox:
+
+async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
+    async for message in inbox.messages:
+        directive = (message.headers or {}).get(OFFERS_HEADER)
+        if directive == PAUSE_OFFERS:
+            await inbox.pause_offers()
+        elif directive == RESUME_OFFERS:
+            await inbox.resume_offers()
         try:
             await send_frame(websocket, message.body)
         except (WebSocketDisconnect, RuntimeError, OSError):

@@ -15,9 +15,13 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 
 from shared.settings import Settings
 from shared.topology import COMMAND_KEY_PATTERN, Topology
+
+# The broker's backstop; workers dead-letter a failing command sooner themselves.
+COMMAND_DELIVERY_LIMIT = 10
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
@@ -51,7 +55,13 @@ async def declare_dispatcher_queue(
     queue = await channel.declare_queue(
         topology.dispatcher_queue,
         durable=True,
-        arguments={"x-dead-letter-exchange": topology.dead_letter_exchange},
+        arguments={
+            # A quorum queue counts deliveries, so a command that crashes every
+            # worker that takes it ends up dead-lettered instead of looping forever.
+            "x-queue-type": "quorum",
+            "x-delivery-limit": COMMAND_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": topology.dead_letter_exchange,
+        },
     )
     await queue.bind(commands, COMMAND_KEY_PATTERN)
     return queue
@@ -65,3 +75,24 @@ def user_queue_arguments(settings: Settings) -> dict[str, Any]:
         "x-message-ttl": settings.user_queue_message_ttl_seconds * 1000,
         "x-overflow": "drop-head",
     }
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm a message; the caller must not assume it was sent."""
+
+
+PUBLISH_TIMEOUT_SECONDS = 10
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, *, mandatory: bool
+) -> None:
+    """Publish and wait for the broker's confirm (the channel must have confirms on)."""
+    try:
+        confirmation = await exchange.publish(
+            message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT_SECONDS
+        )
+    except (aio_pika.exceptions.AMQPError, TimeoutError, RuntimeError, ConnectionError) as exc:
+        raise PublishFailed(f"the broker did not take the message: {exc!r}") from exc
+    if confirmation is not None and not isinstance(confirmation, Basic.Ack):
+        raise PublishFailed("the broker refused the message")

@@ -7,8 +7,12 @@ application's lifespan (or the worker's bootstrap) calls: no connection at impor
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.settings import Settings
+
+# What repository functions take: a plain connection or one borrowed from the pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 class Database:

@@ -60,7 +60,9 @@ class Settings:
             try:
                 values[field.name] = parse(raw.strip())
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+                # URLs may hold passwords: name the variable, never echo a secret.
+                shown = "" if field.name in _SECRET_BEARING else f"={raw!r}"
+                raise SettingsError(f"{name}{shown}: {exc}") from None
         settings = cls(**values)
         settings.validate()
         return settings
@@ -125,6 +127,8 @@ def _url(*schemes: str) -> Callable[[str], str]:
 def _upper(raw: str) -> str:
     return raw.upper()
 
+
+_SECRET_BEARING = frozenset({"database_url", "amqp_url", "jwt_secret"})
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_url": _url("postgresql", "postgres"),

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 DRIVER_OFFERS_KEY = "drivers.offers"
 COMMAND_KEY_PATTERN = "command.#"
 
+# A driver's own notification may tell the gateway to stop or resume their offers
+# (they took a trip, or it ended). The dispatcher decides; the gateway applies it.
+OFFERS_HEADER = "x-offers"
+PAUSE_OFFERS = "pause"
+RESUME_OFFERS = "resume"
+
 
 @dataclass(frozen=True, slots=True)
 class Topology:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
+
 Group = Literal["rider", "driver"]
 GROUPS: tuple[Group, ...] = ("rider", "driver")
 
@@ -33,3 +35,19 @@ class User:
     @property
     def is_driver(self) -> bool:
         return self.group == "driver"
+
+
+# The columns `user_from_row` reads, for SELECTs of the users table.
+USER_COLUMNS = "id, username, first_name, last_name, user_group, photo, is_active"
+
+
+def user_from_row(row: asyncpg.Record, prefix: str = "") -> User:
+    return User(
+        id=row[f"{prefix}id"],
+        username=row[f"{prefix}username"],
+        first_name=row[f"{prefix}first_name"],
+        last_name=row[f"{prefix}last_name"],
+        group=row[f"{prefix}user_group"],
+        photo=row[f"{prefix}photo"],
+        is_active=row[f"{prefix}is_active"],
+    )

@@ -65,8 +65,16 @@ def encode(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame)
 
 
-def error_frame(code: str, message: str, request: str | None = None) -> bytes:
-    return encode({"type": "error", "data": {"code": code, "message": message, "request": request}})
+def error_frame(
+    code: str, message: str, request: str | None = None, event_id: str | None = None
+) -> bytes:
+    frame: dict[str, Any] = {
+        "type": "error",
+        "data": {"code": code, "message": message, "request": request},
+    }
+    if event_id is not None:
+        frame["event_id"] = event_id
+    return encode(frame)
 
 
 def _json_kind(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +80,34 @@ async def receive(
     frame = orjson.loads(raw)
     assert isinstance(frame, dict)
     return frame
+
+
+async def receive_until(
+    ws: ClientConnection,
+    wanted: Callable[[dict[str, Any]], bool],
+    wait_seconds: float = RECEIVE_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """The first frame `wanted` accepts, skipping other traffic (other trips', say)."""
+    async with asyncio.timeout(wait_seconds):
+        while True:
+            frame = await receive(ws, wait_seconds)
+            if wanted(frame):
+                return frame
+
+
+def about(trip_id: str, frame_type: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    """Matches frames carrying the trip `trip_id` (and of `frame_type`, if given)."""
+
+    def matches(frame: dict[str, Any]) -> bool:
+        data = frame.get("data")
+        return (
+            isinstance(data, dict)
+            and data.get("id") == trip_id
+            and (frame_type is None or frame["type"] == frame_type)
+        )
+
+    return matches
+
+
+def is_error(frame: dict[str, Any]) -> bool:
+    return frame.get("type") == "error"

@@ -76,6 +76,17 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str) -> None:
+        """Wait until the child logs `text`; fail with the log if it dies or never does."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.poll() is not None:
+                raise RuntimeError(f"{self.module} exited early:\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.module} never logged {text!r}:\n{self.log()}")
+
     def wait_until_ready(self, url: str) -> None:
         """Poll the readiness URL until it answers 200; fail with the log if the child dies."""
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -100,3 +111,10 @@ def start_gateway(settings: Settings, log_dir: Path) -> tuple[ServiceProcess, st
     base_url = f"http://127.0.0.1:{port}"
     process.wait_until_ready(f"{base_url}/readyz")
     return process, base_url
+
+
+def start_dispatcher(settings: Settings, log_path: Path, *args: str) -> ServiceProcess:
+    process = ServiceProcess("dispatcher", settings, log_path, *args)
+    process.start()
+    process.wait_for_log("dispatcher ready")
+    return process

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.processes import ServiceProcess, start_gateway
+from tests.processes import ServiceProcess, start_dispatcher, start_gateway
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,15 @@ def base_url(gateway_process: tuple[ServiceProcess, str]) -> str:
 async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def dispatchers(settings: Settings, log_dir: Path) -> Iterator[list[ServiceProcess]]:
+    """Two competing dispatcher workers, as operators run them."""
+    workers = [
+        start_dispatcher(settings, log_dir / f"dispatcher-{n}.log", "--concurrency", "8")
+        for n in range(2)
+    ]
+    yield workers
+    for worker in workers:
+        assert worker.stop() == 0, worker.log()

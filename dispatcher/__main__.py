@@ -1,0 +1,52 @@
+"""`python -m dispatcher`: run one dispatcher worker until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import uvloop
+
+from dispatcher.worker import Worker
+from shared.logs import configure_logging
+from shared.settings import Settings, SettingsError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dispatcher", description=__doc__)
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="commands handled at once (default 16)"
+    )
+    parser.add_argument(
+        "--prefetch", type=int, default=32, help="commands the broker may push ahead (default 32)"
+    )
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.prefetch < 1:
+        parser.error("--concurrency and --prefetch must be at least 1")
+    return args
+
+
+async def serve(settings: Settings, concurrency: int, prefetch: int) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    # The pool must cover every command in flight, or handlers would queue for connections.
+    worker = Worker(settings, concurrency=concurrency, prefetch=prefetch)
+    await worker.run(stopping)
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+    configure_logging(settings.log_level, "dispatcher")
+    uvloop.run(serve(settings, args.concurrency, args.prefetch))
+
+
+if __name__ == "__main__":
+    main()

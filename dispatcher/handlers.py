@@ -1,0 +1,59 @@
+"""One handler per command. Each loads what the rules need, applies a pure transition
+and saves it, all on the connection of the worker's transaction.
+
+A handler returns the transition it made, or raises `RuleViolation`; the worker
+turns either into notifications, stored in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from dispatcher import repository
+from shared import trips
+from shared.commands import Command, CreateTrip, UpdateTrip
+from shared.db import Connection
+from shared.trips import RuleViolation, Status, Transition
+from shared.users import User
+from shared.wire import ErrorCode
+
+# A conditional update that lost a race is retried against the trip as it is now;
+# after a couple of rounds the rules themselves say why the command cannot apply.
+MAX_CONFLICT_ROUNDS = 3
+
+
+async def create_trip(conn: Connection, command: Command, now: datetime) -> Transition:
+    assert isinstance(command.data, CreateTrip)
+    rider = await _active_user(conn, command.user_id)
+    # The command's id doubles as the trip's id: a redelivered command names the same trip.
+    transition = trips.request(
+        command.id, rider, command.data.pick_up_address, command.data.drop_off_address, now
+    )
+    await repository.insert_trip(conn, transition.after)
+    return transition
+
+
+async def update_trip(conn: Connection, command: Command, now: datetime) -> Transition:
+    assert isinstance(command.data, UpdateTrip)
+    user = await _active_user(conn, command.user_id)
+    for _ in range(MAX_CONFLICT_ROUNDS):
+        trip = await repository.get_trip(conn, command.data.trip_id)
+        if trip is None or (user.group == "rider" and trip.rider.id != user.id):
+            raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
+        transition = trips.update(trip, user, command.data.status, now)
+        if await repository.save_transition(conn, transition):
+            return transition
+        if transition.event is trips.EventType.ACCEPTED:
+            fresh = await repository.get_trip(conn, trip.id)
+            if fresh is not None and fresh.status is Status.REQUESTED:
+                raise RuleViolation(
+                    ErrorCode.DRIVER_BUSY, "finish your current trip before accepting another"
+                )
+    raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "the trip changed meanwhile; try again")
+
+
+async def _active_user(conn: Connection, user_id: int) -> User:
+    user = await repository.get_user(conn, user_id)
+    if user is None or not user.is_active:
+        raise RuleViolation(ErrorCode.FORBIDDEN, "your account is not active")
+    return user

@@ -1,0 +1,119 @@
+"""The outbox: notifications stored with the change that caused them, then published.
+
+The worker publishes a command's notifications right after its transaction
+commits and deletes them once the broker confirmed them. Whatever a crash or a
+broker outage left behind, the relay publishes later: a notification is sent at
+least once, and its event id lets clients drop a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+import orjson
+
+from dispatcher.notifications import Notification
+from dispatcher.publisher import NotificationPublisher, PublishFailed
+from shared.db import Connection, Database
+
+log = logging.getLogger(__name__)
+
+# The worker that wrote a row publishes it itself within milliseconds; the relay
+# leaves rows alone for this long so that it does not race the worker.
+RELAY_GRACE_SECONDS = 5
+RELAY_BATCH = 500
+
+
+async def store(
+    conn: Connection, notifications: Sequence[Notification], now: datetime
+) -> list[int]:
+    """Write the notifications in the caller's transaction; return their outbox ids."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO outbox (routing_key, body, headers, expires)
+        SELECT key, body, headers::jsonb, expires
+        FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[])
+            AS n(key, body, headers, expires)
+        RETURNING id
+        """,
+        [n.routing_key for n in notifications],
+        [n.body for n in notifications],
+        [orjson.dumps(n.headers).decode() for n in notifications],
+        [_expiry(n, now) for n in notifications],
+    )
+    return [row["id"] for row in rows]
+
+
+async def delete(database: Database, outbox_ids: Sequence[int]) -> None:
+    await database.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", outbox_ids)
+
+
+class OutboxRelay:
+    """Publishes what the workers could not, oldest first, from any number of workers."""
+
+    def __init__(
+        self, database: Database, publisher: NotificationPublisher, interval_seconds: float = 1.0
+    ) -> None:
+        self._database = database
+        self._publisher = publisher
+        self._interval = interval_seconds
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.relay_once() == RELAY_BATCH:
+                    pass
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PublishFailed) as exc:
+                log.warning("outbox relay paused error=%r", exc)
+            await asyncio.sleep(self._interval)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of left-behind rows; return how many rows it took."""
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                SELECT id, routing_key, body, headers, expires FROM outbox
+                WHERE created < now() - make_interval(secs => $1)
+                ORDER BY id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+                """,
+                RELAY_GRACE_SECONDS,
+                RELAY_BATCH,
+            )
+            if not rows:
+                return 0
+            now = await conn.fetchval("SELECT now()")
+            live = [_notification(row, now) for row in rows if _still_live(row, now)]
+            await self._publisher.publish(live)
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+            )
+        log.info("outbox relay published=%d expired=%d", len(live), len(rows) - len(live))
+        return len(rows)
+
+
+def _expiry(notification: Notification, now: datetime) -> datetime | None:
+    if notification.ttl_seconds is None:
+        return None
+    return now + timedelta(seconds=notification.ttl_seconds)
+
+
+def _still_live(row: asyncpg.Record, now: datetime) -> bool:
+    return row["expires"] is None or row["expires"] > now
+
+
+def _notification(row: asyncpg.Record, now: datetime) -> Notification:
+    ttl = None
+    if row["expires"] is not None:
+        ttl = max(1, int((row["expires"] - now).total_seconds()))
+    return Notification(
+        routing_key=row["routing_key"],
+        body=bytes(row["body"]),
+        ttl_seconds=ttl,
+        headers=orjson.loads(row["headers"]),
+    )

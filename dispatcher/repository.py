@@ -1,0 +1,75 @@
+"""The dispatcher's SQL. Every function runs on the connection of the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.db import Connection
+from shared.trip_rows import TRIP_SELECT, trip_from_row
+from shared.trips import Transition, Trip
+from shared.users import USER_COLUMNS, User, user_from_row
+
+
+async def mark_processed(conn: Connection, command_id: uuid.UUID) -> bool:
+    """Record the command as handled; False if it already was (a redelivery)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO processed_commands (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+        command_id,
+    )
+    return bool(inserted)
+
+
+async def get_user(conn: Connection, user_id: int) -> User | None:
+    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
+    return user_from_row(row) if row else None
+
+
+async def get_trip(conn: Connection, trip_id: uuid.UUID) -> Trip | None:
+    row = await conn.fetchrow(f"{TRIP_SELECT} WHERE t.id = $1", trip_id)
+    return trip_from_row(row) if row else None
+
+
+async def insert_trip(conn: Connection, trip: Trip) -> None:
+    await conn.execute(
+        """
+        INSERT INTO trips
+            (id, created, updated, pick_up_address, drop_off_address, status, rider_id)
+        VALUES ($1, $2, $2, $3, $4, $5, $6)
+        """,
+        trip.id,
+        trip.created,
+        trip.pick_up_address,
+        trip.drop_off_address,
+        trip.status.value,
+        trip.rider.id,
+    )
+
+
+async def save_transition(conn: Connection, transition: Transition) -> bool:
+    """Apply the change only if the trip is still as the transition found it.
+
+    This one conditional statement is what makes racing drivers and workers safe:
+    of all the accepts of one trip, exactly one finds it still REQUESTED. An accept
+    also requires the driver to hold no other active trip; the partial unique index
+    `trips_one_active_per_driver` backs that up when one driver's two accepts race
+    (the loser's transaction fails with a unique violation and is retried).
+    """
+    assert transition.before is not None
+    after = transition.after
+    driver_id = after.driver.id if after.driver else None
+    updated = await conn.fetchval(
+        """
+            UPDATE trips SET status = $2, driver_id = $3, updated = $4
+            WHERE id = $1 AND status = $5
+              AND ($2 <> 'STARTED' OR NOT EXISTS (
+                    SELECT 1 FROM trips busy
+                    WHERE busy.driver_id = $3 AND busy.status IN ('STARTED', 'IN_PROGRESS')))
+            RETURNING true
+            """,
+        after.id,
+        after.status.value,
+        driver_id,
+        after.updated,
+        transition.before.status.value,
+    )
+    return bool(updated)

@@ -1,0 +1,206 @@
+"""The dispatcher worker: consume commands, apply each in one transaction, notify.
+
+Workers are stateless competing consumers of one durable queue; run as many as
+the load needs. For each command:
+
+1. one Postgres transaction records the command id (a redelivery stops here),
+   applies the handler's change and stores the notifications it causes (outbox);
+2. after commit, the notifications are published with confirms and their outbox
+   rows deleted (the relay publishes whatever this step did not);
+3. only then is the command acknowledged to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
+
+from dispatcher import outbox, repository
+from dispatcher.notifications import Notification, for_refusal, for_transition
+from dispatcher.outbox import OutboxRelay
+from dispatcher.publisher import NotificationPublisher, PublishFailed
+from dispatcher.registry import HANDLERS, Handler
+from shared import broker
+from shared.commands import Command, InvalidCommand, decode_command
+from shared.db import Database
+from shared.settings import Settings
+from shared.topology import Topology
+from shared.trips import RuleViolation
+
+log = logging.getLogger(__name__)
+
+# A command that fails this many deliveries is dead-lettered instead of retried.
+MAX_DELIVERIES = 5
+# Losing a race on a unique index is retried at once, this many times.
+MAX_CONFLICT_RETRIES = 3
+# While the database is unreachable, retry with backoff up to this interval.
+MAX_BACKOFF_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 20
+
+DATABASE_OUTAGE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, concurrency: int, prefetch: int) -> None:
+        self._settings = settings
+        self._topology = Topology(settings.broker_prefix)
+        self._database = Database(settings)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._prefetch = prefetch
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._publisher: NotificationPublisher | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self._database.start()
+        connection = await broker.connect(self._settings, "dispatcher")
+        try:
+            publish_channel = await connection.channel(publisher_confirms=True)
+            commands, notifications = await broker.declare_exchanges(
+                publish_channel, self._topology
+            )
+            self._publisher = NotificationPublisher(notifications)
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=self._prefetch)
+            queue = await broker.declare_dispatcher_queue(consume_channel, self._topology, commands)
+            relay = asyncio.create_task(OutboxRelay(self._database, self._publisher).run())
+            consumer_tag = await queue.consume(self._on_message)
+            log.info(
+                "dispatcher ready queue=%s concurrency=%d prefetch=%d",
+                queue.name,
+                self._concurrency,
+                self._prefetch,
+            )
+            await stopping.wait()
+            log.info("dispatcher stopping: no new commands, finishing %d", len(self._in_flight))
+            await queue.cancel(consumer_tag)
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
+            relay.cancel()
+        finally:
+            await connection.close()
+            await self._database.close()
+        log.info("dispatcher stopped")
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            async with self._slots:
+                await self._process(message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            command = decode_command(message.body)
+        except InvalidCommand as exc:
+            log.error("dead-lettering message_id=%s reason=%s", message.message_id, exc)
+            await message.reject(requeue=False)
+            return
+        handler = HANDLERS.get(command.type)
+        if handler is None:
+            log.error(
+                "dead-lettering message_id=%s reason=no handler for %s", command.id, command.type
+            )
+            await message.reject(requeue=False)
+            return
+        try:
+            stored = await self._apply(command, handler)
+        except Exception:
+            await self._give_back(message, command)
+            return
+        if stored is not None:
+            await self._publish(*stored)
+        await message.ack()
+
+    async def _apply(
+        self, command: Command, handler: Handler
+    ) -> tuple[list[int], list[Notification]] | None:
+        """Apply the command in one transaction; None if it was applied before."""
+        backoff = 0.1
+        conflicts = 0
+        while True:
+            try:
+                return await self._transaction(command, handler)
+            except asyncpg.UniqueViolationError:
+                conflicts += 1
+                if conflicts > MAX_CONFLICT_RETRIES:
+                    raise
+            except DATABASE_OUTAGE as exc:
+                log.warning(
+                    "database unavailable, will retry message_id=%s in=%.1fs error=%r",
+                    command.id,
+                    backoff,
+                    exc,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _transaction(
+        self, command: Command, handler: Handler
+    ) -> tuple[list[int], list[Notification]] | None:
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            if not await repository.mark_processed(conn, command.id):
+                log.info("duplicate ignored message_id=%s", command.id)
+                return None
+            now = datetime.now(UTC)
+            try:
+                transition = await handler(conn, command, now)
+            except RuleViolation as refusal:
+                log.info(
+                    "command refused message_id=%s user_id=%s code=%s",
+                    command.id,
+                    command.user_id,
+                    refusal.code,
+                )
+                notifications = [
+                    for_refusal(command.user_id, refusal.code, refusal.message, command.type)
+                ]
+            else:
+                log.info(
+                    "command applied message_id=%s user_id=%s trip_id=%s event=%s",
+                    command.id,
+                    command.user_id,
+                    transition.after.id,
+                    transition.event.value,
+                )
+                notifications = for_transition(transition, self._settings.offer_ttl_seconds)
+            outbox_ids = await outbox.store(conn, notifications, now)
+        return outbox_ids, notifications
+
+    async def _publish(self, outbox_ids: list[int], notifications: list[Notification]) -> None:
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(notifications)
+            await outbox.delete(self._database, outbox_ids)
+        except (PublishFailed, *DATABASE_OUTAGE) as exc:
+            # Committed and stored: the relay publishes these rows once it can.
+            log.warning(
+                "notifications left to the outbox relay count=%d error=%r", len(outbox_ids), exc
+            )
+
+    async def _give_back(self, message: AbstractIncomingMessage, command: Command) -> None:
+        """A failure the handler did not expect: retry a few times, then dead-letter."""
+        deliveries = int(str((message.headers or {}).get("x-delivery-count") or 0)) + 1
+        if deliveries >= MAX_DELIVERIES:
+            log.exception(
+                "dead-lettering message_id=%s after %d deliveries", command.id, deliveries
+            )
+            await message.reject(requeue=False)
+        else:
+            log.exception(
+                "command failed, requeued message_id=%s delivery=%d", command.id, deliveries
+            )
+            await message.nack(requeue=True)

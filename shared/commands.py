@@ -1,0 +1,182 @@
+"""Commands: what clients ask for, validated at the gateway and again by the dispatcher.
+
+The gateway checks a frame's `data`, stamps it with the authenticated user and a
+fresh message id, and publishes the result. The dispatcher decodes the same shape
+and never trusts a body it did not check.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.trips import Status
+from shared.wire import ErrorCode, FrameError
+
+CREATE_TRIP = "create.trip"
+UPDATE_TRIP = "update.trip"
+COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP)
+MAX_ADDRESS_LENGTH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTrip:
+    pick_up_address: str
+    drop_off_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateTrip:
+    trip_id: uuid.UUID
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: uuid.UUID
+    type: str
+    user_id: int
+    data: CreateTrip | UpdateTrip
+    sent_at: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": str(self.id),
+                "type": self.type,
+                "user_id": self.user_id,
+                "data": _data_fields(self.data),
+                "sent_at": self.sent_at,
+            }
+        )
+
+
+class InvalidCommand(ValueError):
+    """A broker message that is not a command this system could have sent."""
+
+
+def new_command(command_type: str, user_id: int, group: str, data: Any) -> Command:
+    """Validate a client's frame data as the given command; raise FrameError if unfit."""
+    return Command(
+        id=uuid.uuid4(),
+        type=command_type,
+        user_id=user_id,
+        data=parse_data(command_type, data, user_id, group),
+        sent_at=time.time(),
+    )
+
+
+def decode_command(body: bytes) -> Command:
+    try:
+        fields = orjson.loads(body)
+        command_type = fields["type"]
+        user_id = fields["user_id"]
+        if not isinstance(user_id, int):
+            raise TypeError("user_id")
+        return Command(
+            id=uuid.UUID(fields["id"]),
+            type=command_type,
+            user_id=user_id,
+            data=parse_data(command_type, fields["data"], user_id, group=None),
+            sent_at=float(fields["sent_at"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, FrameError) as exc:
+        raise InvalidCommand(f"not a valid command: {exc!r}") from None
+
+
+def parse_data(
+    command_type: str, data: Any, user_id: int, group: str | None
+) -> CreateTrip | UpdateTrip:
+    if not isinstance(data, dict):
+        raise FrameError(
+            ErrorCode.INVALID_DATA, '"data" must be an object with the trip\'s fields', command_type
+        )
+    if command_type == CREATE_TRIP:
+        return _parse_create(data, user_id, group)
+    if command_type == UPDATE_TRIP:
+        return _parse_update(data, user_id, group)
+    raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown command {command_type!r}", command_type)
+
+
+def _parse_create(data: dict[str, Any], user_id: int, group: str | None) -> CreateTrip:
+    if group is not None and group != "rider":
+        raise FrameError(ErrorCode.FORBIDDEN, "only riders request trips", CREATE_TRIP)
+    rider = data.get("rider")
+    if rider is not None and _user_id(rider) != user_id:
+        raise FrameError(
+            ErrorCode.FORBIDDEN,
+            '"rider" must be you, the logged-in user, or be left out',
+            CREATE_TRIP,
+        )
+    return CreateTrip(
+        pick_up_address=_address(data, "pick_up_address", CREATE_TRIP),
+        drop_off_address=_address(data, "drop_off_address", CREATE_TRIP),
+    )
+
+
+def _parse_update(data: dict[str, Any], user_id: int, group: str | None) -> UpdateTrip:
+    try:
+        trip_id = uuid.UUID(str(data.get("id")))
+    except ValueError:
+        raise FrameError(
+            ErrorCode.INVALID_DATA, '"id" must be the trip\'s id (a UUID)', UPDATE_TRIP
+        ) from None
+    try:
+        status = Status(str(data.get("status")))
+    except ValueError:
+        known = ", ".join(status.value for status in Status if status is not Status.REQUESTED)
+        raise FrameError(
+            ErrorCode.INVALID_DATA, f'"status" must be one of {known}', UPDATE_TRIP
+        ) from None
+    if status is Status.REQUESTED:
+        raise FrameError(
+            ErrorCode.INVALID_TRANSITION, "a trip cannot go back to REQUESTED", UPDATE_TRIP
+        )
+    driver = data.get("driver")
+    if status is Status.STARTED and driver is not None and _user_id(driver) != user_id:
+        raise FrameError(
+            ErrorCode.FORBIDDEN,
+            '"driver" must be you, the logged-in driver, or be left out',
+            UPDATE_TRIP,
+        )
+    return UpdateTrip(trip_id=trip_id, status=status)
+
+
+def _address(data: dict[str, Any], name: str, request: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise FrameError(ErrorCode.INVALID_DATA, f'"{name}" must be a non-empty string', request)
+    if len(value) > MAX_ADDRESS_LENGTH:
+        raise FrameError(
+            ErrorCode.INVALID_DATA,
+            f'"{name}" must be at most {MAX_ADDRESS_LENGTH} characters',
+            request,
+        )
+    if "\x00" in value:
+        raise FrameError(
+            ErrorCode.INVALID_DATA, f'"{name}" must not contain NUL characters', request
+        )
+    return value
+
+
+def _user_id(value: Any) -> int | None:
+    """A user named by id, or by the user object the course's client sometimes sends."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _data_fields(data: CreateTrip | UpdateTrip) -> dict[str, Any]:
+    if isinstance(data, CreateTrip):
+        return {"pick_up_address": data.pick_up_address, "drop_off_address": data.drop_off_address}
+    return {"id": str(data.trip_id), "status": data.status.value}

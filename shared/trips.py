@@ -1,0 +1,163 @@
+"""Trips and their rules, as pure functions: no I/O, no clock, no await.
+
+    REQUESTED --accept (a driver)--> STARTED --pick up--> IN_PROGRESS --drop off--> COMPLETED
+    REQUESTED or STARTED --cancel (the rider)--> CANCELLED
+
+Each transition returns the changed trip and the event that says what happened;
+a request that breaks a rule raises `RuleViolation` with a code for the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.users import User
+from shared.wire import ErrorCode
+
+
+class Status(StrEnum):
+    REQUESTED = "REQUESTED"
+    STARTED = "STARTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+
+# Statuses in which a driver is busy with the trip and gets no new offers.
+ACTIVE_STATUSES = frozenset({Status.STARTED, Status.IN_PROGRESS})
+CANCELLABLE_STATUSES = frozenset({Status.REQUESTED, Status.STARTED})
+# The assigned driver moves a trip along this path, one step at a time.
+DRIVER_STEPS = {Status.STARTED: Status.IN_PROGRESS, Status.IN_PROGRESS: Status.COMPLETED}
+
+
+class EventType(StrEnum):
+    """What happened to a trip; also the `type` of the frame that tells clients."""
+
+    REQUESTED = "trip.requested"
+    ACCEPTED = "trip.accepted"
+    PICKED_UP = "trip.picked_up"
+    COMPLETED = "trip.completed"
+    CANCELLED = "trip.cancelled"
+    # To the other drivers who were offered the trip: it is no longer up for grabs.
+    TAKEN = "trip.taken"
+
+
+EVENT_FOR_STATUS = {
+    Status.REQUESTED: EventType.REQUESTED,
+    Status.STARTED: EventType.ACCEPTED,
+    Status.IN_PROGRESS: EventType.PICKED_UP,
+    Status.COMPLETED: EventType.COMPLETED,
+    Status.CANCELLED: EventType.CANCELLED,
+}
+
+
+class RuleViolation(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    id: uuid.UUID
+    created: datetime
+    updated: datetime
+    pick_up_address: str
+    drop_off_address: str
+    status: Status
+    rider: User
+    driver: User | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The course's nested trip, as clients receive it."""
+        return {
+            "id": str(self.id),
+            "created": _iso(self.created),
+            "updated": _iso(self.updated),
+            "pick_up_address": self.pick_up_address,
+            "drop_off_address": self.drop_off_address,
+            "status": self.status.value,
+            "driver": self.driver.public() if self.driver else None,
+            "rider": self.rider.public(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A trip's change: the trip before (None when new), after, and what happened."""
+
+    before: Trip | None
+    after: Trip
+    event: EventType
+
+
+def request(
+    trip_id: uuid.UUID, rider: User, pick_up_address: str, drop_off_address: str, now: datetime
+) -> Transition:
+    if rider.group != "rider":
+        raise RuleViolation(ErrorCode.FORBIDDEN, "only riders request trips")
+    trip = Trip(
+        id=trip_id,
+        created=now,
+        updated=now,
+        pick_up_address=pick_up_address,
+        drop_off_address=drop_off_address,
+        status=Status.REQUESTED,
+        rider=rider,
+    )
+    return Transition(None, trip, EventType.REQUESTED)
+
+
+def accept(trip: Trip, driver: User, now: datetime) -> Transition:
+    if driver.group != "driver":
+        raise RuleViolation(ErrorCode.FORBIDDEN, "only drivers accept trips")
+    if trip.status is not Status.REQUESTED:
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")
+    return _change(trip, Status.STARTED, now, driver=driver)
+
+
+def advance(trip: Trip, driver: User, status: Status, now: datetime) -> Transition:
+    if trip.driver is None or trip.driver.id != driver.id:
+        raise RuleViolation(ErrorCode.FORBIDDEN, "only the trip's driver moves it on")
+    if DRIVER_STEPS.get(trip.status) is not status:
+        raise RuleViolation(
+            ErrorCode.INVALID_TRANSITION, f"a {trip.status} trip cannot become {status}"
+        )
+    return _change(trip, status, now)
+
+
+def cancel(trip: Trip, rider: User, now: datetime) -> Transition:
+    if trip.rider.id != rider.id:
+        raise RuleViolation(ErrorCode.FORBIDDEN, "only the trip's rider cancels it")
+    if trip.status not in CANCELLABLE_STATUSES:
+        raise RuleViolation(
+            ErrorCode.INVALID_TRANSITION, f"a {trip.status} trip can no longer be cancelled"
+        )
+    return _change(trip, Status.CANCELLED, now)
+
+
+def update(trip: Trip, user: User, status: Status, now: datetime) -> Transition:
+    """An `update.trip` command: the status asked for decides which rule applies."""
+    if status is Status.CANCELLED:
+        return cancel(trip, user, now)
+    if status is Status.STARTED and trip.status is Status.REQUESTED:
+        return accept(trip, user, now)
+    lost_the_race = trip.driver is None or trip.driver.id != user.id
+    if status is Status.STARTED and user.group == "driver" and lost_the_race:
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")
+    return advance(trip, user, status, now)
+
+
+def _change(trip: Trip, status: Status, now: datetime, **changes: Any) -> Transition:
+    after = dataclasses.replace(trip, status=status, updated=now, **changes)
+    return Transition(trip, after, EVENT_FOR_STATUS[status])
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,484 @@
+"""PROTOCOL.md part A, HTTP: sign up, log in and refresh, against a real uvicorn gateway."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from gateway.tokens import TokenService
+from shared.settings import Settings
+from shared.users import User
+from tests.clients import PASSWORD, create_account, new_username, sign_up
+
+USER_FIELDS = {"id", "username", "first_name", "last_name", "group", "photo"}
+TOKEN_CLAIMS = USER_FIELDS | {"token_type", "exp", "iat", "jti"}
+
+# The smallest valid PNG: one transparent pixel.
+TINY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+    "AAAABJRU5ErkJggg=="
+)
+
+
+def sign_up_form(group: str = "rider", **changes: str) -> dict[str, str]:
+    form = {
+        "username": new_username(group),
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "password1": PASSWORD,
+        "password2": PASSWORD,
+        "group": group,
+    }
+    form.update(changes)
+    return form
+
+
+def decode(token: str, settings: Settings) -> dict[str, Any]:
+    return dict(jwt.decode(token, settings.jwt_secret, algorithms=["HS256"]))
+
+
+def token_service(settings: Settings) -> TokenService:
+    return TokenService(
+        settings.jwt_secret,
+        settings.access_token_minutes * 60,
+        settings.refresh_token_days * 24 * 3600,
+    )
+
+
+async def log_in(
+    http: httpx.AsyncClient, username: str, password: str = PASSWORD
+) -> httpx.Response:
+    return await http.post("/api/log_in/", json={"username": username, "password": password})
+
+
+# Sign up
+
+
+async def test_sign_up_with_a_form_returns_the_user(http: httpx.AsyncClient) -> None:
+    form = sign_up_form("driver")
+
+    # Every field as a multipart part, as the course's browser client sends them.
+    multipart = {name: (None, value) for name, value in form.items()}
+
+    response = await http.post("/api/sign_up/", files=multipart)
+
+    assert response.request.headers["content-type"].startswith("multipart/form-data")
+
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    user = response.json()
+    assert set(user) == USER_FIELDS
+    assert isinstance(user["id"], int)
+    assert user["username"] == form["username"]
+    assert user["first_name"] == "Ann"
+    assert user["last_name"] == "Lee"
+    assert user["group"] == "driver"
+    assert user["photo"] is None
+
+
+async def test_sign_up_stores_a_password_hash_not_the_password(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await sign_up(http, "rider")
+
+    stored = await db.fetchval("SELECT password_hash FROM users WHERE id = $1", user["id"])
+
+    assert PASSWORD not in stored
+    assert stored.startswith("$argon2id$")
+
+
+async def test_sign_up_with_a_png_photo_serves_the_photo(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/api/sign_up/",
+        data=sign_up_form(),
+        files={"photo": ("me.png", TINY_PNG, "image/png")},
+    )
+
+    assert response.status_code == 201, response.text
+    photo = response.json()["photo"]
+    assert photo.startswith("/media/photos/")
+    assert photo.endswith(".png")
+
+    served = await http.get(photo)
+    assert served.status_code == 200
+    assert served.content == TINY_PNG
+    assert served.headers["content-type"] == "image/png"
+
+
+async def test_two_users_uploading_the_same_file_name_keep_their_own_photos(
+    http: httpx.AsyncClient,
+) -> None:
+    photos = []
+    for content in (TINY_PNG, TINY_PNG + b"\x00second"):
+        response = await http.post(
+            "/api/sign_up/",
+            data=sign_up_form(),
+            files={"photo": ("me.png", content, "image/png")},
+        )
+        assert response.status_code == 201, response.text
+        photos.append((response.json()["photo"], content))
+
+    assert photos[0][0] != photos[1][0]
+    for path, content in photos:
+        assert (await http.get(path)).content == content
+
+
+async def test_a_photo_that_is_not_an_image_is_refused(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/api/sign_up/",
+        data=sign_up_form(),
+        files={"photo": ("page.html", b"<script>alert(1)</script>", "text/html")},
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"photo"}
+
+
+async def test_sign_up_with_json_works(http: httpx.AsyncClient) -> None:
+    form = sign_up_form("rider", first_name="Zoë", last_name="O'Brien")
+
+    response = await http.post("/api/sign_up/", json=form)
+
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert set(user) == USER_FIELDS
+    assert (user["username"], user["first_name"], user["last_name"]) == (
+        form["username"],
+        "Zoë",
+        "O'Brien",
+    )
+    assert user["group"] == "rider"
+    assert (await log_in(http, form["username"])).status_code == 200
+
+
+async def test_sign_up_with_a_urlencoded_form_works(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/sign_up/", data=sign_up_form())
+
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("spelling", [str, str.upper, str.title])
+async def test_a_taken_username_is_refused_naming_username(
+    http: httpx.AsyncClient, spelling: Any
+) -> None:
+    first = await sign_up(http, "rider")
+
+    response = await http.post(
+        "/api/sign_up/", data=sign_up_form("driver", username=spelling(first["username"]))
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"username"}
+    assert "exists" in response.json()["username"][0]
+
+
+async def test_mismatched_passwords_are_refused_naming_password2(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    form = sign_up_form(password2=PASSWORD + "x")
+
+    response = await http.post("/api/sign_up/", data=form)
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"password2"}
+    assert (
+        await db.fetchval("SELECT count(*) FROM users WHERE username = $1", form["username"]) == 0
+    )
+
+
+async def test_missing_fields_are_each_named(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/sign_up/", data={"first_name": "Ann"})
+
+    assert response.status_code == 400
+    errors = response.json()
+    assert set(errors) == {"username", "password1", "password2", "group"}
+    assert all(messages == ["This field is required."] for messages in errors.values())
+
+
+async def test_an_empty_json_body_names_every_required_field(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/sign_up/", json={})
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"username", "password1", "password2", "group"}
+
+
+async def test_a_bad_group_is_refused(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/sign_up/", data=sign_up_form(group="admin"))
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"group"}
+
+
+async def test_a_photo_in_a_json_body_is_refused(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/sign_up/", json={**sign_up_form(), "photo": "/etc/passwd"})
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"photo"}
+
+
+@pytest.mark.parametrize("path", ["/api/sign_up/", "/api/log_in/", "/api/token/refresh/"])
+async def test_a_body_that_is_not_json_is_refused_with_a_detail(
+    http: httpx.AsyncClient, path: str
+) -> None:
+    response = await http.post(
+        path, content=b'{"username": ', headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert "JSON" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [b"[]", b'["username"]', b'"text"', b"42", b"null"])
+@pytest.mark.parametrize("path", ["/api/sign_up/", "/api/log_in/", "/api/token/refresh/"])
+async def test_a_json_body_that_is_not_an_object_is_refused(
+    http: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    response = await http.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "body must be a JSON object"}
+
+
+# Log in
+
+
+async def test_log_in_returns_an_access_and_a_refresh_token(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    user = await sign_up(http, "driver", first_name="Dee", last_name="River")
+    before = int(time.time())
+
+    response = await log_in(http, user["username"])
+
+    assert response.status_code == 200, response.text
+    tokens = response.json()
+    assert set(tokens) == {"access", "refresh"}
+    access, refresh = decode(tokens["access"], settings), decode(tokens["refresh"], settings)
+    for payload, token_type in ((access, "access"), (refresh, "refresh")):
+        assert set(payload) == TOKEN_CLAIMS
+        assert payload["token_type"] == token_type
+        assert {name: payload[name] for name in USER_FIELDS} == user
+        assert before <= payload["iat"] <= int(time.time())
+    assert access["exp"] - access["iat"] == 60 * 60
+    assert refresh["exp"] - refresh["iat"] == 24 * 60 * 60
+    assert access["jti"] != refresh["jti"]
+
+
+async def test_the_access_token_carries_the_photo(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    form = sign_up_form()
+    signed_up = await http.post(
+        "/api/sign_up/", data=form, files={"photo": ("me.png", TINY_PNG, "image/png")}
+    )
+    assert signed_up.status_code == 201, signed_up.text
+
+    response = await log_in(http, form["username"])
+
+    assert decode(response.json()["access"], settings)["photo"] == signed_up.json()["photo"]
+
+
+async def test_log_in_with_a_form_works(http: httpx.AsyncClient) -> None:
+    user = await sign_up(http, "rider")
+
+    response = await http.post(
+        "/api/log_in/", data={"username": user["username"], "password": PASSWORD}
+    )
+
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"access", "refresh"}
+
+
+async def test_the_username_is_not_case_sensitive_at_log_in(http: httpx.AsyncClient) -> None:
+    user = await sign_up(http, "rider")
+
+    response = await log_in(http, user["username"].upper())
+
+    assert response.status_code == 200, response.text
+
+
+async def test_a_wrong_password_is_refused_with_401(http: httpx.AsyncClient) -> None:
+    user = await sign_up(http, "rider")
+
+    for password in (PASSWORD + "x", PASSWORD.upper(), PASSWORD[:-1]):
+        response = await log_in(http, user["username"], password)
+
+        assert response.status_code == 401
+        assert "access" not in response.json()
+        assert response.json()["detail"]
+
+
+async def test_an_unknown_user_is_refused_with_401_like_a_wrong_password(
+    http: httpx.AsyncClient,
+) -> None:
+    user = await sign_up(http, "rider")
+    wrong_password = await log_in(http, user["username"], "not-the-password")
+
+    unknown = await log_in(http, new_username("nobody"))
+
+    assert unknown.status_code == 401
+    # The answer does not reveal whether the username exists.
+    assert unknown.json() == wrong_password.json()
+
+
+async def test_a_username_with_a_nul_character_is_an_unknown_user(base_url: str) -> None:
+    # A client of its own: the gateway closes the connection after a 500.
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await log_in(http, "ann\x00@example.com")
+
+    assert response.status_code == 401
+
+
+async def test_log_in_without_credentials_names_the_missing_fields(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post("/api/log_in/", json={})
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"username", "password"}
+
+
+async def test_log_in_with_non_string_credentials_is_refused(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/log_in/", json={"username": ["a"], "password": 12345678})
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"username", "password"}
+
+
+async def test_an_inactive_user_can_neither_log_in_nor_refresh(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    account = await create_account(http, "rider")
+
+    await db.execute("UPDATE users SET is_active = false WHERE id = $1", account.id)
+
+    logged_in = await log_in(http, account.user["username"])
+    assert logged_in.status_code == 401
+    assert "access" not in logged_in.json()
+
+    refreshed = await http.post("/api/token/refresh/", json={"refresh": account.refresh})
+    assert refreshed.status_code == 401
+    assert refreshed.json()["code"] == "token_not_valid"
+    assert "access" not in refreshed.json()
+
+
+# Refresh
+
+
+async def test_refresh_returns_a_new_access_token_that_verifies(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    account = await create_account(http, "driver")
+
+    response = await http.post("/api/token/refresh/", json={"refresh": account.refresh})
+
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"access"}
+    access = response.json()["access"]
+    claims = token_service(settings).verify(access, "access")
+    assert claims.user_id == account.id
+    assert claims.group == "driver"
+    payload = decode(access, settings)
+    assert set(payload) == TOKEN_CLAIMS
+    assert payload["token_type"] == "access"
+    assert {name: payload[name] for name in USER_FIELDS} == account.user
+    assert payload["jti"] != decode(account.access, settings)["jti"]
+
+
+async def test_refresh_with_a_form_works(http: httpx.AsyncClient) -> None:
+    account = await create_account(http, "rider")
+
+    response = await http.post("/api/token/refresh/", data={"refresh": account.refresh})
+
+    assert response.status_code == 200, response.text
+
+
+async def test_a_refreshed_token_reflects_the_user_as_they_are_now(
+    http: httpx.AsyncClient, db: asyncpg.Connection, settings: Settings
+) -> None:
+    account = await create_account(http, "rider")
+    await db.execute("UPDATE users SET first_name = 'Renamed' WHERE id = $1", account.id)
+
+    response = await http.post("/api/token/refresh/", json={"refresh": account.refresh})
+
+    assert response.status_code == 200, response.text
+    assert decode(response.json()["access"], settings)["first_name"] == "Renamed"
+
+
+async def test_refreshing_with_an_access_token_is_refused_with_401(
+    http: httpx.AsyncClient,
+) -> None:
+    account = await create_account(http, "rider")
+
+    response = await http.post("/api/token/refresh/", json={"refresh": account.access})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_not_valid"
+    assert "refresh token is required" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "garbage", ["garbage", "abc.def.ghi", "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"]
+)
+async def test_refreshing_with_garbage_is_refused_with_401(
+    http: httpx.AsyncClient, garbage: str
+) -> None:
+    response = await http.post("/api/token/refresh/", json={"refresh": garbage})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_not_valid"
+    assert garbage not in response.json()["detail"]
+
+
+async def test_refreshing_with_an_expired_refresh_token_is_refused_with_401(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    account = await create_account(http, "rider")
+    two_days_ago = TokenService(
+        settings.jwt_secret, 60, 24 * 3600, clock=lambda: time.time() - 2 * 24 * 3600
+    )
+
+    expired = two_days_ago.issue(User(**account.user), "refresh")
+    response = await http.post("/api/token/refresh/", json={"refresh": expired})
+
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+async def test_refreshing_with_a_forged_refresh_token_is_refused_with_401(
+    http: httpx.AsyncClient,
+) -> None:
+    account = await create_account(http, "rider")
+    forger = TokenService("another-secret-that-is-long-enough-to-sign", 60, 3600)
+
+    forged = forger.issue(User(**account.user), "refresh")
+    response = await http.post("/api/token/refresh/", json={"refresh": forged})
+
+    assert response.status_code == 401
+
+
+async def test_refreshing_for_a_user_that_does_not_exist_is_refused_with_401(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    ghost = User(
+        id=2**62, username="ghost@x.com", first_name="", last_name="", group="rider", photo=None
+    )
+
+    refresh = token_service(settings).issue(ghost, "refresh")
+    response = await http.post("/api/token/refresh/", json={"refresh": refresh})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_not_valid"
+
+
+async def test_refresh_without_a_token_names_the_field(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/token/refresh/", json={})
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"refresh"}

@@ -1,0 +1,215 @@
+"""Settings.from_env: defaults, parsing of every TAXI_* variable, and refusals that name it."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.settings import DEVELOPMENT_JWT_SECRET, Settings, SettingsError, env_name
+
+REAL_SECRET = "a-real-production-secret-of-48-bytes-0123456789"
+
+
+def test_without_variables_the_defaults_point_at_local_services() -> None:
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.env == "development"
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert urlsplit(settings.database_url).hostname == "127.0.0.1"
+    assert urlsplit(settings.database_url).port == 5432
+    assert settings.database_name == "taxi"
+    assert urlsplit(settings.amqp_url).hostname == "127.0.0.1"
+    assert urlsplit(settings.amqp_url).port == 5672
+    assert settings.access_token_minutes == 60
+    assert settings.refresh_token_days == 1
+    assert settings.broker_prefix == "taxi"
+    assert settings.log_level == "INFO"
+
+
+def test_empty_and_blank_variables_mean_the_default() -> None:
+    assert Settings.from_env({"TAXI_PORT": "", "TAXI_HOST": "   "}) == Settings()
+
+
+def test_variables_of_other_programs_are_ignored() -> None:
+    assert Settings.from_env({"PORT": "1", "DATABASE_URL": "nonsense"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expected"),
+    [
+        ("TAXI_ENV", "test", "test"),
+        ("TAXI_DATABASE_URL", "postgresql://app:pw@db.internal:6543/rides", None),
+        ("TAXI_DATABASE_URL", "postgres://app@db.internal/rides", None),
+        ("TAXI_AMQP_URL", "amqp://app:pw@mq.internal:5673/vhost", None),
+        ("TAXI_AMQP_URL", "amqps://app:pw@mq.internal/", None),
+        ("TAXI_JWT_SECRET", REAL_SECRET, None),
+        ("TAXI_ACCESS_TOKEN_MINUTES", "15", 15),
+        ("TAXI_REFRESH_TOKEN_DAYS", "7", 7),
+        ("TAXI_BROKER_PREFIX", "taxi-eu_2", None),
+        ("TAXI_HOST", "0.0.0.0", None),
+        ("TAXI_PORT", "8080", 8080),
+        ("TAXI_PORT", "65535", 65535),
+        ("TAXI_MAX_FRAME_BYTES", "1024", 1024),
+        ("TAXI_MEDIA_DIR", "/var/lib/taxi/media", None),
+        ("TAXI_MAX_PHOTO_BYTES", "2048", 2048),
+        ("TAXI_DB_POOL_SIZE", "3", 3),
+        ("TAXI_USER_QUEUE_IDLE_SECONDS", "60", 60),
+        ("TAXI_USER_QUEUE_MAX_LENGTH", "5", 5),
+        ("TAXI_USER_QUEUE_MESSAGE_TTL_SECONDS", "120", 120),
+        ("TAXI_OFFER_TTL_SECONDS", "10", 10),
+        ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
+        ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
+        ("TAXI_PORT", " 9000 ", 9000),
+    ],
+)
+def test_each_variable_is_parsed(variable: str, raw: str, expected: Any) -> None:
+    settings = Settings.from_env({variable: raw})
+
+    field = variable.removeprefix("TAXI_").lower()
+    assert getattr(settings, field) == (raw if expected is None else expected)
+    others = {f.name for f in fields(Settings)} - {field}
+    assert all(getattr(settings, name) == getattr(Settings(), name) for name in others)
+
+
+def test_every_setting_has_a_taxi_variable() -> None:
+    """Every field is reachable from the environment, under TAXI_<FIELD>."""
+    names = {env_name(field.name) for field in fields(Settings)}
+    assert set(Settings().to_env()) == names
+    assert all(name.startswith("TAXI_") and name.isupper() for name in names)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TAXI_PORT", "abc"),
+        ("TAXI_PORT", "0"),
+        ("TAXI_PORT", "-1"),
+        ("TAXI_PORT", "65536"),
+        ("TAXI_PORT", "80.5"),
+        ("TAXI_DATABASE_URL", "nonsense"),
+        ("TAXI_DATABASE_URL", "mysql://app@db/taxi"),
+        ("TAXI_DATABASE_URL", "postgresql://"),
+        ("TAXI_AMQP_URL", "http://x"),
+        ("TAXI_AMQP_URL", "amqp://"),
+        ("TAXI_ACCESS_TOKEN_MINUTES", "-1"),
+        ("TAXI_ACCESS_TOKEN_MINUTES", "0"),
+        ("TAXI_REFRESH_TOKEN_DAYS", "one"),
+        ("TAXI_MAX_FRAME_BYTES", "0"),
+        ("TAXI_MAX_PHOTO_BYTES", "-5"),
+        ("TAXI_DB_POOL_SIZE", "ten"),
+        ("TAXI_USER_QUEUE_IDLE_SECONDS", "0"),
+        ("TAXI_USER_QUEUE_MAX_LENGTH", "-1"),
+        ("TAXI_USER_QUEUE_MESSAGE_TTL_SECONDS", "1e3"),
+        ("TAXI_OFFER_TTL_SECONDS", "0"),
+        ("TAXI_BROKER_PREFIX", "taxi.eu"),
+        ("TAXI_BROKER_PREFIX", "taxi eu"),
+        ("TAXI_BROKER_PREFIX", "taxi#"),
+        ("TAXI_BROKER_PREFIX", "taxi*"),
+        ("TAXI_LOG_LEVEL", "LOUD"),
+        ("TAXI_ENV", "staging"),
+        ("TAXI_JWT_SECRET", "short"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: raw})
+
+    assert variable in str(refused.value)
+
+
+def test_a_bad_value_is_refused_even_among_good_ones() -> None:
+    environ = {"TAXI_PORT": "8080", "TAXI_LOG_LEVEL": "LOUD", "TAXI_HOST": "0.0.0.0"}
+    with pytest.raises(SettingsError, match="TAXI_LOG_LEVEL"):
+        Settings.from_env(environ)
+
+
+def test_the_refusal_says_what_is_expected() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_ENV": "staging"})
+    assert "production" in str(refused.value)
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_PORT": "abc"})
+    assert "whole number" in str(refused.value)
+
+
+def test_production_refuses_the_development_secret() -> None:
+    with pytest.raises(SettingsError, match="TAXI_JWT_SECRET"):
+        Settings.from_env({"TAXI_ENV": "production"})
+
+    with pytest.raises(SettingsError, match="TAXI_JWT_SECRET"):
+        Settings.from_env({"TAXI_ENV": "production", "TAXI_JWT_SECRET": DEVELOPMENT_JWT_SECRET})
+
+
+def test_production_runs_with_a_secret_of_its_own() -> None:
+    settings = Settings.from_env({"TAXI_ENV": "production", "TAXI_JWT_SECRET": REAL_SECRET})
+
+    assert settings.env == "production"
+    assert settings.jwt_secret == REAL_SECRET
+
+
+def test_the_secret_must_be_at_least_32_bytes() -> None:
+    with pytest.raises(SettingsError, match="TAXI_JWT_SECRET"):
+        Settings.from_env({"TAXI_JWT_SECRET": "x" * 31})
+
+    assert Settings.from_env({"TAXI_JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+
+
+def test_a_short_secret_is_refused_in_production_too() -> None:
+    with pytest.raises(SettingsError, match="TAXI_JWT_SECRET"):
+        Settings.from_env({"TAXI_ENV": "production", "TAXI_JWT_SECRET": "too-short"})
+
+
+def test_the_secret_is_not_echoed_when_refused() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_JWT_SECRET": "hunter2-hunter2"})
+
+    assert "hunter2" not in str(refused.value)
+
+
+def test_to_env_round_trips_through_from_env() -> None:
+    settings = Settings(
+        env="production",
+        database_url="postgresql://app:pw@db.internal:6543/rides",
+        amqp_url="amqps://app:pw@mq.internal:5671/prod",
+        jwt_secret=REAL_SECRET,
+        access_token_minutes=5,
+        refresh_token_days=14,
+        broker_prefix="taxi-prod_1",
+        host="0.0.0.0",
+        port=8443,
+        max_frame_bytes=4096,
+        media_dir="/srv/media",
+        max_photo_bytes=1000,
+        db_pool_size=4,
+        user_queue_idle_seconds=61,
+        user_queue_max_length=7,
+        user_queue_message_ttl_seconds=62,
+        offer_ttl_seconds=9,
+        log_level="ERROR",
+    )
+    # Every field differs from its default, so a field to_env forgot would show.
+    defaults = Settings()
+    assert all(getattr(settings, f.name) != getattr(defaults, f.name) for f in fields(Settings))
+
+    environ = settings.to_env()
+
+    assert all(isinstance(value, str) for value in environ.values())
+    assert Settings.from_env(environ) == settings
+
+
+def test_to_env_of_the_defaults_round_trips() -> None:
+    assert Settings.from_env(Settings().to_env()) == Settings()
+
+
+def test_a_refused_url_does_not_echo_its_password() -> None:
+    # A Unix-socket URL (no host) is refused; the refusal must still not print the password.
+    with pytest.raises(SettingsError, match="TAXI_DATABASE_URL") as refused:
+        Settings.from_env({"TAXI_DATABASE_URL": "postgresql://app:s3cret-pw@/taxi"})
+
+    assert "s3cret-pw" not in str(refused.value)
