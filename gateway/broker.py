@@ -113,6 +113,10 @@ class GatewayBroker:
         )
         await queue.bind(self._notifications, user_key(user.id))
         inbox = Inbox(queue.iterator(no_ack=False), queue, self._notifications, False)
+        # Consume now, in this task: the forwarder then only reads a local buffer, and
+        # ending it never cancels a broker call halfway (aiormq closes the whole shared
+        # channel when an RPC is cancelled).
+        await inbox.messages.consume()
         if offers:
             await inbox.resume_offers()
         try:

@@ -10,7 +10,6 @@ and acknowledged only once it was written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -53,9 +52,10 @@ class TaxiSocket:
             try:
                 await self._receive(websocket, user)
             finally:
-                forwarder.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forwarder
+                # Closing the consumer ends the forwarder's loop; unacknowledged
+                # messages go back to the queue for the user's next connection.
+                await inbox.messages.close()
+                await forwarder
         log.info("socket closed user_id=%s", user.id)
 
     async def _authenticate(self, websocket: WebSocket) -> User | None:
