@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from dataclasses import replace
 
 import uvloop
 
@@ -33,8 +34,12 @@ async def serve(settings: Settings, concurrency: int, prefetch: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    # The pool must cover every command in flight, or handlers would queue for connections.
-    worker = Worker(settings, concurrency=concurrency, prefetch=prefetch)
+    # The pool covers every command in flight plus the outbox relay, or handlers
+    # would queue for connections.
+    pool_size = max(settings.db_pool_size, concurrency + 1)
+    worker = Worker(
+        replace(settings, db_pool_size=pool_size), concurrency=concurrency, prefetch=prefetch
+    )
     await worker.run(stopping)
 
 
