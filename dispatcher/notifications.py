@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from shared import wire
 from shared.topology import (
     DRIVER_OFFERS_KEY,
+    EXCLUDE_USER_HEADER,
     OFFERS_HEADER,
     PAUSE_OFFERS,
     RESUME_OFFERS,
@@ -53,12 +54,19 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
         notifications.append(
             Notification(DRIVER_OFFERS_KEY, frame(EventType.REQUESTED), offer_ttl_seconds)
         )
-    elif withdrawn_offer:
-        taken_or_cancelled = (
-            EventType.TAKEN if transition.event is EventType.ACCEPTED else EventType.CANCELLED
-        )
+    elif withdrawn_offer and transition.event is EventType.ACCEPTED:
+        assert trip.driver is not None
         notifications.append(
-            Notification(DRIVER_OFFERS_KEY, frame(taken_or_cancelled), offer_ttl_seconds)
+            Notification(
+                DRIVER_OFFERS_KEY,
+                frame(EventType.TAKEN),
+                offer_ttl_seconds,
+                headers={EXCLUDE_USER_HEADER: str(trip.driver.id)},
+            )
+        )
+    elif withdrawn_offer:
+        notifications.append(
+            Notification(DRIVER_OFFERS_KEY, frame(EventType.CANCELLED), offer_ttl_seconds)
         )
     return notifications
 

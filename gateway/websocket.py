@@ -21,7 +21,7 @@ from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
-from shared.topology import OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
+from shared.topology import EXCLUDE_USER_HEADER, OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
 from shared.users import User
 from shared.wire import ClientFrame, ErrorCode, FrameError
 
@@ -48,7 +48,7 @@ class TaxiSocket:
         async with self._broker.inbox(user, offers=offers) as inbox:
             await websocket.accept()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
-            forwarder = asyncio.create_task(_forward(inbox, websocket))
+            forwarder = asyncio.create_task(_forward(inbox, websocket, user))
             try:
                 await self._receive(websocket, user)
             finally:
@@ -121,9 +121,14 @@ class TaxiSocket:
         )
 
 
-async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
+async def _forward(inbox: Inbox, websocket: WebSocket, user: User) -> None:
+    excluded = str(user.id)
     async for message in inbox.messages:
-        directive = (message.headers or {}).get(OFFERS_HEADER)
+        headers = message.headers or {}
+        if headers.get(EXCLUDE_USER_HEADER) == excluded:
+            await message.ack()
+            continue
+        directive = headers.get(OFFERS_HEADER)
         if directive == PAUSE_OFFERS:
             await inbox.pause_offers()
         elif directive == RESUME_OFFERS:

@@ -21,6 +21,8 @@ COMMAND_KEY_PATTERN = "command.#"
 OFFERS_HEADER = "x-offers"
 PAUSE_OFFERS = "pause"
 RESUME_OFFERS = "resume"
+# A broadcast may leave out one user: the driver who took a trip is not told it was taken.
+EXCLUDE_USER_HEADER = "x-exclude-user"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,110 @@
+"""Nothing twice, never silence: redelivered commands and commands the broker refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+
+from shared.commands import UPDATE_TRIP, Command, UpdateTrip
+from shared.settings import Settings
+from shared.topology import Topology, command_key
+from shared.trips import Status
+from tests.clients import about, connect, create_account, is_error, receive_until, send
+from tests.conftest import delete_broker_objects
+from tests.e2e.test_dispatch import request_trip, update
+from tests.processes import ServiceProcess, start_gateway
+
+
+async def test_a_redelivered_command_changes_nothing_twice(
+    http: httpx.AsyncClient,
+    base_url: str,
+    settings: Settings,
+    amqp: aio_pika.abc.AbstractConnection,
+    dispatchers: list[ServiceProcess],
+) -> None:
+    rider = await create_account(http, "rider")
+    driver = await create_account(http, "driver")
+    async with (
+        await connect(base_url, rider.access) as rider_ws,
+        await connect(base_url, driver.access) as driver_ws,
+    ):
+        trip = await request_trip(rider_ws, rider)
+        accept = Command(
+            id=uuid.uuid4(),
+            type=UPDATE_TRIP,
+            user_id=driver.id,
+            data=UpdateTrip(trip_id=uuid.UUID(trip["id"]), status=Status.STARTED),
+            sent_at=0.0,
+        )
+        channel = await amqp.channel(publisher_confirms=True)
+        commands = await channel.get_exchange(Topology(settings.broker_prefix).commands_exchange)
+        for _ in range(2):  # the same message id twice, as after a crash before the ack
+            await commands.publish(
+                aio_pika.Message(accept.encode(), message_id=str(accept.id)),
+                command_key(UPDATE_TRIP),
+            )
+        await receive_until(driver_ws, about(trip["id"], "trip.requested"))
+        accepted = await receive_until(driver_ws, lambda f: is_error(f) or about(trip["id"])(f))
+        assert accepted["type"] == "trip.accepted"
+        wait_for_any_log(dispatchers, f"duplicate ignored message_id={accept.id}")
+        # Had the duplicate been applied again, the driver's next frame would be the
+        # refusal of accepting their own trip twice; instead it is their next step.
+        await send(driver_ws, update(trip, "IN_PROGRESS", driver))
+        next_frame = await receive_until(driver_ws, lambda f: is_error(f) or about(trip["id"])(f))
+        assert next_frame["type"] == "trip.picked_up"
+        assert (await receive_until(rider_ws, about(trip["id"], "trip.accepted")))["event_id"] == (
+            accepted["event_id"]
+        )
+
+
+def wait_for_any_log(processes: list[ServiceProcess], text: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(text in process.log() for process in processes):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no process logged {text!r}")
+
+
+@pytest.fixture
+def gateway_without_command_queue(
+    settings: Settings, log_dir: Path
+) -> Iterator[tuple[Settings, str]]:
+    """A gateway on a prefix of its own whose command queue is gone: nothing can route."""
+    isolated = replace(settings, broker_prefix=f"{settings.broker_prefix}-lonely")
+    process, url = start_gateway(isolated, log_dir)
+    try:
+        yield isolated, url
+    finally:
+        process.stop()
+        asyncio.run(delete_broker_objects(isolated))
+
+
+async def test_a_command_the_broker_cannot_route_gets_an_error_frame(
+    http: httpx.AsyncClient, gateway_without_command_queue: tuple[Settings, str]
+) -> None:
+    isolated, url = gateway_without_command_queue
+    connection = await aio_pika.connect(isolated.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(Topology(isolated.broker_prefix).dispatcher_queue)
+    rider = await create_account(http, "rider")
+    async with await connect(url, rider.access) as ws:
+        await send(
+            ws,
+            {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}},
+        )
+        error = await receive_until(ws, is_error)
+        assert error["data"]["code"] == "service_unavailable"
+        assert error["data"]["request"] == "create.trip"
+        assert "nothing was changed" in error["data"]["message"]
+        await send(ws, {"type": "echo.message", "data": "still open"})
+        await receive_until(ws, lambda f: f["type"] == "echo.message")

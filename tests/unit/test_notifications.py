@@ -1,0 +1,187 @@
+"""Who is told what when a trip changes, or when a command is refused."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from dispatcher.notifications import Notification, for_refusal, for_transition
+from shared import trips
+from shared.topology import DRIVER_OFFERS_KEY, OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
+from shared.trips import Status, Transition, Trip
+from shared.users import User
+
+OFFER_TTL = 30
+REQUESTED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+LATER = REQUESTED_AT + timedelta(minutes=1)
+
+RIDER = User(7, "rider@example.com", "Ann", "Rider", "rider", None)
+DRIVER = User(42, "driver@example.com", "Bob", "Driver", "driver", None)
+
+
+def requested() -> Transition:
+    return trips.request(uuid.uuid4(), RIDER, "1 Main St", "2 South St", REQUESTED_AT)
+
+
+def accepted() -> Transition:
+    return trips.accept(requested().after, DRIVER, LATER)
+
+
+def picked_up() -> Transition:
+    return trips.advance(accepted().after, DRIVER, Status.IN_PROGRESS, LATER)
+
+
+def completed() -> Transition:
+    return trips.advance(picked_up().after, DRIVER, Status.COMPLETED, LATER)
+
+
+def frame(notification: Notification) -> dict[str, Any]:
+    decoded = orjson.loads(notification.body)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def by_key(notifications: list[Notification]) -> dict[str, Notification]:
+    keyed = {n.routing_key: n for n in notifications}
+    assert len(keyed) == len(notifications), "one notification per recipient"
+    return keyed
+
+
+def assert_frames_describe(notifications: list[Notification], trip: Trip) -> None:
+    """Every frame is {type, event_id, data}, about the trip as it is now, with one event id."""
+    frames = [frame(n) for n in notifications]
+    for each in frames:
+        assert set(each) == {"type", "event_id", "data"}
+        assert each["data"] == trip.payload()
+        uuid.UUID(each["event_id"])
+    assert len({each["event_id"] for each in frames}) == 1
+
+
+def test_a_new_trip_is_told_to_its_rider_and_offered_to_drivers() -> None:
+    transition = requested()
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    assert set(told) == {"user.7", DRIVER_OFFERS_KEY}
+    assert frame(told["user.7"])["type"] == "trip.requested"
+    assert told["user.7"].ttl_seconds is None
+    assert told["user.7"].headers == {}
+    offer = told[DRIVER_OFFERS_KEY]
+    assert frame(offer)["type"] == "trip.requested"
+    assert offer.ttl_seconds == OFFER_TTL
+    assert offer.headers == {}
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_the_offer_lives_as_long_as_configured() -> None:
+    told = by_key(for_transition(requested(), 5))
+
+    assert told[DRIVER_OFFERS_KEY].ttl_seconds == 5
+
+
+def test_accepting_tells_both_pauses_the_drivers_offers_and_withdraws_the_offer() -> None:
+    transition = accepted()
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    assert set(told) == {"user.7", "user.42", DRIVER_OFFERS_KEY}
+    assert frame(told["user.7"])["type"] == "trip.accepted"
+    assert told["user.7"].headers == {}
+    assert frame(told["user.42"])["type"] == "trip.accepted"
+    assert told["user.42"].headers == {OFFERS_HEADER: PAUSE_OFFERS}
+    assert told["user.42"].ttl_seconds is None
+    taken = told[DRIVER_OFFERS_KEY]
+    assert frame(taken)["type"] == "trip.taken"
+    assert taken.ttl_seconds == OFFER_TTL
+    assert taken.headers == {}
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_the_pick_up_is_told_to_rider_and_driver_only() -> None:
+    transition = picked_up()
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    assert set(told) == {"user.7", "user.42"}
+    assert {frame(n)["type"] for n in notifications} == {"trip.picked_up"}
+    assert told["user.42"].headers == {}
+    assert all(n.ttl_seconds is None for n in notifications)
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_completing_resumes_the_drivers_offers() -> None:
+    transition = completed()
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    assert set(told) == {"user.7", "user.42"}
+    assert {frame(n)["type"] for n in notifications} == {"trip.completed"}
+    assert told["user.42"].headers == {OFFERS_HEADER: RESUME_OFFERS}
+    assert told["user.7"].headers == {}
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_cancelling_a_requested_trip_withdraws_the_offer() -> None:
+    transition = trips.cancel(requested().after, RIDER, LATER)
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    assert set(told) == {"user.7", DRIVER_OFFERS_KEY}
+    assert frame(told["user.7"])["type"] == "trip.cancelled"
+    withdrawn = told[DRIVER_OFFERS_KEY]
+    assert frame(withdrawn)["type"] == "trip.cancelled"
+    assert withdrawn.ttl_seconds == OFFER_TTL
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_cancelling_an_accepted_trip_tells_its_driver_and_no_other_driver() -> None:
+    transition = trips.cancel(accepted().after, RIDER, LATER)
+
+    notifications = for_transition(transition, OFFER_TTL)
+
+    told = by_key(notifications)
+    # The offer was withdrawn when the trip was taken; other drivers have nothing to drop.
+    assert set(told) == {"user.7", "user.42"}
+    assert {frame(n)["type"] for n in notifications} == {"trip.cancelled"}
+    assert told["user.42"].headers == {OFFERS_HEADER: RESUME_OFFERS}
+    assert_frames_describe(notifications, transition.after)
+
+
+def test_each_transition_has_its_own_event_id() -> None:
+    transition = accepted()
+
+    first = frame(for_transition(transition, OFFER_TTL)[0])["event_id"]
+    second = frame(for_transition(transition, OFFER_TTL)[0])["event_id"]
+
+    assert first != second
+
+
+def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:
+    notification = for_refusal(42, "trip_unavailable", "this trip is no longer available", "x")
+
+    assert notification.routing_key == "user.42"
+    assert notification.ttl_seconds is None
+    assert notification.headers == {}
+    refusal = frame(notification)
+    assert refusal["type"] == "error"
+    assert refusal["data"] == {
+        "code": "trip_unavailable",
+        "message": "this trip is no longer available",
+        "request": "x",
+    }
+    uuid.UUID(refusal["event_id"])
+
+
+def test_refusals_have_distinct_event_ids() -> None:
+    first = frame(for_refusal(1, "forbidden", "no", "create.trip"))["event_id"]
+    second = frame(for_refusal(1, "forbidden", "no", "create.trip"))["event_id"]
+
+    assert first != second
