@@ -75,8 +75,10 @@ def decode_command(body: bytes) -> Command:
         fields = orjson.loads(body)
         command_type = fields["type"]
         user_id = fields["user_id"]
-        if not isinstance(user_id, int):
-            raise TypeError("user_id")
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise TypeError("user_id must be an integer")
+        if not isinstance(fields["id"], str):
+            raise TypeError("id must be a string")
         return Command(
             id=uuid.UUID(fields["id"]),
             type=command_type,
@@ -84,7 +86,14 @@ def decode_command(body: bytes) -> Command:
             data=parse_data(command_type, fields["data"], user_id, group=None),
             sent_at=float(fields["sent_at"]),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, FrameError) as exc:
+    except (
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        FrameError,
+    ) as exc:
         raise InvalidCommand(f"not a valid command: {exc!r}") from None
 
 
@@ -171,7 +180,7 @@ def _user_id(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 

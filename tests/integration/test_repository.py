@@ -1,0 +1,283 @@
+"""The schema's guarantees and the dispatcher's SQL, against this run's real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from dispatcher import repository
+from shared import trips
+from shared.settings import Settings
+from shared.trips import Status, Trip
+from shared.users import USER_COLUMNS, User, user_from_row
+
+RACERS = 8
+
+
+async def create_user(conn: asyncpg.Connection, group: str, username: str | None = None) -> User:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO users (username, password_hash, first_name, last_name, user_group, photo)
+        VALUES ($1, 'not-a-real-hash', 'First', 'Last', $2, $3)
+        RETURNING {USER_COLUMNS}
+        """,
+        username or f"{group}-{uuid.uuid4().hex}@example.com",
+        group,
+        "/media/photos/x.png" if group == "driver" else None,
+    )
+    assert row is not None
+    return user_from_row(row)
+
+
+async def create_requested_trip(conn: asyncpg.Connection, rider: User) -> Trip:
+    trip = trips.request(
+        uuid.uuid4(), rider, "123 Main Street", "456 South Street", datetime.now(UTC)
+    ).after
+    await repository.insert_trip(conn, trip)
+    return trip
+
+
+async def create_started_trip(conn: asyncpg.Connection, rider: User, driver: User) -> Trip:
+    transition = trips.accept(await create_requested_trip(conn, rider), driver, datetime.now(UTC))
+    assert await repository.save_transition(conn, transition)
+    return transition.after
+
+
+async def trip_row(conn: asyncpg.Connection, trip_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT status, driver_id FROM trips WHERE id = $1", trip_id)
+    assert row is not None
+    return row
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# Users
+
+
+async def test_usernames_are_unique_whatever_their_case(db: asyncpg.Connection) -> None:
+    name = uuid.uuid4().hex
+    await create_user(db, "rider", f"Ann.{name}@Example.com")
+
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await create_user(db, "driver", f"ann.{name}@example.COM")
+
+
+async def test_get_user_returns_the_user_or_none(db: asyncpg.Connection) -> None:
+    driver = await create_user(db, "driver")
+
+    assert await repository.get_user(db, driver.id) == driver
+    assert await repository.get_user(db, -1) is None
+
+
+# Processed commands
+
+
+async def test_a_command_is_processed_once(db: asyncpg.Connection) -> None:
+    command_id = uuid.uuid4()
+
+    assert await repository.mark_processed(db, command_id) is True
+    assert await repository.mark_processed(db, command_id) is False
+    assert await repository.mark_processed(db, uuid.uuid4()) is True
+
+
+async def test_a_rolled_back_command_can_be_processed_again(db: asyncpg.Connection) -> None:
+    command_id = uuid.uuid4()
+    transaction = db.transaction()
+    await transaction.start()
+    assert await repository.mark_processed(db, command_id) is True
+    await transaction.rollback()
+
+    assert await repository.mark_processed(db, command_id) is True
+
+
+# Trips
+
+
+async def test_a_trip_reads_back_as_it_was_written(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+
+    trip = await create_requested_trip(db, rider)
+
+    assert await repository.get_trip(db, trip.id) == trip
+
+
+async def test_an_unknown_trip_is_none(db: asyncpg.Connection) -> None:
+    assert await repository.get_trip(db, uuid.uuid4()) is None
+
+
+async def test_an_accepted_trip_reads_back_with_its_rider_and_driver(
+    db: asyncpg.Connection,
+) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    trip = await create_requested_trip(db, rider)
+    transition = trips.accept(trip, driver, trip.created + timedelta(seconds=5))
+
+    assert await repository.save_transition(db, transition) is True
+
+    stored = await repository.get_trip(db, trip.id)
+    assert stored == transition.after
+    assert stored is not None
+    assert stored.rider == rider
+    assert stored.driver == driver
+    assert stored.created == trip.created
+    assert stored.updated == trip.created + timedelta(seconds=5)
+
+
+async def test_a_trip_goes_all_the_way_to_completed(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    trip = await create_started_trip(db, rider, driver)
+
+    for status in (Status.IN_PROGRESS, Status.COMPLETED):
+        transition = trips.advance(trip, driver, status, datetime.now(UTC))
+        assert await repository.save_transition(db, transition) is True
+        trip = transition.after
+
+    assert await repository.get_trip(db, trip.id) == trip
+
+
+async def test_a_change_based_on_a_stale_trip_saves_nothing(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    stale = await create_requested_trip(db, rider)
+    assert await repository.save_transition(db, trips.accept(stale, driver, datetime.now(UTC)))
+
+    # The rider's cancel was decided on the trip as it was before the driver took it.
+    cancel = trips.cancel(stale, rider, datetime.now(UTC))
+
+    assert await repository.save_transition(db, cancel) is False
+    row = await trip_row(db, stale.id)
+    assert (row["status"], row["driver_id"]) == ("STARTED", driver.id)
+
+
+async def test_a_busy_driver_cannot_accept_a_second_trip(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    await create_started_trip(db, rider, driver)
+    second = await create_requested_trip(db, rider)
+
+    accepted = await repository.save_transition(db, trips.accept(second, driver, datetime.now(UTC)))
+
+    assert accepted is False
+    row = await trip_row(db, second.id)
+    assert (row["status"], row["driver_id"]) == ("REQUESTED", None)
+
+
+async def test_a_driver_whose_trip_ended_can_accept_another(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    first = await create_started_trip(db, rider, driver)
+    assert await repository.save_transition(db, trips.cancel(first, rider, datetime.now(UTC)))
+    second = await create_requested_trip(db, rider)
+
+    accepted = await repository.save_transition(db, trips.accept(second, driver, datetime.now(UTC)))
+
+    assert accepted is True
+    assert (await trip_row(db, second.id))["driver_id"] == driver.id
+
+
+async def test_of_racing_drivers_exactly_one_gets_the_trip(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    rider = await create_user(db, "rider")
+    drivers = [await create_user(db, "driver") for _ in range(RACERS)]
+    trip = await create_requested_trip(db, rider)
+    connections = [await asyncpg.connect(settings.database_url) for _ in drivers]
+    # Every driver reads the trip as REQUESTED before any of them writes.
+    all_have_read = asyncio.Barrier(RACERS)
+
+    async def accept_as(conn: asyncpg.Connection, driver: User) -> bool:
+        async with conn.transaction():
+            seen = await repository.get_trip(conn, trip.id)
+            assert seen is not None
+            transition = trips.accept(seen, driver, datetime.now(UTC))
+            await all_have_read.wait()
+            return await repository.save_transition(conn, transition)
+
+    try:
+        outcomes = await asyncio.gather(
+            *(accept_as(conn, driver) for conn, driver in zip(connections, drivers, strict=True))
+        )
+    finally:
+        await asyncio.gather(*(conn.close() for conn in connections))
+
+    assert outcomes.count(True) == 1
+    winner = drivers[outcomes.index(True)]
+    stored = await repository.get_trip(db, trip.id)
+    assert stored is not None
+    assert stored.status is Status.STARTED
+    assert stored.driver == winner
+
+
+async def test_one_driver_cannot_hold_two_active_trips(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    await create_started_trip(db, rider, driver)
+    second = await create_requested_trip(db, rider)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as violation:
+        await db.execute(
+            "UPDATE trips SET status = 'IN_PROGRESS', driver_id = $2 WHERE id = $1",
+            second.id,
+            driver.id,
+        )
+
+    assert violation.value.constraint_name == "trips_one_active_per_driver"
+
+
+async def test_one_drivers_racing_accepts_of_two_trips_cannot_both_commit(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    first = await create_requested_trip(db, rider)
+    second = await create_requested_trip(db, rider)
+    early = await asyncpg.connect(settings.database_url)
+    late = await asyncpg.connect(settings.database_url)
+    try:
+        early_transaction = early.transaction()
+        await early_transaction.start()
+        assert await repository.save_transition(
+            early, trips.accept(first, driver, datetime.now(UTC))
+        )
+
+        async def accept_second() -> bool:
+            async with late.transaction():
+                return await repository.save_transition(
+                    late, trips.accept(second, driver, datetime.now(UTC))
+                )
+
+        # Neither sees the other's uncommitted accept, so the NOT EXISTS check passes
+        # for both; the late one waits on the unique index until the early one commits.
+        racing = asyncio.create_task(accept_second())
+        late_pid = late.get_server_pid()
+
+        async def late_is_waiting_for_a_lock() -> bool:
+            wait = await db.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", late_pid
+            )
+            return bool(wait == "Lock")
+
+        await wait_until(late_is_waiting_for_a_lock)
+        await early_transaction.commit()
+
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await racing
+    finally:
+        await early.close()
+        await late.close()
+
+    first_row, second_row = await trip_row(db, first.id), await trip_row(db, second.id)
+    assert (first_row["status"], first_row["driver_id"]) == ("STARTED", driver.id)
+    assert (second_row["status"], second_row["driver_id"]) == ("REQUESTED", None)

@@ -1,0 +1,331 @@
+"""Commands: what the gateway accepts from a client, and what the dispatcher accepts as a body."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from shared.commands import (
+    CREATE_TRIP,
+    MAX_ADDRESS_LENGTH,
+    UPDATE_TRIP,
+    Command,
+    CreateTrip,
+    InvalidCommand,
+    UpdateTrip,
+    decode_command,
+    new_command,
+)
+from shared.trips import Status
+from shared.wire import ErrorCode, FrameError
+
+RIDER_ID = 7
+DRIVER_ID = 42
+ADDRESSES = {"pick_up_address": "123 Main Street", "drop_off_address": "456 South Street"}
+TRIP_ID = "6f1b7a43-1d0c-4e38-9a3e-1df27d7f2b0a"
+
+
+def refused(command_type: str, user_id: int, group: str, data: Any) -> FrameError:
+    with pytest.raises(FrameError) as refusal:
+        new_command(command_type, user_id, group, data)
+    assert refusal.value.message
+    return refusal.value
+
+
+# create.trip
+
+
+def test_a_rider_creates_a_trip_command() -> None:
+    before = time.time()
+
+    command = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES))
+
+    assert command.type == "create.trip"
+    assert command.user_id == RIDER_ID
+    assert command.data == CreateTrip("123 Main Street", "456 South Street")
+    assert isinstance(command.id, uuid.UUID)
+    assert before <= command.sent_at <= time.time()
+
+
+def test_every_command_gets_its_own_id() -> None:
+    first = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES))
+    second = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES))
+
+    assert first.id != second.id
+
+
+@pytest.mark.parametrize("rider", [RIDER_ID, str(RIDER_ID), {"id": RIDER_ID, "username": "x"}])
+def test_the_rider_may_name_themselves(rider: Any) -> None:
+    command = new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": rider})
+
+    assert command.user_id == RIDER_ID
+
+
+@pytest.mark.parametrize(
+    "rider", [RIDER_ID + 1, str(RIDER_ID + 1), {"id": RIDER_ID + 1}, "me", True, {"name": "x"}]
+)
+def test_a_rider_cannot_request_a_trip_for_someone_else(rider: Any) -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": rider})
+
+    assert refusal.code == ErrorCode.FORBIDDEN
+    assert refusal.request == "create.trip"
+
+
+def test_a_driver_cannot_create_a_trip() -> None:
+    refusal = refused(CREATE_TRIP, DRIVER_ID, "driver", dict(ADDRESSES))
+
+    assert refusal.code == "forbidden"
+    assert refusal.request == "create.trip"
+
+
+@pytest.mark.parametrize("field", ["pick_up_address", "drop_off_address"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "   ",
+        "\t\n",
+        12,
+        ["1 Main St"],
+        {"street": "Main"},
+        "a" * (MAX_ADDRESS_LENGTH + 1),
+    ],
+)
+def test_addresses_must_be_non_empty_text_of_bounded_length(field: str, value: Any) -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, field: value})
+
+    assert refusal.code == ErrorCode.INVALID_DATA == "invalid_data"
+    assert field in refusal.message
+    assert refusal.request == "create.trip"
+
+
+@pytest.mark.parametrize("field", ["pick_up_address", "drop_off_address"])
+def test_an_address_may_not_be_left_out(field: str) -> None:
+    data = dict(ADDRESSES)
+    del data[field]
+
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", data)
+
+    assert refusal.code == "invalid_data"
+    assert field in refusal.message
+
+
+def test_an_address_may_not_hold_a_nul_character() -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "pick_up_address": "1\x00 St"})
+
+    assert refusal.code == "invalid_data"
+    assert "NUL" in refusal.message
+
+
+def test_an_address_of_the_maximum_length_is_accepted() -> None:
+    longest = "a" * MAX_ADDRESS_LENGTH
+
+    command = new_command(
+        CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "drop_off_address": longest}
+    )
+
+    assert isinstance(command.data, CreateTrip)
+    assert command.data.drop_off_address == longest
+
+
+@pytest.mark.parametrize("data", [None, [], "123 Main Street", 5])
+def test_data_must_be_an_object(data: Any) -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", data)
+
+    assert refusal.code == "invalid_data"
+
+
+def test_an_unknown_command_type_is_refused() -> None:
+    refusal = refused("delete.trip", RIDER_ID, "rider", dict(ADDRESSES))
+
+    assert refusal.code == ErrorCode.UNKNOWN_TYPE
+    assert refusal.request == "delete.trip"
+
+
+# update.trip
+
+
+def update_data(status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": TRIP_ID, "status": status, **ADDRESSES, **extra}
+
+
+@pytest.mark.parametrize("status", ["STARTED", "IN_PROGRESS", "COMPLETED"])
+def test_a_driver_moves_a_trip_on(status: str) -> None:
+    command = new_command(UPDATE_TRIP, DRIVER_ID, "driver", update_data(status))
+
+    assert command.type == "update.trip"
+    assert command.user_id == DRIVER_ID
+    assert command.data == UpdateTrip(uuid.UUID(TRIP_ID), Status(status))
+
+
+def test_a_rider_cancels_a_trip() -> None:
+    command = new_command(UPDATE_TRIP, RIDER_ID, "rider", update_data("CANCELLED"))
+
+    assert command.data == UpdateTrip(uuid.UUID(TRIP_ID), Status.CANCELLED)
+
+
+@pytest.mark.parametrize(
+    "driver", [DRIVER_ID, str(DRIVER_ID), {"id": DRIVER_ID, "username": "driver@example.com"}]
+)
+def test_the_accepting_driver_may_name_themselves(driver: Any) -> None:
+    command = new_command(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED", driver=driver))
+
+    assert isinstance(command.data, UpdateTrip)
+    assert command.data.status is Status.STARTED
+
+
+@pytest.mark.parametrize("driver", [DRIVER_ID + 1, str(DRIVER_ID + 1), {"id": DRIVER_ID + 1}])
+def test_a_driver_cannot_accept_a_trip_for_another_driver(driver: Any) -> None:
+    refusal = refused(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED", driver=driver))
+
+    assert refusal.code == "forbidden"
+    assert refusal.request == "update.trip"
+
+
+@pytest.mark.parametrize("trip_id", [None, "", "not-a-uuid", 12, TRIP_ID[:-1], {"id": TRIP_ID}])
+def test_update_needs_the_trips_uuid(trip_id: Any) -> None:
+    data = update_data("STARTED")
+    data["id"] = trip_id
+
+    refusal = refused(UPDATE_TRIP, DRIVER_ID, "driver", data)
+
+    assert refusal.code == "invalid_data"
+    assert '"id"' in refusal.message
+    assert refusal.request == "update.trip"
+
+
+def test_update_without_an_id_is_refused() -> None:
+    refusal = refused(UPDATE_TRIP, DRIVER_ID, "driver", {"status": "STARTED"})
+
+    assert refusal.code == "invalid_data"
+
+
+@pytest.mark.parametrize("status", [None, "", "started", "DONE", 3, ["STARTED"]])
+def test_update_needs_a_known_status(status: Any) -> None:
+    refusal = refused(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED") | {"status": status})
+
+    assert refusal.code == "invalid_data"
+    assert "STARTED, IN_PROGRESS, COMPLETED, CANCELLED" in refusal.message
+    assert "REQUESTED" not in refusal.message
+
+
+def test_a_trip_cannot_be_sent_back_to_requested() -> None:
+    refusal = refused(UPDATE_TRIP, DRIVER_ID, "driver", update_data("REQUESTED"))
+
+    assert refusal.code == ErrorCode.INVALID_TRANSITION
+
+
+# The body the gateway publishes and the dispatcher decodes
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": RIDER_ID}),
+        new_command(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED", driver=DRIVER_ID)),
+        new_command(UPDATE_TRIP, RIDER_ID, "rider", update_data("CANCELLED")),
+    ],
+    ids=["create", "accept", "cancel"],
+)
+def test_a_command_survives_the_trip_through_the_broker(command: Command) -> None:
+    assert decode_command(command.encode()) == command
+
+
+def test_the_encoded_body_holds_only_validated_fields() -> None:
+    command = new_command(
+        CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": RIDER_ID, "status": "COMPLETED"}
+    )
+
+    body = orjson.loads(command.encode())
+
+    assert body == {
+        "id": str(command.id),
+        "type": "create.trip",
+        "user_id": RIDER_ID,
+        "data": ADDRESSES,
+        "sent_at": command.sent_at,
+    }
+
+
+def valid_body() -> dict[str, Any]:
+    return orjson.loads(new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES)).encode())
+
+
+def with_field(name: str, value: Any) -> bytes:
+    return orjson.dumps({**valid_body(), name: value})
+
+
+def without_field(name: str) -> bytes:
+    body = valid_body()
+    del body[name]
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"{",
+        b"[]",
+        b"null",
+        b'"create.trip"',
+        b"42",
+        b"{}",
+        without_field("id"),
+        without_field("type"),
+        without_field("user_id"),
+        without_field("data"),
+        without_field("sent_at"),
+        with_field("id", "not-a-uuid"),
+        with_field("id", None),
+        with_field("type", "delete.trip"),
+        with_field("type", None),
+        with_field("user_id", "7"),
+        with_field("user_id", 7.5),
+        with_field("user_id", None),
+        with_field("data", None),
+        with_field("data", "123 Main Street"),
+        with_field("data", {"pick_up_address": "1 Main St"}),
+        with_field("data", {**ADDRESSES, "drop_off_address": ""}),
+        with_field("sent_at", "yesterday"),
+        with_field("sent_at", None),
+        with_field("sent_at", [1]),
+    ],
+)
+def test_a_body_that_is_not_a_command_is_refused(body: bytes) -> None:
+    with pytest.raises(InvalidCommand):
+        decode_command(body)
+
+
+def test_an_update_body_with_a_bad_trip_id_is_refused() -> None:
+    body = orjson.loads(
+        new_command(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED")).encode()
+    )
+    body["data"]["id"] = "not-a-uuid"
+
+    with pytest.raises(InvalidCommand):
+        decode_command(orjson.dumps(body))
+
+
+@pytest.mark.parametrize("command_id", [123, [1, 2]], ids=["number", "array"])
+def test_a_body_whose_id_is_not_text_is_refused(command_id: Any) -> None:
+    with pytest.raises(InvalidCommand):
+        decode_command(with_field("id", command_id))
+
+
+def test_a_body_whose_user_id_is_a_boolean_is_refused() -> None:
+    with pytest.raises(InvalidCommand):
+        decode_command(with_field("user_id", True))
+
+
+def test_a_rider_named_by_a_superscript_digit_is_refused_as_a_frame_error() -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": "²"})
+
+    assert refusal.code == "forbidden"
