@@ -26,7 +26,7 @@ from dispatcher.publisher import NotificationPublisher, PublishFailed
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
 from shared.commands import Command, InvalidCommand, decode_command
-from shared.db import Database
+from shared.db import DATABASE_OUTAGE, Database
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import RuleViolation
@@ -41,13 +41,7 @@ MAX_CONFLICT_RETRIES = 3
 MAX_BACKOFF_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 20
 
-DATABASE_OUTAGE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
+_PUBLISH_OR_DATABASE_FAILURE: tuple[type[BaseException], ...] = (PublishFailed, *DATABASE_OUTAGE)
 
 
 class Worker:
@@ -185,7 +179,7 @@ class Worker:
         try:
             await self._publisher.publish(notifications)
             await outbox.delete(self._database, outbox_ids)
-        except (PublishFailed, *DATABASE_OUTAGE) as exc:
+        except _PUBLISH_OR_DATABASE_FAILURE as exc:
             # Committed and stored: the relay publishes these rows once it can.
             log.warning(
                 "notifications left to the outbox relay count=%d error=%r", len(outbox_ids), exc

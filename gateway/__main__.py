@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 
@@ -22,8 +24,9 @@ def main() -> None:
         f"WebSocket on ws://{settings.host}:{settings.port}/taxi/?token=...",
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -36,6 +39,25 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    GatewayServer(config, before_shutdown=app.state.close_sockets).run()
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, but sockets close with 1001 (going away) on shutdown.
+
+    uvicorn itself closes open WebSockets with 1012 (service restart); clients
+    treat 1001 as the plain "server went away, reconnect" it is.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

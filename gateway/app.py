@@ -20,10 +20,13 @@ from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
 from gateway.websocket import TaxiSocket
-from shared.db import Database
+from shared.db import DATABASE_OUTAGE, Database
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The browser client: static files, served at the root.
+CLIENT_DIR = Path(__file__).with_name("client")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -36,6 +39,9 @@ def create_app(settings: Settings) -> Starlette:
         refresh_seconds=settings.refresh_token_days * 24 * 3600,
     )
     photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
+    taxi_socket = TaxiSocket(
+        tokens, users, broker, (settings.rate_limit_per_second, settings.rate_limit_burst)
+    )
     Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
 
     async def healthz(request: Request) -> Response:
@@ -61,13 +67,25 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *AuthApi(users, tokens, photos).routes(),
         *TripsApi(database, users, tokens).routes(),
-        WebSocketRoute("/taxi/", TaxiSocket(tokens, users, broker).endpoint),
+        WebSocketRoute("/taxi/", taxi_socket.endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
+        Mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={BadRequest: bad_request_handler},
+        exception_handlers={
+            BadRequest: bad_request_handler,
+            **dict.fromkeys(DATABASE_OUTAGE, database_unavailable_handler),
+        },
     )
+    # The server calls this on SIGTERM, before it stops the event loop.
+    app.state.close_sockets = taxi_socket.close_all
+    return app
+
+
+async def database_unavailable_handler(request: Request, exc: Exception) -> Response:
+    log.warning("request failed, database unavailable path=%s error=%r", request.url.path, exc)
+    return OrjsonResponse({"detail": "database unavailable, retry shortly"}, status_code=503)

@@ -80,7 +80,8 @@ class GatewayBroker:
 
     @property
     def is_connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        # A robust connection stays open while it reconnects; `connected` tells the truth.
+        return self._connection is not None and self._connection.connected.is_set()
 
     async def publish_command(self, command_type: str, body: bytes, message_id: str) -> None:
         """Publish and wait for the broker's confirm; raise PublishFailed if it does not come."""

@@ -10,6 +10,7 @@ and acknowledged only once it was written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -17,41 +18,72 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.broker import GatewayBroker, Inbox, PublishFailed
 from gateway.http_api import OrjsonResponse
+from gateway.rate_limit import TokenBucket
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
+from shared.db import DATABASE_OUTAGE
 from shared.topology import EXCLUDE_USER_HEADER, OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
 from shared.users import User
-from shared.wire import ClientFrame, ErrorCode, FrameError
+from shared.wire import ClientFrame, CloseCode, ErrorCode, FrameError
 
 log = logging.getLogger(__name__)
 
 FrameHandler = Callable[[WebSocket, User, ClientFrame], Awaitable[None]]
 
 
+# A client that keeps sending after this many refused frames in a row is cut off.
+MAX_RATE_LIMITED_FRAMES = 10
+
+
 class TaxiSocket:
-    def __init__(self, tokens: TokenService, users: UserRepository, broker: GatewayBroker) -> None:
+    def __init__(
+        self,
+        tokens: TokenService,
+        users: UserRepository,
+        broker: GatewayBroker,
+        rate_limit: tuple[int, int],
+    ) -> None:
         self._tokens = tokens
         self._users = users
         self._broker = broker
+        self._rate_limit = rate_limit
+        self._open: set[WebSocket] = set()
         self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
         self._handlers.update(dict.fromkeys(COMMAND_TYPES, self._command))
 
+    async def close_all(self) -> None:
+        """Tell every connected client the server is going away (1001), before shutdown."""
+        for websocket in list(self._open):
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
+
     async def endpoint(self, websocket: WebSocket) -> None:
-        user = await self._authenticate(websocket)
+        try:
+            user = await self._authenticate(websocket)
+            offers = user is not None and user.is_driver
+            if user is not None and offers:
+                offers = not await self._users.has_active_trip(user.id)
+        except DATABASE_OUTAGE as exc:
+            log.warning("handshake refused, database unavailable error=%r", exc)
+            await websocket.send_denial_response(
+                OrjsonResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
+            )
+            return
         if user is None:
             return
-        offers = user.is_driver and not await self._users.has_active_trip(user.id)
         # The inbox is bound before the handshake completes, so that anything sent
         # to the user once their socket is open reaches them.
         async with self._broker.inbox(user, offers=offers) as inbox:
             await websocket.accept()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
             forwarder = asyncio.create_task(_forward(inbox, websocket, user))
+            self._open.add(websocket)
             try:
                 await self._receive(websocket, user)
             finally:
+                self._open.discard(websocket)
                 # Closing the consumer ends the forwarder's loop; unacknowledged
                 # messages go back to the queue for the user's next connection.
                 await inbox.messages.close()
@@ -78,10 +110,28 @@ class TaxiSocket:
         return None
 
     async def _receive(self, websocket: WebSocket, user: User) -> None:
+        bucket = TokenBucket(*self._rate_limit)
+        refused_in_a_row = 0
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if not bucket.take():
+                refused_in_a_row += 1
+                if refused_in_a_row > MAX_RATE_LIMITED_FRAMES:
+                    log.warning("socket cut off for flooding user_id=%s", user.id)
+                    await websocket.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                    return
+                await send_frame(
+                    websocket,
+                    wire.error_frame(
+                        ErrorCode.RATE_LIMITED,
+                        f"too many frames: at most {self._rate_limit[0]} per second; "
+                        "this frame was dropped",
+                    ),
+                )
+                continue
+            refused_in_a_row = 0
             text = message.get("text")
             try:
                 if text is None:

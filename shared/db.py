@@ -15,6 +15,23 @@ from shared.settings import Settings
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
+# What an unreachable or restarting Postgres looks like to asyncpg.
+DATABASE_OUTAGE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+_NOT_REACHABLE: tuple[type[BaseException], ...] = (
+    *DATABASE_OUTAGE,
+    asyncpg.PostgresError,
+    RuntimeError,
+    TimeoutError,
+)
+
+
 class Database:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -41,5 +58,5 @@ class Database:
     async def is_reachable(self) -> bool:
         try:
             return bool(await self.pool.fetchval("SELECT 1", timeout=2))
-        except (OSError, asyncpg.PostgresError, RuntimeError, TimeoutError):
+        except _NOT_REACHABLE:
             return False

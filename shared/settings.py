@@ -45,6 +45,9 @@ class Settings:
     user_queue_max_length: int = 1000
     user_queue_message_ttl_seconds: int = 60 * 60
     offer_ttl_seconds: int = 30
+    # Frames a client may send per second on one socket, and the burst allowed above that.
+    rate_limit_per_second: int = 20
+    rate_limit_burst: int = 40
     log_level: str = "INFO"
 
     @classmethod
@@ -143,5 +146,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "user_queue_max_length": _positive_int,
     "user_queue_message_ttl_seconds": _positive_int,
     "offer_ttl_seconds": _positive_int,
+    "rate_limit_per_second": _positive_int,
+    "rate_limit_burst": _positive_int,
     "log_level": _upper,
 }

@@ -26,6 +26,14 @@ class ErrorCode:
     RATE_LIMITED = "rate_limited"
 
 
+class CloseCode:
+    """WebSocket close codes the gateway uses (4xxx are the application's own)."""
+
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    RATE_LIMITED = 4008
+
+
 class FrameError(Exception):
     """A client frame the server will not act on; becomes an `error` frame."""
 

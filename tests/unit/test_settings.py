@@ -191,6 +191,8 @@ def test_to_env_round_trips_through_from_env() -> None:
         user_queue_max_length=7,
         user_queue_message_ttl_seconds=62,
         offer_ttl_seconds=9,
+        rate_limit_per_second=3,
+        rate_limit_burst=5,
         log_level="ERROR",
     )
     # Every field differs from its default, so a field to_env forgot would show.
