@@ -29,13 +29,13 @@ RELAY_BATCH = 500
 
 
 async def store(
-    conn: Connection, notifications: Sequence[Notification], now: datetime
+    conn: Connection, notifications: Sequence[Notification], now: datetime, *, exchange: str
 ) -> list[int]:
     """Write the notifications in the caller's transaction; return their outbox ids."""
     rows = await conn.fetch(
         """
-        INSERT INTO outbox (routing_key, body, headers, expires)
-        SELECT key, body, headers::jsonb, expires
+        INSERT INTO outbox (exchange, routing_key, body, headers, expires)
+        SELECT $5, key, body, headers::jsonb, expires
         FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[])
             AS n(key, body, headers, expires)
         RETURNING id
@@ -44,6 +44,7 @@ async def store(
         [n.body for n in notifications],
         [orjson.dumps(n.headers).decode() for n in notifications],
         [_expiry(n, now) for n in notifications],
+        exchange,
     )
     return [row["id"] for row in rows]
 
@@ -62,6 +63,11 @@ class OutboxRelay:
         self._publisher = publisher
         self._interval = interval_seconds
 
+    @property
+    def exchange(self) -> str:
+        """The exchange whose rows this relay publishes (rows name their exchange)."""
+        return self._publisher.exchange_name
+
     async def run(self) -> None:
         while True:
             try:
@@ -77,11 +83,12 @@ class OutboxRelay:
             rows = await conn.fetch(
                 """
                 SELECT id, routing_key, body, headers, expires FROM outbox
-                WHERE created < now() - make_interval(secs => $1)
+                WHERE exchange = $1 AND created < now() - make_interval(secs => $2)
                 ORDER BY id
-                LIMIT $2
+                LIMIT $3
                 FOR UPDATE SKIP LOCKED
                 """,
+                self.exchange,
                 RELAY_GRACE_SECONDS,
                 RELAY_BATCH,
             )

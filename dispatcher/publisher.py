@@ -18,6 +18,10 @@ class NotificationPublisher:
     def __init__(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
 
+    @property
+    def exchange_name(self) -> str:
+        return self._exchange.name
+
     async def publish(self, notifications: Sequence[Notification]) -> None:
         """Publish all at once and wait for every confirm; raise PublishFailed otherwise."""
         await asyncio.gather(*(self._publish_one(n) for n in notifications))

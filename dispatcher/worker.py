@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError
 
 from dispatcher import outbox, repository
 from dispatcher.notifications import Notification, for_refusal, for_transition
@@ -112,12 +114,12 @@ class Worker:
             return
         try:
             stored = await self._apply(command, handler)
-        except Exception:
-            await self._give_back(message, command)
+        except Exception as exc:
+            await self._give_back(message, command, exc)
             return
         if stored is not None:
             await self._publish(*stored)
-        await message.ack()
+        await _settle(message.ack(), command)
 
     async def _apply(
         self, command: Command, handler: Handler
@@ -171,7 +173,9 @@ class Worker:
                     transition.event.value,
                 )
                 notifications = for_transition(transition, self._settings.offer_ttl_seconds)
-            outbox_ids = await outbox.store(conn, notifications, now)
+            outbox_ids = await outbox.store(
+                conn, notifications, now, exchange=self._topology.notifications_exchange
+            )
         return outbox_ids, notifications
 
     async def _publish(self, outbox_ids: list[int], notifications: list[Notification]) -> None:
@@ -185,16 +189,36 @@ class Worker:
                 "notifications left to the outbox relay count=%d error=%r", len(outbox_ids), exc
             )
 
-    async def _give_back(self, message: AbstractIncomingMessage, command: Command) -> None:
+    async def _give_back(
+        self, message: AbstractIncomingMessage, command: Command, error: Exception
+    ) -> None:
         """A failure the handler did not expect: retry a few times, then dead-letter."""
         deliveries = int(str((message.headers or {}).get("x-delivery-count") or 0)) + 1
         if deliveries >= MAX_DELIVERIES:
-            log.exception(
-                "dead-lettering message_id=%s after %d deliveries", command.id, deliveries
+            log.error(
+                "dead-lettering message_id=%s type=%s after %d deliveries, last error=%r",
+                command.id,
+                command.type,
+                deliveries,
+                error,
             )
-            await message.reject(requeue=False)
+            await _settle(message.reject(requeue=False), command)
         else:
-            log.exception(
-                "command failed, requeued message_id=%s delivery=%d", command.id, deliveries
+            log.warning(
+                "command failed, requeued message_id=%s delivery=%d error=%r",
+                command.id,
+                deliveries,
+                error,
+                exc_info=deliveries == 1,
             )
-            await message.nack(requeue=True)
+            await _settle(message.nack(requeue=True), command)
+
+
+async def _settle(settlement: Awaitable[None], command: Command) -> None:
+    """Ack, nack or reject; if the channel is gone the broker redelivers, which is safe."""
+    try:
+        await settlement
+    except (AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning(
+            "could not settle message_id=%s, it will be redelivered error=%r", command.id, exc
+        )

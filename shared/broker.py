@@ -20,6 +20,8 @@ from pamqp.commands import Basic
 from shared.settings import Settings
 from shared.topology import COMMAND_KEY_PATTERN, Topology
 
+RECONNECT_INTERVAL_SECONDS = 1
+
 # The broker's backstop; workers dead-letter a failing command sooner themselves.
 COMMAND_DELIVERY_LIMIT = 10
 
@@ -27,7 +29,11 @@ COMMAND_DELIVERY_LIMIT = 10
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     """A connection that reconnects by itself and restores its channels and consumers."""
     return await aio_pika.connect_robust(
-        settings.amqp_url, client_properties={"connection_name": name}
+        settings.amqp_url,
+        client_properties={"connection_name": name},
+        # Try again every second while the broker is away: traffic resumes within
+        # a second or two of it coming back.
+        reconnect_interval=RECONNECT_INTERVAL_SECONDS,
     )
 
 

@@ -102,8 +102,10 @@ class ServiceProcess:
         raise RuntimeError(f"{self.module} not ready after {READY_TIMEOUT_SECONDS}s:\n{self.log()}")
 
 
-def start_gateway(settings: Settings, log_dir: Path) -> tuple[ServiceProcess, str]:
-    port = free_port()
+def start_gateway(
+    settings: Settings, log_dir: Path, port: int | None = None
+) -> tuple[ServiceProcess, str]:
+    port = port or free_port()
     process = ServiceProcess(
         "gateway", replace(settings, port=port), log_dir / f"gateway-{port}.log"
     )

@@ -72,12 +72,13 @@ async def store_committed(
     notifications: Sequence[Notification],
     *,
     stored_ago: timedelta,
+    exchange: str,
     left_behind: bool = True,
 ) -> list[int]:
     """Store as a worker would, `stored_ago` in the past; left behind rows are a minute old."""
     async with database.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        ids = await outbox.store(conn, notifications, now - stored_ago)
+        ids = await outbox.store(conn, notifications, now - stored_ago, exchange=exchange)
         if left_behind:
             await conn.execute(
                 "UPDATE outbox SET created = now() - interval '1 minute' WHERE id = ANY($1)",
@@ -123,6 +124,7 @@ async def test_a_left_behind_notification_is_published_and_removed(
     ids = await store_committed(
         database,
         [Notification(routing_key, body, headers={OFFERS_HEADER: PAUSE_OFFERS})],
+        exchange=relay.exchange,
         stored_ago=timedelta(0),
     )
 
@@ -141,7 +143,10 @@ async def test_the_relay_publishes_in_the_order_the_notifications_were_stored(
 ) -> None:
     bodies = [frame_body() for _ in range(20)]
     ids = await store_committed(
-        database, [Notification(routing_key, body) for body in bodies], stored_ago=timedelta(0)
+        database,
+        [Notification(routing_key, body) for body in bodies],
+        exchange=relay.exchange,
+        stored_ago=timedelta(0),
     )
 
     await relay_until_gone(relay, database, ids)
@@ -157,6 +162,7 @@ async def test_a_left_behind_offer_keeps_its_original_expiry(
     ids = await store_committed(
         database,
         [Notification(routing_key, frame_body(), ttl_seconds=600)],
+        exchange=relay.exchange,
         stored_ago=timedelta(minutes=4),
     )
 
@@ -175,10 +181,14 @@ async def test_an_expired_notification_is_deleted_without_being_published(
     expired = await store_committed(
         database,
         [Notification(routing_key, expired_body, ttl_seconds=30)],
+        exchange=relay.exchange,
         stored_ago=timedelta(minutes=1),
     )
     live = await store_committed(
-        database, [Notification(routing_key, live_body)], stored_ago=timedelta(0)
+        database,
+        [Notification(routing_key, live_body)],
+        exchange=relay.exchange,
+        stored_ago=timedelta(0),
     )
 
     await relay_until_gone(relay, database, [*expired, *live])
@@ -192,6 +202,7 @@ async def test_a_fresh_notification_is_left_to_the_worker_that_stored_it(
     ids = await store_committed(
         database,
         [Notification(routing_key, frame_body())],
+        exchange=relay.exchange,
         stored_ago=timedelta(0),
         left_behind=False,
     )
@@ -215,6 +226,7 @@ async def test_store_keeps_the_notification_as_given(database: Database, routing
                 Notification("drivers.offers", body, ttl_seconds=30),
             ],
             now,
+            exchange="test-exchange",
         )
         rows = await conn.fetch(
             "SELECT routing_key, body, headers, expires FROM outbox WHERE id = ANY($1) ORDER BY id",
@@ -244,7 +256,10 @@ async def test_notifications_stored_in_a_rolled_back_transaction_are_gone(
     with pytest.raises(Abandon):
         async with database.pool.acquire() as conn, conn.transaction():
             ids = await outbox.store(
-                conn, [Notification(routing_key, frame_body())], datetime.now(UTC)
+                conn,
+                [Notification(routing_key, frame_body())],
+                datetime.now(UTC),
+                exchange="test-exchange",
             )
             raise Abandon
 
