@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 
 import uvicorn
 
@@ -54,6 +55,12 @@ class GatewayServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self._before_shutdown = before_shutdown
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once it has shut down, so the process dies
+        # "by SIGTERM"; a graceful stop is a normal exit (status 0) for supervisors.
+        self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._before_shutdown()

@@ -1,0 +1,131 @@
+// What the client knows about trips, merged from HTTP snapshots and WebSocket frames.
+//
+// Frames may arrive twice (delivery is at least once) and may race an HTTP reload,
+// so a trip is only ever replaced by a version at least as far along: statuses
+// only move forward (REQUESTED -> STARTED -> IN_PROGRESS -> COMPLETED, or CANCELLED).
+
+export const STATUS_RANK = { REQUESTED: 0, STARTED: 1, IN_PROGRESS: 2, COMPLETED: 3, CANCELLED: 3 };
+export const ACTIVE = new Set(["STARTED", "IN_PROGRESS"]);
+const SEEN_EVENTS_KEPT = 1000;
+
+function isTrip(value) {
+  return (
+    value !== null &&
+    typeof value === "object" &&
+    typeof value.id === "string" &&
+    typeof value.status === "string" &&
+    value.status in STATUS_RANK
+  );
+}
+
+function isNewer(next, current) {
+  const a = STATUS_RANK[next.status];
+  const b = STATUS_RANK[current.status];
+  if (a !== b) return a > b;
+  return String(next.updated ?? "") >= String(current.updated ?? "");
+}
+
+export class TripStore {
+  /** @param {(trip: object) => boolean} keep  which trips this user's page shows */
+  constructor(keep) {
+    this.keep = keep;
+    this.trips = new Map(); // id -> {trip, seq}
+    this.gone = new Map(); // id -> rank of the version that made us drop it
+    this.seq = 0;
+    this.seenEvents = new Set();
+  }
+
+  clear() {
+    this.trips.clear();
+    this.gone.clear();
+    this.seenEvents.clear();
+  }
+
+  /** True the first time an event id is seen; frames without one always pass. */
+  firstSighting(eventId) {
+    if (typeof eventId !== "string" || !eventId) return true;
+    if (this.seenEvents.has(eventId)) return false;
+    this.seenEvents.add(eventId);
+    if (this.seenEvents.size > SEEN_EVENTS_KEPT) {
+      this.seenEvents.delete(this.seenEvents.values().next().value);
+    }
+    return true;
+  }
+
+  /** Insert or update a trip; returns true if what the page shows may have changed. */
+  upsert(trip) {
+    if (!isTrip(trip)) return false;
+    const current = this.trips.get(trip.id);
+    if (current && !isNewer(trip, current.trip)) return false;
+    const goneRank = this.gone.get(trip.id);
+    if (goneRank !== undefined && STATUS_RANK[trip.status] <= goneRank) return false;
+    this.seq += 1;
+    if (this.keep(trip)) {
+      this.trips.set(trip.id, { trip, seq: this.seq });
+    } else {
+      this.trips.delete(trip.id);
+      this.gone.set(trip.id, STATUS_RANK[trip.status]);
+    }
+    return true;
+  }
+
+  /** The position to pass to `reconcile` after an HTTP snapshot taken from now on. */
+  mark() {
+    return this.seq;
+  }
+
+  /**
+   * Merge a snapshot of GET /api/trip/ that was requested at `mark`: trips it
+   * lists are upserted; trips it no longer lists are dropped unless a frame
+   * brought them in after the snapshot was asked for.
+   */
+  reconcile(list, mark) {
+    const listed = new Set();
+    for (const trip of Array.isArray(list) ? list : []) {
+      if (!isTrip(trip)) continue;
+      listed.add(trip.id);
+      this.upsert(trip);
+    }
+    for (const [id, entry] of this.trips) {
+      if (!listed.has(id) && entry.seq <= mark) this.trips.delete(id);
+    }
+  }
+
+  get(id) {
+    return this.trips.get(id)?.trip;
+  }
+
+  /** Every trip kept, newest first. */
+  all() {
+    return [...this.trips.values()]
+      .map((entry) => entry.trip)
+      .sort((a, b) => String(b.created ?? "").localeCompare(String(a.created ?? "")));
+  }
+}
+
+export function personName(user) {
+  if (!user || typeof user !== "object") return "";
+  const name = [user.first_name, user.last_name].filter((part) => typeof part === "string" && part.trim()).join(" ");
+  return name || String(user.username ?? "");
+}
+
+const RIDER_STATUS = {
+  REQUESTED: "Waiting for a driver",
+  STARTED: "Driver on the way",
+  IN_PROGRESS: "On the way to your destination",
+  COMPLETED: "Completed",
+  CANCELLED: "Cancelled",
+};
+
+const DRIVER_STATUS = {
+  REQUESTED: "Requested",
+  STARTED: "Go to the pick-up address",
+  IN_PROGRESS: "Rider on board: go to the drop-off address",
+  COMPLETED: "Completed",
+  CANCELLED: "Cancelled",
+};
+
+export function statusText(status, group) {
+  const table = group === "driver" ? DRIVER_STATUS : RIDER_STATUS;
+  return table[status] ?? status;
+}

@@ -1,0 +1,204 @@
+"""A gateway killed under its clients, a poison command, and graceful shutdowns."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from shared.commands import CREATE_TRIP, Command, CreateTrip
+from shared.settings import Settings
+from shared.topology import Topology, command_key
+from tests.chaos.traffic import LiveSocket, Traffic
+from tests.clients import about, connect, create_account, receive, receive_until, send
+from tests.processes import free_port, start_dispatcher, start_gateway
+
+
+async def test_clients_of_a_killed_gateway_get_what_they_missed_after_reconnecting(
+    chaos_settings: Settings, chaos_logs: Path
+) -> None:
+    """Riders on gateway A, drivers on gateway B. A dies; B's drivers finish the trips;
+    A comes back on the same address and each rider receives the missed steps, in order."""
+    port = free_port()
+    gateway_a, url_a = start_gateway(chaos_settings, chaos_logs, port)
+    gateway_b, url_b = start_gateway(chaos_settings, chaos_logs)
+    worker = start_dispatcher(chaos_settings, chaos_logs / "worker.log")
+    processes = [gateway_a, gateway_b, worker]
+    try:
+        async with httpx.AsyncClient(base_url=url_b, timeout=10) as http:
+            riders = [LiveSocket(url_a, await create_account(http, "rider")) for _ in range(5)]
+            drivers = [
+                await connect(url_b, (await create_account(http, "driver")).access) for _ in riders
+            ]
+            for rider in riders:
+                await rider.start()
+            trips = []
+            for rider, driver in zip(riders, drivers, strict=True):
+                await rider.send(
+                    {
+                        "type": "create.trip",
+                        "data": {"pick_up_address": "A", "drop_off_address": "B"},
+                    }
+                )
+                requested = await rider.wait_for(lambda f: f["type"] == "trip.requested", 10)
+                assert requested is not None
+                trips.append(requested["data"]["id"])
+                await send(
+                    driver, {"type": "update.trip", "data": {"id": trips[-1], "status": "STARTED"}}
+                )
+                await receive_until(driver, about(trips[-1], "trip.accepted"))
+
+            gateway_a.signal(signal.SIGKILL)
+            gateway_a.wait(10)
+            for trip_id, driver in zip(trips, drivers, strict=True):
+                for status, event in (
+                    ("IN_PROGRESS", "trip.picked_up"),
+                    ("COMPLETED", "trip.completed"),
+                ):
+                    await send(
+                        driver, {"type": "update.trip", "data": {"id": trip_id, "status": status}}
+                    )
+                    await receive_until(driver, about(trip_id, event))
+            gateway_a, _ = start_gateway(chaos_settings, chaos_logs, port)
+            processes.append(gateway_a)
+
+            for rider, trip_id in zip(riders, trips, strict=True):
+                done = await rider.wait_for(
+                    lambda f, t=trip_id: f["type"] == "trip.completed" and f["data"]["id"] == t, 20
+                )
+                assert done is not None, "a rider never got the steps sent while they were away"
+                steps = [f["type"] for f in rider.about(trip_id)]
+                assert steps == [
+                    "trip.requested",
+                    "trip.accepted",
+                    "trip.picked_up",
+                    "trip.completed",
+                ]
+                assert rider.reconnects >= 1
+            for rider in riders:
+                await rider.stop()
+            for driver in drivers:
+                await driver.close()
+    finally:
+        for process in processes:
+            process.stop()
+
+
+async def dead_letters(
+    settings: Settings, amqp: aio_pika.abc.AbstractConnection
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(
+        Topology(settings.broker_prefix).dead_letter_queue, passive=True
+    )
+    found = []
+    while (message := await queue.get(fail=False)) is not None:
+        await message.ack()
+        found.append(message)
+    return found
+
+
+async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
+    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+) -> None:
+    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
+    worker = start_dispatcher(chaos_settings, chaos_logs / "worker.log")
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            rider = await create_account(http, "rider")
+        # A trip already holds this id, so applying the command fails every time
+        # (the database refuses the second row), whichever worker takes it.
+        poison = Command(uuid.uuid4(), CREATE_TRIP, rider.id, CreateTrip("A", "B"), time.time())
+        await db.execute(
+            "INSERT INTO trips (id, pick_up_address, drop_off_address, rider_id)"
+            " VALUES ($1, 'x', 'y', $2)",
+            poison.id,
+            rider.id,
+        )
+        amqp = await aio_pika.connect(chaos_settings.amqp_url)
+        async with amqp:
+            channel = await amqp.channel(publisher_confirms=True)
+            commands = await channel.get_exchange(
+                Topology(chaos_settings.broker_prefix).commands_exchange
+            )
+            await commands.publish(
+                aio_pika.Message(poison.encode(), message_id=str(poison.id)),
+                command_key(CREATE_TRIP),
+            )
+            # The worker carries on: a normal trip after the poison goes through.
+            async with await connect(base_url, rider.access) as ws:
+                await send(
+                    ws,
+                    {
+                        "type": "create.trip",
+                        "data": {"pick_up_address": "C", "drop_off_address": "D"},
+                    },
+                )
+                assert (await receive_until(ws, lambda f: f["type"] == "trip.requested"))["data"][
+                    "pick_up_address"
+                ] == "C"
+            worker.wait_for_log(f"dead-lettering message_id={poison.id}")
+            letters = await dead_letters(chaos_settings, amqp)
+        assert [m.message_id for m in letters] == [str(poison.id)]
+        assert worker.log().count(f"dead-lettering message_id={poison.id}") == 1
+        assert worker.poll() is None
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+async def test_sigterm_to_a_busy_worker_finishes_its_commands_and_exits_0(
+    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+) -> None:
+    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
+    first = start_dispatcher(chaos_settings, chaos_logs / "first.log")
+    second = start_dispatcher(chaos_settings, chaos_logs / "second.log")
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            traffic = await Traffic.open(http, base_url, 10)
+            try:
+                burst = asyncio.create_task(traffic.run(6))
+                await traffic.wait_until_completed(15)
+                first.signal(signal.SIGTERM)
+                started = time.monotonic()
+                assert first.wait(30) == 0
+                stopped_in = time.monotonic() - started
+                await burst
+            finally:
+                await traffic.close()
+        trip_ids = [t for pair in traffic.pairs for t in pair.trips.values()]
+        statuses = await db.fetch("SELECT status FROM trips WHERE id = ANY($1::uuid[])", trip_ids)
+        assert [row["status"] for row in statuses] == ["COMPLETED"] * 60
+        assert "dispatcher stopped" in first.log()
+        print(f"\nworker stopped {stopped_in:.2f}s after SIGTERM, resends={traffic.resends}")
+    finally:
+        second.stop()
+        gateway.stop()
+
+
+async def test_sigterm_to_the_gateway_closes_sockets_with_1001(
+    chaos_settings: Settings, chaos_logs: Path
+) -> None:
+    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            rider = await create_account(http, "rider")
+        async with await connect(base_url, rider.access) as ws:
+            await send(ws, {"type": "echo.message", "data": "hi"})
+            await receive(ws)
+            gateway.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001
+        assert gateway.wait(15) == 0
+    finally:
+        gateway.stop()

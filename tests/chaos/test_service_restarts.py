@@ -1,0 +1,118 @@
+"""The broker and the database restart in the middle of a burst; nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from shared.settings import Settings
+from tests.chaos.services import postgres_stopped, rabbitmq_stopped
+from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
+from tests.clients import about, connect, create_account, receive_until, send
+from tests.processes import ServiceProcess, start_dispatcher, start_gateway
+
+PAIRS = 10
+TRIPS_PER_PAIR = 6
+# How long the service stays away: long enough for commands to pile up against it.
+OUTAGE_SECONDS = 3
+
+
+def start_system(settings: Settings, logs: Path) -> tuple[list[ServiceProcess], str]:
+    gateway, base_url = start_gateway(settings, logs)
+    workers = [start_dispatcher(settings, logs / f"worker-{n}.log") for n in range(2)]
+    return [gateway, *workers], base_url
+
+
+async def assert_all_trips_completed_and_notified(traffic: Traffic, db: asyncpg.Connection) -> None:
+    delivery = await rider_deliveries(traffic, wait_seconds=60)
+    trip_ids = [trip_id for pair in traffic.pairs for trip_id in pair.trips.values()]
+    assert len(trip_ids) == PAIRS * TRIPS_PER_PAIR
+    rows = await db.fetch(
+        "SELECT status, driver_id FROM trips WHERE id = ANY($1::uuid[])", trip_ids
+    )
+    assert [row["status"] for row in rows] == ["COMPLETED"] * len(trip_ids)
+    assert delivery.missing == []
+    assert all(delivery.received[(t, e)] >= 1 for t in trip_ids for e in RIDER_EVENTS)
+    # Refusals are only ever "try again": never a trip given twice or a wrong state.
+    assert {e["data"]["code"] for e in delivery.errors} <= {"service_unavailable"}
+    print(
+        f"\n{len(trip_ids)} trips: duplicates={delivery.duplicates} resends={traffic.resends}"
+        f" errors={len(delivery.errors)}"
+    )
+
+
+async def time_until_a_trip_flows(base_url: str, http: httpx.AsyncClient) -> float:
+    """Seconds from now until a fresh rider's request reaches a fresh driver as an offer."""
+    started = time.monotonic()
+    rider = await create_account(http, "rider")
+    driver = await create_account(http, "driver")
+    while True:
+        async with (
+            await connect(base_url, rider.access) as rider_ws,
+            await connect(base_url, driver.access) as driver_ws,
+        ):
+            await send(
+                rider_ws,
+                {"type": "create.trip", "data": {"pick_up_address": "X", "drop_off_address": "Y"}},
+            )
+            first = await receive_until(
+                rider_ws, lambda f: f["type"] in ("trip.requested", "error")
+            )
+            if first["type"] == "trip.requested":
+                await receive_until(driver_ws, about(first["data"]["id"], "trip.requested"))
+                return time.monotonic() - started
+
+
+async def test_broker_restart_mid_burst(
+    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+) -> None:
+    processes, base_url = start_system(chaos_settings, chaos_logs)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            traffic = await Traffic.open(http, base_url, PAIRS)
+            try:
+                burst = asyncio.create_task(traffic.run(TRIPS_PER_PAIR))
+                await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
+                with rabbitmq_stopped():
+                    await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
+                recovery = await time_until_a_trip_flows(base_url, http)
+                await burst
+                await assert_all_trips_completed_and_notified(traffic, db)
+            finally:
+                await traffic.close()
+        assert recovery < 10, f"trips flowed again only after {recovery:.1f}s"
+        print(f"trips flowed again {recovery:.2f}s after the broker was back")
+        assert all(process.poll() is None for process in processes)
+    finally:
+        for process in processes:
+            process.stop()
+
+
+async def test_database_restart_mid_burst(chaos_settings: Settings, chaos_logs: Path) -> None:
+    processes, base_url = start_system(chaos_settings, chaos_logs)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            traffic = await Traffic.open(http, base_url, PAIRS)
+            try:
+                burst = asyncio.create_task(traffic.run(TRIPS_PER_PAIR))
+                await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
+                with postgres_stopped():
+                    await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
+                await burst
+                db = await asyncpg.connect(chaos_settings.database_url)
+                try:
+                    await assert_all_trips_completed_and_notified(traffic, db)
+                finally:
+                    await db.close()
+            finally:
+                await traffic.close()
+        assert all(process.poll() is None for process in processes)
+        worker_logs = "".join(process.log() for process in processes[1:])
+        assert "database unavailable, will retry" in worker_logs
+    finally:
+        for process in processes:
+            process.stop()
