@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-WORKERS ?= 1
+WORKERS ?= 2
 
 .PHONY: install run test test-unit test-integration test-e2e migrate lint format clean
 

@@ -23,22 +23,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--prefetch", type=int, default=32, help="commands the broker may push ahead (default 32)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics, /healthz and /readyz on this port on TAXI_HOST (default: off)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.prefetch < 1:
         parser.error("--concurrency and --prefetch must be at least 1")
+    if not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be between 0 and 65535")
     return args
 
 
-async def serve(settings: Settings, concurrency: int, prefetch: int) -> None:
+async def serve(settings: Settings, args: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     # The pool covers every command in flight plus the outbox relay, or handlers
     # would queue for connections.
-    pool_size = max(settings.db_pool_size, concurrency + 1)
+    pool_size = max(settings.db_pool_size, args.concurrency + 1)
     worker = Worker(
-        replace(settings, db_pool_size=pool_size), concurrency=concurrency, prefetch=prefetch
+        replace(settings, db_pool_size=pool_size),
+        concurrency=args.concurrency,
+        prefetch=args.prefetch,
+        metrics_port=args.metrics_port,
     )
     await worker.run(stopping)
 
@@ -50,7 +61,7 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
     configure_logging(settings.log_level, "dispatcher")
-    uvloop.run(serve(settings, args.concurrency, args.prefetch))
+    uvloop.run(serve(settings, args))
 
 
 if __name__ == "__main__":

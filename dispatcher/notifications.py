@@ -28,6 +28,8 @@ from shared.trips import EventType, Status, Transition
 class Notification:
     routing_key: str
     body: bytes
+    # The frame's `type`, also set as the message's AMQP type so nobody parses the body to count it.
+    frame_type: str = ""
     # Seconds after which the notification is worth nothing (offers); None: never.
     ttl_seconds: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -40,19 +42,27 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
     def frame(event: EventType) -> bytes:
         return wire.encode({"type": event.value, "event_id": event_id, "data": trip.payload()})
 
-    notifications = [Notification(user_key(trip.rider.id), frame(transition.event))]
+    notifications = [
+        Notification(user_key(trip.rider.id), frame(transition.event), transition.event.value)
+    ]
     if trip.driver is not None:
         notifications.append(
             Notification(
                 user_key(trip.driver.id),
                 frame(transition.event),
+                transition.event.value,
                 headers=_offers_directive(transition),
             )
         )
     withdrawn_offer = transition.before is not None and transition.before.status is Status.REQUESTED
     if transition.event is EventType.REQUESTED:
         notifications.append(
-            Notification(DRIVER_OFFERS_KEY, frame(EventType.REQUESTED), offer_ttl_seconds)
+            Notification(
+                DRIVER_OFFERS_KEY,
+                frame(EventType.REQUESTED),
+                EventType.REQUESTED.value,
+                offer_ttl_seconds,
+            )
         )
     elif withdrawn_offer and transition.event is EventType.ACCEPTED:
         assert trip.driver is not None
@@ -60,20 +70,28 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
             Notification(
                 DRIVER_OFFERS_KEY,
                 frame(EventType.TAKEN),
+                EventType.TAKEN.value,
                 offer_ttl_seconds,
                 headers={EXCLUDE_USER_HEADER: str(trip.driver.id)},
             )
         )
     elif withdrawn_offer:
         notifications.append(
-            Notification(DRIVER_OFFERS_KEY, frame(EventType.CANCELLED), offer_ttl_seconds)
+            Notification(
+                DRIVER_OFFERS_KEY,
+                frame(EventType.CANCELLED),
+                EventType.CANCELLED.value,
+                offer_ttl_seconds,
+            )
         )
     return notifications
 
 
 def for_refusal(user_id: int, code: str, message: str, request: str) -> Notification:
     return Notification(
-        user_key(user_id), wire.error_frame(code, message, request, event_id=str(uuid.uuid4()))
+        user_key(user_id),
+        wire.error_frame(code, message, request, event_id=str(uuid.uuid4())),
+        "error",
     )
 
 

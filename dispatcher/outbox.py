@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 import asyncpg
 import orjson
 
+from dispatcher.metrics import OUTBOX_BACKLOG
 from dispatcher.notifications import Notification
 from dispatcher.publisher import NotificationPublisher, PublishFailed
-from shared.db import Connection, Database
+from shared.db import DATABASE_OUTAGE, Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 RELAY_GRACE_SECONDS = 5
 RELAY_BATCH = 500
 
+# What pauses the relay until its next round, instead of ending it.
+_RELAY_FAILURES: tuple[type[BaseException], ...] = (
+    *DATABASE_OUTAGE,
+    asyncpg.PostgresError,
+    PublishFailed,
+)
+
 
 async def store(
     conn: Connection, notifications: Sequence[Notification], now: datetime, *, exchange: str
@@ -34,14 +42,15 @@ async def store(
     """Write the notifications in the caller's transaction; return their outbox ids."""
     rows = await conn.fetch(
         """
-        INSERT INTO outbox (exchange, routing_key, body, headers, expires)
-        SELECT $5, key, body, headers::jsonb, expires
-        FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[])
-            AS n(key, body, headers, expires)
+        INSERT INTO outbox (exchange, routing_key, body, frame_type, headers, expires)
+        SELECT $6, key, body, frame_type, headers::jsonb, expires
+        FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[])
+            AS n(key, body, frame_type, headers, expires)
         RETURNING id
         """,
         [n.routing_key for n in notifications],
         [n.body for n in notifications],
+        [n.frame_type for n in notifications],
         [orjson.dumps(n.headers).decode() for n in notifications],
         [_expiry(n, now) for n in notifications],
         exchange,
@@ -73,16 +82,24 @@ class OutboxRelay:
             try:
                 while await self.relay_once() == RELAY_BATCH:
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PublishFailed) as exc:
+                OUTBOX_BACKLOG.set(await self.backlog())
+            except _RELAY_FAILURES as exc:
                 log.warning("outbox relay paused error=%r", exc)
             await asyncio.sleep(self._interval)
+
+    async def backlog(self) -> int:
+        return int(
+            await self._database.pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE exchange = $1", self.exchange
+            )
+        )
 
     async def relay_once(self) -> int:
         """Publish one batch of left-behind rows; return how many rows it took."""
         async with self._database.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
-                SELECT id, routing_key, body, headers, expires FROM outbox
+                SELECT id, routing_key, body, frame_type, headers, expires FROM outbox
                 WHERE exchange = $1 AND created < now() - make_interval(secs => $2)
                 ORDER BY id
                 LIMIT $3
@@ -121,6 +138,7 @@ def _notification(row: asyncpg.Record, now: datetime) -> Notification:
     return Notification(
         routing_key=row["routing_key"],
         body=bytes(row["body"]),
+        frame_type=row["frame_type"],
         ttl_seconds=ttl,
         headers=orjson.loads(row["headers"]),
     )

@@ -31,6 +31,7 @@ class NotificationPublisher:
         message = aio_pika.Message(
             notification.body,
             content_type="application/json",
+            type=notification.frame_type or None,
             headers=dict(notification.headers),
             # Offers are worth nothing after their time to live, so they are not
             # written to disk; every other notification survives a broker restart.

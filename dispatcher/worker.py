@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
-from dispatcher import outbox, repository
+from dispatcher import metrics, outbox, repository
 from dispatcher.notifications import Notification, for_refusal, for_transition
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher, PublishFailed
@@ -46,9 +48,22 @@ SHUTDOWN_GRACE_SECONDS = 20
 _PUBLISH_OR_DATABASE_FAILURE: tuple[type[BaseException], ...] = (PublishFailed, *DATABASE_OUTAGE)
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What applying a command came to: applied, refused (by a rule) or duplicate."""
+
+    kind: str
+    outbox_ids: list[int]
+    notifications: list[Notification]
+
+
 class Worker:
-    def __init__(self, settings: Settings, *, concurrency: int, prefetch: int) -> None:
+    def __init__(
+        self, settings: Settings, *, concurrency: int, prefetch: int, metrics_port: int = 0
+    ) -> None:
         self._settings = settings
+        self._metrics_port = metrics_port
+        self._connection: AbstractRobustConnection | None = None
         self._topology = Topology(settings.broker_prefix)
         self._database = Database(settings)
         self._slots = asyncio.Semaphore(concurrency)
@@ -59,7 +74,11 @@ class Worker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._database.start()
-        connection = await broker.connect(self._settings, "dispatcher")
+        connection = self._connection = await broker.connect(self._settings, "dispatcher")
+        health = metrics.metrics_server(
+            metrics.health_app(self.readiness), self._settings.host, self._metrics_port
+        )
+        serving = asyncio.create_task(health.serve()) if self._metrics_port else None
         try:
             publish_channel = await connection.channel(publisher_confirms=True)
             commands, notifications = await broker.declare_exchanges(
@@ -72,10 +91,13 @@ class Worker:
             relay = asyncio.create_task(OutboxRelay(self._database, self._publisher).run())
             consumer_tag = await queue.consume(self._on_message)
             log.info(
-                "dispatcher ready queue=%s concurrency=%d prefetch=%d",
+                "dispatcher ready queue=%s concurrency=%d prefetch=%d metrics=%s",
                 queue.name,
                 self._concurrency,
                 self._prefetch,
+                f"http://{self._settings.host}:{self._metrics_port}/metrics"
+                if self._metrics_port
+                else "off",
             )
             await stopping.wait()
             log.info("dispatcher stopping: no new commands, finishing %d", len(self._in_flight))
@@ -84,9 +106,16 @@ class Worker:
                 await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
             relay.cancel()
         finally:
+            if serving is not None:
+                health.should_exit = True
+                await serving
             await connection.close()
             await self._database.close()
         log.info("dispatcher stopped")
+
+    async def readiness(self) -> dict[str, bool]:
+        connected = self._connection is not None and self._connection.connected.is_set()
+        return {"database": await self._database.is_reachable(), "broker": connected}
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -99,32 +128,30 @@ class Worker:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        if message.redelivered:
+            metrics.REDELIVERIES.inc()
         try:
             command = decode_command(message.body)
-        except InvalidCommand as exc:
-            log.error("dead-lettering message_id=%s reason=%s", message.message_id, exc)
+            handler = HANDLERS[command.type]
+        except (InvalidCommand, KeyError) as exc:
+            log.error("dead-lettering message_id=%s reason=%r", message.message_id, exc)
+            metrics.COMMANDS.labels("unknown", "invalid").inc()
+            metrics.DEAD_LETTERED.inc()
             await message.reject(requeue=False)
             return
-        handler = HANDLERS.get(command.type)
-        if handler is None:
-            log.error(
-                "dead-lettering message_id=%s reason=no handler for %s", command.id, command.type
-            )
-            await message.reject(requeue=False)
-            return
+        started = time.perf_counter()
         try:
-            stored = await self._apply(command, handler)
+            outcome = await self._apply(command, handler)
         except Exception as exc:
             await self._give_back(message, command, exc)
             return
-        if stored is not None:
-            await self._publish(*stored)
+        await self._publish(outcome)
         await _settle(message.ack(), command)
+        metrics.COMMANDS.labels(command.type, outcome.kind).inc()
+        metrics.HANDLER_SECONDS.labels(command.type).observe(time.perf_counter() - started)
 
-    async def _apply(
-        self, command: Command, handler: Handler
-    ) -> tuple[list[int], list[Notification]] | None:
-        """Apply the command in one transaction; None if it was applied before."""
+    async def _apply(self, command: Command, handler: Handler) -> Outcome:
+        """Apply the command in one transaction, retrying while the database is away."""
         backoff = 0.1
         conflicts = 0
         while True:
@@ -144,13 +171,11 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _transaction(
-        self, command: Command, handler: Handler
-    ) -> tuple[list[int], list[Notification]] | None:
+    async def _transaction(self, command: Command, handler: Handler) -> Outcome:
         async with self._database.pool.acquire() as conn, conn.transaction():
             if not await repository.mark_processed(conn, command.id):
                 log.info("duplicate ignored message_id=%s", command.id)
-                return None
+                return Outcome("duplicate", [], [])
             now = datetime.now(UTC)
             try:
                 transition = await handler(conn, command, now)
@@ -161,6 +186,7 @@ class Worker:
                     command.user_id,
                     refusal.code,
                 )
+                kind = "refused"
                 notifications = [
                     for_refusal(command.user_id, refusal.code, refusal.message, command.type)
                 ]
@@ -172,21 +198,26 @@ class Worker:
                     transition.after.id,
                     transition.event.value,
                 )
+                kind = "applied"
                 notifications = for_transition(transition, self._settings.offer_ttl_seconds)
             outbox_ids = await outbox.store(
                 conn, notifications, now, exchange=self._topology.notifications_exchange
             )
-        return outbox_ids, notifications
+        return Outcome(kind, outbox_ids, notifications)
 
-    async def _publish(self, outbox_ids: list[int], notifications: list[Notification]) -> None:
+    async def _publish(self, outcome: Outcome) -> None:
+        if not outcome.notifications:
+            return
         assert self._publisher is not None
         try:
-            await self._publisher.publish(notifications)
-            await outbox.delete(self._database, outbox_ids)
+            await self._publisher.publish(outcome.notifications)
+            await outbox.delete(self._database, outcome.outbox_ids)
         except _PUBLISH_OR_DATABASE_FAILURE as exc:
             # Committed and stored: the relay publishes these rows once it can.
             log.warning(
-                "notifications left to the outbox relay count=%d error=%r", len(outbox_ids), exc
+                "notifications left to the outbox relay count=%d error=%r",
+                len(outcome.outbox_ids),
+                exc,
             )
 
     async def _give_back(
@@ -195,6 +226,8 @@ class Worker:
         """A failure the handler did not expect: retry a few times, then dead-letter."""
         deliveries = int(str((message.headers or {}).get("x-delivery-count") or 0)) + 1
         if deliveries >= MAX_DELIVERIES:
+            metrics.COMMANDS.labels(command.type, "dead_lettered").inc()
+            metrics.DEAD_LETTERED.inc()
             log.error(
                 "dead-lettering message_id=%s type=%s after %d deliveries, last error=%r",
                 command.id,
@@ -204,6 +237,7 @@ class Worker:
             )
             await _settle(message.reject(requeue=False), command)
         else:
+            metrics.COMMANDS.labels(command.type, "failed").inc()
             log.warning(
                 "command failed, requeued message_id=%s delivery=%d error=%r",
                 command.id,

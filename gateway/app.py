@@ -21,6 +21,7 @@ from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
 from gateway.websocket import TaxiSocket
 from shared.db import DATABASE_OUTAGE, Database
+from shared.metrics import metrics_endpoint
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/taxi/", taxi_socket.endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
         Mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),
     ]

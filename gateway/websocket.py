@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway import metrics
 from gateway.broker import GatewayBroker, Inbox, PublishFailed
 from gateway.http_api import OrjsonResponse
 from gateway.rate_limit import TokenBucket
@@ -77,6 +79,8 @@ class TaxiSocket:
         # to the user once their socket is open reaches them.
         async with self._broker.inbox(user, offers=offers) as inbox:
             await websocket.accept()
+            connections = metrics.OPEN_CONNECTIONS.labels(user.group)
+            connections.inc()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
             forwarder = asyncio.create_task(_forward(inbox, websocket, user))
             self._open.add(websocket)
@@ -84,6 +88,7 @@ class TaxiSocket:
                 await self._receive(websocket, user)
             finally:
                 self._open.discard(websocket)
+                connections.dec()
                 # Closing the consumer ends the forwarder's loop; unacknowledged
                 # messages go back to the queue for the user's next connection.
                 await inbox.messages.close()
@@ -122,9 +127,9 @@ class TaxiSocket:
                     log.warning("socket cut off for flooding user_id=%s", user.id)
                     await websocket.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                     return
-                await send_frame(
+                await send_error(
                     websocket,
-                    wire.error_frame(
+                    FrameError(
                         ErrorCode.RATE_LIMITED,
                         f"too many frames: at most {self._rate_limit[0]} per second; "
                         "this frame was dropped",
@@ -139,6 +144,7 @@ class TaxiSocket:
                         ErrorCode.INVALID_FRAME, "binary frames are not accepted; send JSON text"
                     )
                 frame = wire.decode_frame(text)
+                metrics.frame_in(frame.type)
                 handler = self._handlers.get(frame.type)
                 if handler is None:
                     raise FrameError(
@@ -147,14 +153,15 @@ class TaxiSocket:
                         request=frame.type,
                     )
                 await handler(websocket, user, frame)
-            except FrameError as exc:
-                await send_frame(websocket, wire.error_frame(exc.code, exc.message, exc.request))
+            except FrameError as refusal:
+                await send_error(websocket, refusal)
 
     async def _echo(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
-        await send_frame(websocket, wire.encode(frame.raw))
+        await send_frame(websocket, wire.encode(frame.raw), "echo.message")
 
     async def _command(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
         command = new_command(frame.type, user.id, user.group, frame.data)
+        started = time.perf_counter()
         try:
             await self._broker.publish_command(command.type, command.encode(), str(command.id))
         except PublishFailed as exc:
@@ -163,9 +170,10 @@ class TaxiSocket:
             )
             raise FrameError(
                 ErrorCode.UNAVAILABLE,
-                "the request could not be passed on; nothing was changed, please try again",
+                "the request could not be confirmed as passed on; check your trips and try again",
                 frame.type,
             ) from None
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
         log.debug(
             "command published message_id=%s user_id=%s type=%s", command.id, user.id, command.type
         )
@@ -184,13 +192,21 @@ async def _forward(inbox: Inbox, websocket: WebSocket, user: User) -> None:
         elif directive == RESUME_OFFERS:
             await inbox.resume_offers()
         try:
-            await send_frame(websocket, message.body)
+            await send_frame(websocket, message.body, message.type or "unknown")
         except (WebSocketDisconnect, RuntimeError, OSError):
             await message.nack(requeue=True)
             return
         await message.ack()
 
 
-async def send_frame(websocket: WebSocket, frame: bytes) -> None:
+async def send_frame(websocket: WebSocket, frame: bytes, frame_type: str) -> None:
     """Frames go out as text: the course's browser client parses text frames only."""
     await websocket.send_text(frame.decode())
+    metrics.FRAMES_OUT.labels(frame_type).inc()
+
+
+async def send_error(websocket: WebSocket, refusal: FrameError) -> None:
+    metrics.ERRORS.labels(refusal.code).inc()
+    await send_frame(
+        websocket, wire.error_frame(refusal.code, refusal.message, refusal.request), "error"
+    )

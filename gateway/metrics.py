@@ -1,0 +1,32 @@
+"""The gateway's Prometheus metrics, served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.commands import COMMAND_TYPES
+
+OPEN_CONNECTIONS = Gauge(
+    "taxi_gateway_open_connections", "WebSockets open now, by the user's group.", ["role"]
+)
+FRAMES_IN = Counter(
+    "taxi_gateway_frames_in_total",
+    "Frames received from clients, by type (unknown types count as 'unknown').",
+    ["type"],
+)
+FRAMES_OUT = Counter("taxi_gateway_frames_out_total", "Frames sent to clients, by type.", ["type"])
+ERRORS = Counter(
+    "taxi_gateway_errors_total", "Error frames sent to clients, by error code.", ["code"]
+)
+PUBLISH_SECONDS = Histogram(
+    "taxi_gateway_publish_seconds",
+    "Time from publishing a command to the broker's confirm.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+KNOWN_FRAME_TYPES = frozenset({"echo.message", *COMMAND_TYPES})
+
+
+def frame_in(frame_type: str | None) -> None:
+    """Count a client frame; types are bounded to the known ones to keep label sets small."""
+    FRAMES_IN.labels(frame_type if frame_type in KNOWN_FRAME_TYPES else "unknown").inc()
