@@ -19,7 +19,9 @@ $(INSTALLED): pyproject.toml
 migrate: install
 	$(BIN)/python -m shared.migrate
 
-run: install migrate
+run: install
+	$(BIN)/python -m shared.preflight
+	$(BIN)/python -m shared.migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
 

@@ -75,3 +75,16 @@ async def amqp(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractConnect
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def isolated_settings(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The run's database, but a broker prefix of the test's own: for tests that start,
+    kill and restart their own gateway and workers without touching anyone else's."""
+    isolated = replace(
+        settings,
+        broker_prefix=f"{settings.broker_prefix}-{request.node.name[:20]}".replace("_", "-"),
+        log_level="INFO",
+    )
+    yield isolated
+    asyncio.run(delete_broker_objects(isolated))

@@ -23,14 +23,14 @@ from tests.processes import free_port, start_dispatcher, start_gateway
 
 
 async def test_clients_of_a_killed_gateway_get_what_they_missed_after_reconnecting(
-    chaos_settings: Settings, chaos_logs: Path
+    isolated_settings: Settings, tmp_path: Path
 ) -> None:
     """Riders on gateway A, drivers on gateway B. A dies; B's drivers finish the trips;
     A comes back on the same address and each rider receives the missed steps, in order."""
     port = free_port()
-    gateway_a, url_a = start_gateway(chaos_settings, chaos_logs, port)
-    gateway_b, url_b = start_gateway(chaos_settings, chaos_logs)
-    worker = start_dispatcher(chaos_settings, chaos_logs / "worker.log")
+    gateway_a, url_a = start_gateway(isolated_settings, tmp_path, port)
+    gateway_b, url_b = start_gateway(isolated_settings, tmp_path)
+    worker = start_dispatcher(isolated_settings, tmp_path / "worker.log")
     processes = [gateway_a, gateway_b, worker]
     try:
         async with httpx.AsyncClient(base_url=url_b, timeout=10) as http:
@@ -67,7 +67,7 @@ async def test_clients_of_a_killed_gateway_get_what_they_missed_after_reconnecti
                         driver, {"type": "update.trip", "data": {"id": trip_id, "status": status}}
                     )
                     await receive_until(driver, about(trip_id, event))
-            gateway_a, _ = start_gateway(chaos_settings, chaos_logs, port)
+            gateway_a, _ = start_gateway(isolated_settings, tmp_path, port)
             processes.append(gateway_a)
 
             for rider, trip_id in zip(riders, trips, strict=True):
@@ -107,10 +107,10 @@ async def dead_letters(
 
 
 async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
-    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
-    worker = start_dispatcher(chaos_settings, chaos_logs / "worker.log")
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    worker = start_dispatcher(isolated_settings, tmp_path / "worker.log")
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             rider = await create_account(http, "rider")
@@ -123,11 +123,11 @@ async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
             poison.id,
             rider.id,
         )
-        amqp = await aio_pika.connect(chaos_settings.amqp_url)
+        amqp = await aio_pika.connect(isolated_settings.amqp_url)
         async with amqp:
             channel = await amqp.channel(publisher_confirms=True)
             commands = await channel.get_exchange(
-                Topology(chaos_settings.broker_prefix).commands_exchange
+                Topology(isolated_settings.broker_prefix).commands_exchange
             )
             await commands.publish(
                 aio_pika.Message(poison.encode(), message_id=str(poison.id)),
@@ -146,7 +146,7 @@ async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
                     "pick_up_address"
                 ] == "C"
             worker.wait_for_log(f"dead-lettering message_id={poison.id}")
-            letters = await dead_letters(chaos_settings, amqp)
+            letters = await dead_letters(isolated_settings, amqp)
         assert [m.message_id for m in letters] == [str(poison.id)]
         assert worker.log().count(f"dead-lettering message_id={poison.id}") == 1
         assert worker.poll() is None
@@ -156,11 +156,11 @@ async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
 
 
 async def test_sigterm_to_a_busy_worker_finishes_its_commands_and_exits_0(
-    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
-    first = start_dispatcher(chaos_settings, chaos_logs / "first.log")
-    second = start_dispatcher(chaos_settings, chaos_logs / "second.log")
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    first = start_dispatcher(isolated_settings, tmp_path / "first.log")
+    second = start_dispatcher(isolated_settings, tmp_path / "second.log")
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             traffic = await Traffic.open(http, base_url, 10)
@@ -185,9 +185,9 @@ async def test_sigterm_to_a_busy_worker_finishes_its_commands_and_exits_0(
 
 
 async def test_sigterm_to_the_gateway_closes_sockets_with_1001(
-    chaos_settings: Settings, chaos_logs: Path
+    isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             rider = await create_account(http, "rider")

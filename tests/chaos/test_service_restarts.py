@@ -68,9 +68,9 @@ async def time_until_a_trip_flows(base_url: str, http: httpx.AsyncClient) -> flo
 
 
 async def test_broker_restart_mid_burst(
-    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    processes, base_url = start_system(chaos_settings, chaos_logs)
+    processes, base_url = start_system(isolated_settings, tmp_path)
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             traffic = await Traffic.open(http, base_url, PAIRS)
@@ -92,8 +92,8 @@ async def test_broker_restart_mid_burst(
             process.stop()
 
 
-async def test_database_restart_mid_burst(chaos_settings: Settings, chaos_logs: Path) -> None:
-    processes, base_url = start_system(chaos_settings, chaos_logs)
+async def test_database_restart_mid_burst(isolated_settings: Settings, tmp_path: Path) -> None:
+    processes, base_url = start_system(isolated_settings, tmp_path)
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             traffic = await Traffic.open(http, base_url, PAIRS)
@@ -103,7 +103,7 @@ async def test_database_restart_mid_burst(chaos_settings: Settings, chaos_logs: 
                 with postgres_stopped():
                     await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
                 await burst
-                db = await asyncpg.connect(chaos_settings.database_url)
+                db = await asyncpg.connect(isolated_settings.database_url)
                 try:
                     await assert_all_trips_completed_and_notified(traffic, db)
                 finally:

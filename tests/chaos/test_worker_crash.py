@@ -29,11 +29,11 @@ async def outbox_rows(db: asyncpg.Connection, exchange: str, within: float = 10)
 
 
 async def test_killing_a_worker_mid_burst_loses_no_trip_and_no_notification(
-    chaos_settings: Settings, chaos_logs: Path, db: asyncpg.Connection
+    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    gateway, base_url = start_gateway(chaos_settings, chaos_logs)
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
     workers = [
-        start_dispatcher(chaos_settings, chaos_logs / f"worker-{n}.log", "--prefetch", "64")
+        start_dispatcher(isolated_settings, tmp_path / f"worker-{n}.log", "--prefetch", "64")
         for n in range(2)
     ]
     try:
@@ -44,7 +44,7 @@ async def test_killing_a_worker_mid_burst_loses_no_trip_and_no_notification(
                 await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
                 workers[0].signal(signal.SIGKILL)
                 assert workers[0].wait(10) == -signal.SIGKILL
-                workers.append(start_dispatcher(chaos_settings, chaos_logs / "worker-2.log"))
+                workers.append(start_dispatcher(isolated_settings, tmp_path / "worker-2.log"))
                 await burst
                 delivery = await rider_deliveries(traffic)
             finally:
@@ -71,7 +71,7 @@ async def test_killing_a_worker_mid_burst_loses_no_trip_and_no_notification(
     assert {row["n"] for row in per_rider} == {TRIPS_PER_PAIR}
     assert delivery.missing == [], f"riders missed {len(delivery.missing)} notifications"
     assert all(delivery.received[(t, e)] >= 1 for t in trip_ids for e in RIDER_EVENTS)
-    exchange = Topology(chaos_settings.broker_prefix).notifications_exchange
+    exchange = Topology(isolated_settings.broker_prefix).notifications_exchange
     assert await outbox_rows(db, exchange) == 0, "notifications were left unpublished"
     print(
         f"\n200 trips, worker killed at 25%: duplicates={delivery.duplicates} "

@@ -1,0 +1,82 @@
+"""`python -m shared.preflight`: before `make run`, make sure Postgres and RabbitMQ answer.
+
+If one does not and a Docker engine does, start both from docker-compose.yml;
+otherwise say exactly what to install or start, and stop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from shared.settings import Settings, SettingsError
+
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
+COMPOSE_WAIT_SECONDS = 120
+
+HOW_TO_START = """\
+{missing} not reachable ({urls}).
+
+Start the local services, or point TAXI_DATABASE_URL / TAXI_AMQP_URL at running ones:
+  PostgreSQL:  sudo apt-get install postgresql            (Debian/Ubuntu)
+               sudo pg_ctlcluster $(ls /etc/postgresql) main start
+  RabbitMQ:    sudo apt-get install rabbitmq-server
+               sudo rabbitmq-server -detached
+Or install Docker and run `make run` again: it then starts both from docker-compose.yml.
+"""
+
+
+def reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
+    return probe.returncode == 0
+
+
+def unreachable(settings: Settings) -> dict[str, str]:
+    services = {"PostgreSQL": settings.database_url, "RabbitMQ": settings.amqp_url}
+    return {name: url for name, url in services.items() if not reachable(url)}
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+    missing = unreachable(settings)
+    if not missing:
+        return
+    if docker_engine_answers():
+        print(f"{' and '.join(missing)} not reachable: starting them with docker compose")
+        subprocess.run(["docker", "compose", "up", "--detach", "postgres", "rabbitmq"], check=True)
+        deadline = time.monotonic() + COMPOSE_WAIT_SECONDS
+        while (missing := unreachable(settings)) and time.monotonic() < deadline:
+            time.sleep(1)
+        if not missing:
+            return
+    hosts = ", ".join(f"{name} at {_where(url)}" for name, url in missing.items())
+    sys.exit(HOW_TO_START.format(missing=" and ".join(missing), urls=hosts))
+
+
+def _where(url: str) -> str:
+    """host:port only: the URL may carry a password, which must not be printed."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, '')}"
+
+
+if __name__ == "__main__":
+    main()

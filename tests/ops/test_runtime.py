@@ -1,0 +1,263 @@
+"""Operating the system: metrics move with traffic, readiness follows the broker,
+workers scale out and in, and `make run` starts and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.settings import Settings
+from tests.chaos.services import rabbitmq_stopped
+from tests.chaos.traffic import Traffic
+from tests.clients import about, connect, create_account, receive_until, send
+from tests.processes import ServiceProcess, free_port, start_dispatcher, start_gateway
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(url: str) -> Samples:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(url)
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def start_worker(settings: Settings, log: Path, metrics_port: int) -> ServiceProcess:
+    return start_dispatcher(settings, log, "--metrics-port", str(metrics_port))
+
+
+async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_path: Path) -> None:
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    worker_port = free_port()
+    worker = start_worker(isolated_settings, tmp_path / "worker.log", worker_port)
+    worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
+    try:
+        gateway_before = await scrape(f"{base_url}/metrics")
+        worker_before = await scrape(worker_metrics)
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            rider = await create_account(http, "rider")
+            driver = await create_account(http, "driver")
+        async with (
+            await connect(base_url, rider.access) as rider_ws,
+            await connect(base_url, driver.access) as driver_ws,
+        ):
+            connected = await scrape(f"{base_url}/metrics")
+            assert value(connected, "taxi_gateway_open_connections", role="rider") == 1
+            assert value(connected, "taxi_gateway_open_connections", role="driver") == 1
+            await send(
+                rider_ws,
+                {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}},
+            )
+            trip = (await receive_until(rider_ws, lambda f: f["type"] == "trip.requested"))["data"]
+            await send(
+                driver_ws, {"type": "update.trip", "data": {"id": trip["id"], "status": "STARTED"}}
+            )
+            await receive_until(rider_ws, about(trip["id"], "trip.accepted"))
+            await send(driver_ws, {"type": "no.such.type"})
+            await receive_until(driver_ws, lambda f: f["type"] == "error")
+        gateway_after = await scrape(f"{base_url}/metrics")
+        worker_after = await scrape(worker_metrics)
+    finally:
+        worker.stop()
+        gateway.stop()
+
+    def moved(before: Samples, after: Samples, name: str, by: float = 1, **labels: str) -> bool:
+        return value(after, name, **labels) - value(before, name, **labels) >= by
+
+    assert moved(gateway_before, gateway_after, "taxi_gateway_frames_in_total", type="create.trip")
+    assert moved(gateway_before, gateway_after, "taxi_gateway_frames_in_total", type="update.trip")
+    assert moved(
+        gateway_before, gateway_after, "taxi_gateway_frames_out_total", type="trip.requested", by=2
+    )
+    assert moved(gateway_before, gateway_after, "taxi_gateway_errors_total", code="unknown_type")
+    assert moved(gateway_before, gateway_after, "taxi_gateway_publish_seconds_count", by=2)
+    assert value(gateway_after, "taxi_gateway_open_connections", role="rider") == 0
+    assert moved(
+        worker_before,
+        worker_after,
+        "taxi_dispatcher_commands_total",
+        type="create.trip",
+        outcome="applied",
+    )
+    assert moved(
+        worker_before,
+        worker_after,
+        "taxi_dispatcher_commands_total",
+        type="update.trip",
+        outcome="applied",
+    )
+    assert moved(
+        worker_before, worker_after, "taxi_dispatcher_handler_seconds_count", type="update.trip"
+    )
+    assert ("taxi_dispatcher_outbox_backlog", ()) in worker_after
+
+
+async def wait_for_status(url: str, status: int, within: float = 30) -> dict[str, bool]:
+    deadline = asyncio.get_running_loop().time() + within
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            response = await client.get(url)
+            if response.status_code == status:
+                return dict(response.json())
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"{url} stayed {response.status_code}"
+            )
+            await asyncio.sleep(0.2)
+
+
+async def test_readiness_follows_the_broker(isolated_settings: Settings, tmp_path: Path) -> None:
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    worker_port = free_port()
+    worker = start_worker(isolated_settings, tmp_path / "worker.log", worker_port)
+    try:
+        worker_ready = f"http://127.0.0.1:{worker_port}/readyz"
+        assert await wait_for_status(f"{base_url}/readyz", 200) == {
+            "database": True,
+            "broker": True,
+        }
+        assert await wait_for_status(worker_ready, 200) == {"database": True, "broker": True}
+        with rabbitmq_stopped():
+            assert (await wait_for_status(f"{base_url}/readyz", 503))["broker"] is False
+            assert (await wait_for_status(worker_ready, 503))["broker"] is False
+            async with httpx.AsyncClient(timeout=5) as client:
+                assert (await client.get(f"{base_url}/healthz")).status_code == 200
+        assert await wait_for_status(f"{base_url}/readyz", 200) == {
+            "database": True,
+            "broker": True,
+        }
+        assert await wait_for_status(worker_ready, 200) == {"database": True, "broker": True}
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+async def test_an_added_worker_takes_a_share_and_a_removed_one_loses_nothing(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    first = start_worker(isolated_settings, tmp_path / "first.log", free_port())
+    second_port = free_port()
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            traffic = await Traffic.open(http, base_url, 8)
+            try:
+                burst = asyncio.create_task(traffic.run(10))
+                await traffic.wait_until_completed(10)
+                second = start_worker(isolated_settings, tmp_path / "second.log", second_port)
+                await traffic.wait_until_completed(50)
+                share = await scrape(f"http://127.0.0.1:{second_port}/metrics")
+                first.signal(signal.SIGTERM)
+                assert first.wait(30) == 0
+                await burst
+            finally:
+                await traffic.close()
+        handled = sum(
+            v
+            for (name, labels), v in share.items()
+            if name == "taxi_dispatcher_commands_total" and ("outcome", "applied") in labels
+        )
+        assert handled > 0, "the added worker took no commands"
+        statuses = {
+            (await http_status(base_url, pair.rider.account.access, trip_id))
+            for pair in traffic.pairs
+            for trip_id in pair.trips.values()
+        }
+        assert statuses == {"COMPLETED"}
+        assert sum(len(pair.trips) for pair in traffic.pairs) == 80
+        second.stop()
+    finally:
+        first.stop()
+        gateway.stop()
+
+
+async def http_status(base_url: str, token: str, trip_id: str) -> str:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.get(
+            f"/api/trip/{trip_id}/", headers={"Authorization": f"Bearer {token}"}
+        )
+    return str(response.json()["status"])
+
+
+async def wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = asyncio.get_running_loop().time() + 240  # includes installing, on a new machine
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            assert process.poll() is None, f"make run exited early:\n{log.read_text()[-3000:]}"
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(300)
+async def test_make_run_starts_the_system_and_stops_it_cleanly_on_ctrl_c(
+    isolated_settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    port = free_port()
+    settings = replace(isolated_settings, port=port)
+    log = (tmp_path / "make-run.log").open("wb")
+    make = subprocess.Popen(
+        ["make", "run", "WORKERS=2"],
+        cwd=project_root,
+        env={**os.environ, **settings.to_env(), "PORT": str(free_port())},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_serving(make, f"{base_url}/readyz", tmp_path / "make-run.log")
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            rider = await create_account(http, "rider")
+            driver = await create_account(http, "driver")
+        async with (
+            await connect(base_url, rider.access) as rider_ws,
+            await connect(base_url, driver.access) as driver_ws,
+        ):
+            await send(
+                rider_ws,
+                {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}},
+            )
+            trip = (await receive_until(rider_ws, lambda f: f["type"] == "trip.requested", 30))[
+                "data"
+            ]
+            for status, event in (
+                ("STARTED", "trip.accepted"),
+                ("IN_PROGRESS", "trip.picked_up"),
+                ("COMPLETED", "trip.completed"),
+            ):
+                await send(
+                    driver_ws, {"type": "update.trip", "data": {"id": trip["id"], "status": status}}
+                )
+                await receive_until(rider_ws, about(trip["id"], event), 30)
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        make.wait(60)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "make-run.log").read_text()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(make.pid, 0)  # no process of the group is left
+    assert "dispatcher.2" in output and "gateway.1" in output
+    assert output.count("dispatcher stopped") == 2, output[-3000:]
+    assert "Application shutdown complete" in output
