@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.broker import GatewayBroker
 from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
 from gateway.media import MEDIA_URL, PhotoStore
+from gateway.passwords import Passwords
 from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> Starlette:
             await database.close()
 
     routes = [
-        *AuthApi(users, tokens, photos).routes(),
+        *AuthApi(users, tokens, photos, Passwords(settings.password_hashing)).routes(),
         *TripsApi(database, users, tokens).routes(),
         WebSocketRoute("/taxi/", taxi_socket.endpoint),
         Route("/healthz", healthz),

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.media import PhotoError, PhotoStore
-from gateway.passwords import hash_password, verify_password
+from gateway.passwords import Passwords
 from gateway.signup import validate_sign_up
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UsernameTaken, UserRepository
@@ -35,8 +35,15 @@ class OrjsonResponse(JSONResponse):
 
 
 class AuthApi:
-    def __init__(self, users: UserRepository, tokens: TokenService, photos: PhotoStore) -> None:
+    def __init__(
+        self,
+        users: UserRepository,
+        tokens: TokenService,
+        photos: PhotoStore,
+        passwords: Passwords,
+    ) -> None:
         self._users = users
+        self._passwords = passwords
         self._tokens = tokens
         self._photos = photos
 
@@ -65,7 +72,7 @@ class AuthApi:
         try:
             user = await self._users.create(
                 username=sign_up.username,
-                password_hash=await hash_password(sign_up.password),
+                password_hash=await self._passwords.hash(sign_up.password),
                 first_name=sign_up.first_name,
                 last_name=sign_up.last_name,
                 group=sign_up.group,
@@ -88,7 +95,7 @@ class AuthApi:
         # Postgres text cannot hold NUL, so no stored username contains one.
         found = None if "\x00" in username else await self._users.find_with_password_hash(username)
         user, password_hash = found if found else (None, None)
-        if not await verify_password(password_hash, fields["password"]):
+        if not await self._passwords.verify(password_hash, fields["password"]):
             user = None
         if user is None or not user.is_active:
             return OrjsonResponse(

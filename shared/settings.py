@@ -18,6 +18,7 @@ DEVELOPMENT_JWT_SECRET = "development-only-secret-do-not-use-in-production"
 
 ENVIRONMENTS = ("development", "test", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PASSWORD_HASHING = ("standard", "fast")
 
 
 class SettingsError(ValueError):
@@ -49,6 +50,8 @@ class Settings:
     rate_limit_per_second: int = 20
     rate_limit_burst: int = 40
     log_level: str = "INFO"
+    # "standard" Argon2id, or "fast" for test and benchmark runs (refused in production).
+    password_hashing: str = "standard"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +90,14 @@ class Settings:
             )
         if not 0 < self.port < 65536:
             raise SettingsError(f"{env_name('port')}: must be between 1 and 65535")
+        if self.password_hashing not in PASSWORD_HASHING:
+            raise SettingsError(
+                f"{env_name('password_hashing')}: must be one of {', '.join(PASSWORD_HASHING)}"
+            )
+        if self.env == "production" and self.password_hashing != "standard":
+            raise SettingsError(
+                f"{env_name('password_hashing')}: must be 'standard' when TAXI_ENV=production"
+            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"{env_name('log_level')}: must be one of {', '.join(LOG_LEVELS)}")
 

@@ -31,6 +31,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             broker_prefix=unique_name("test").replace("_", "-"),
             media_dir=str(tmp_path_factory.mktemp("media")),
             log_level="DEBUG",
+            # Thousands of sign-ups in a run; the standard profile has tests of its own.
+            password_hashing="fast",
         )
         try:
             yield run_settings

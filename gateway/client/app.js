@@ -63,12 +63,17 @@ function element(tag, props = {}, children = []) {
 
 // ---- Banner -------------------------------------------------------------------
 
-function showError(text) {
+// What the banner currently reports: "load" problems clear themselves once a reload works.
+let bannerSource = null;
+
+function showError(text, source = null) {
+  bannerSource = source;
   byTestId("error-message").textContent = text;
   byTestId("error-banner").hidden = false;
 }
 
 function clearError() {
+  bannerSource = null;
   byTestId("error-banner").hidden = true;
   byTestId("error-message").textContent = "";
 }
@@ -179,12 +184,13 @@ async function loadTrips() {
     const list = await listTrips();
     if (state.store !== store || seq !== state.loadSeq) return; // logged out or superseded
     store.reconcile(list, mark);
+    if (bannerSource === "load") clearError();
     render();
   } catch (error) {
     if (error instanceof SessionExpired) {
       endSession(error.message);
     } else if (state.store === store) {
-      showError(`Could not load your trips. ${describeFailure(error)}`);
+      showError(`Could not load your trips. ${describeFailure(error)}`, "load");
     }
   }
 }

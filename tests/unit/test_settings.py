@@ -174,7 +174,7 @@ def test_the_secret_is_not_echoed_when_refused() -> None:
 
 def test_to_env_round_trips_through_from_env() -> None:
     settings = Settings(
-        env="production",
+        env="test",
         database_url="postgresql://app:pw@db.internal:6543/rides",
         amqp_url="amqps://app:pw@mq.internal:5671/prod",
         jwt_secret=REAL_SECRET,
@@ -194,6 +194,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         rate_limit_per_second=3,
         rate_limit_burst=5,
         log_level="ERROR",
+        password_hashing="fast",
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()
@@ -203,6 +204,19 @@ def test_to_env_round_trips_through_from_env() -> None:
 
     assert all(isinstance(value, str) for value in environ.values())
     assert Settings.from_env(environ) == settings
+
+
+def test_fast_password_hashing_is_refused_in_production() -> None:
+    with pytest.raises(SettingsError, match="TAXI_PASSWORD_HASHING"):
+        Settings.from_env(
+            {
+                "TAXI_ENV": "production",
+                "TAXI_JWT_SECRET": REAL_SECRET,
+                "TAXI_PASSWORD_HASHING": "fast",
+            }
+        )
+    with pytest.raises(SettingsError, match="TAXI_PASSWORD_HASHING"):
+        Settings.from_env({"TAXI_PASSWORD_HASHING": "none"})
 
 
 def test_to_env_of_the_defaults_round_trips() -> None:
