@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -128,7 +130,11 @@ async def read_fields(request: Request) -> dict[str, Any]:
     """The body as a dict, from JSON, a urlencoded form or multipart (files included)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=20)
+        try:
+            form = await request.form(max_files=1, max_fields=20)
+        except (HTTPException, MultiPartException) as exc:
+            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+            raise BadRequest({"detail": detail}) from None
         return dict(form.items())
     if content_type in ("application/json", ""):
         body = await request.body()

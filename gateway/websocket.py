@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 FrameHandler = Callable[[WebSocket, User, ClientFrame], Awaitable[None]]
 
 
+# Failures that end the connection rather than one frame.
+_CONNECTION_LEVEL: tuple[type[BaseException], ...] = (WebSocketDisconnect, *DATABASE_OUTAGE)
+
 # A client that keeps sending after this many refused frames in a row is cut off.
 MAX_RATE_LIMITED_FRAMES = 10
 
@@ -155,6 +158,15 @@ class TaxiSocket:
                 await handler(websocket, user, frame)
             except FrameError as refusal:
                 await send_error(websocket, refusal)
+            except _CONNECTION_LEVEL:
+                raise
+            except Exception:
+                # A bug must cost the client one request, not the connection.
+                log.exception("frame handling failed user_id=%s", user.id)
+                await send_error(
+                    websocket,
+                    FrameError(ErrorCode.INTERNAL, "the server failed to handle this frame"),
+                )
 
     async def _echo(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
         await send_frame(websocket, wire.encode(frame.raw), "echo.message")

@@ -11,6 +11,10 @@ from typing import Any
 
 import orjson
 
+# Real frames nest three levels at most. The limit is what orjson can write back
+# (it reads deeper than it writes), so every accepted frame can be echoed.
+MAX_NESTING = 254
+
 
 class ErrorCode:
     INVALID_JSON = "invalid_json"
@@ -24,6 +28,7 @@ class ErrorCode:
     DRIVER_BUSY = "driver_busy"
     UNAVAILABLE = "service_unavailable"
     RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal_error"
 
 
 class CloseCode:
@@ -66,7 +71,30 @@ def decode_frame(text: str | bytes) -> ClientFrame:
     frame_type = frame.get("type")
     if not isinstance(frame_type, str) or not frame_type:
         raise FrameError(ErrorCode.INVALID_FRAME, 'frame needs a "type" that is a non-empty string')
+    if _nested_deeper_than(frame, MAX_NESTING):
+        raise FrameError(
+            ErrorCode.INVALID_DATA,
+            f"frame is nested more than {MAX_NESTING} levels deep",
+            request=frame_type,
+        )
     return ClientFrame(type=frame_type, data=frame.get("data"), raw=frame)
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Iteratively, so a hostile frame cannot exhaust the stack while being checked."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def encode(frame: dict[str, Any]) -> bytes:

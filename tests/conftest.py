@@ -9,12 +9,13 @@ from pathlib import Path
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
 
 from shared.migrate import drop_database, migrate
 from shared.settings import Settings
-from shared.topology import Topology
-from tests.services import service_urls, unique_name, with_database
+from tests.processes import ServiceProcess, start_dispatcher, start_gateway
+from tests.services import delete_broker_objects, service_urls, unique_name, with_database
 
 
 @pytest.fixture(scope="session")
@@ -39,25 +40,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         finally:
             asyncio.run(delete_broker_objects(run_settings))
             drop_database(database_url)
-
-
-async def delete_broker_objects(settings: Settings) -> None:
-    """Delete every exchange and queue this run's prefix owns, user queues included."""
-    topology = Topology(settings.broker_prefix)
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        user_ids = [row["id"] for row in await connection.fetch("SELECT id FROM users")]
-    finally:
-        await connection.close()
-    broker = await aio_pika.connect(settings.amqp_url)
-    async with broker:
-        queues = [*topology.shared_queues, *(topology.user_queue(i) for i in user_ids)]
-        for name in queues:
-            channel = await broker.channel()
-            await channel.queue_delete(name)
-        for name in topology.exchanges:
-            channel = await broker.channel()
-            await channel.exchange_delete(name)
 
 
 @pytest.fixture
@@ -90,3 +72,42 @@ def isolated_settings(settings: Settings, request: pytest.FixtureRequest) -> Ite
     )
     yield isolated
     asyncio.run(delete_broker_objects(isolated))
+
+
+# The running system most end-to-end and browser tests share: one real gateway
+# process and two real dispatcher workers on this run's database and prefix.
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def gateway_process(settings: Settings, log_dir: Path) -> Iterator[tuple[ServiceProcess, str]]:
+    process, base_url = start_gateway(settings, log_dir)
+    yield process, base_url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway_process: tuple[ServiceProcess, str]) -> str:
+    return gateway_process[1]
+
+
+@pytest.fixture
+async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def dispatchers(settings: Settings, log_dir: Path) -> Iterator[list[ServiceProcess]]:
+    """Two competing dispatcher workers, as operators run them."""
+    workers = [
+        start_dispatcher(settings, log_dir / f"dispatcher-{n}.log", "--concurrency", "8")
+        for n in range(2)
+    ]
+    yield workers
+    for worker in workers:
+        assert worker.stop() == 0, worker.log()

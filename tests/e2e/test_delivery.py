@@ -18,9 +18,9 @@ from shared.settings import Settings
 from shared.topology import Topology, command_key
 from shared.trips import Status
 from tests.clients import about, connect, create_account, is_error, receive_until, send
-from tests.conftest import delete_broker_objects
 from tests.e2e.test_dispatch import request_trip, update
 from tests.processes import ServiceProcess, start_gateway
+from tests.services import delete_broker_objects
 
 
 async def test_a_redelivered_command_changes_nothing_twice(
