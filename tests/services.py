@@ -14,6 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
+import asyncpg
+
+from shared.settings import Settings
+from shared.topology import Topology
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -62,3 +68,22 @@ def unique_name(kind: str) -> str:
 
 def with_database(server_url: str, name: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+async def delete_broker_objects(settings: Settings) -> None:
+    """Delete every exchange and queue this run's prefix owns, user queues included."""
+    topology = Topology(settings.broker_prefix)
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        user_ids = [row["id"] for row in await connection.fetch("SELECT id FROM users")]
+    finally:
+        await connection.close()
+    broker = await aio_pika.connect(settings.amqp_url)
+    async with broker:
+        queues = [*topology.shared_queues, *(topology.user_queue(i) for i in user_ids)]
+        for name in queues:
+            channel = await broker.channel()
+            await channel.queue_delete(name)
+        for name in topology.exchanges:
+            channel = await broker.channel()
+            await channel.exchange_delete(name)
