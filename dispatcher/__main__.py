@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import uvloop
 
+from dispatcher.metrics import MetricsPortUnavailable
 from dispatcher.worker import Worker
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
@@ -61,7 +62,10 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
     configure_logging(settings.log_level, "dispatcher")
-    uvloop.run(serve(settings, args))
+    try:
+        uvloop.run(serve(settings, args))
+    except MetricsPortUnavailable as exc:
+        sys.exit(f"dispatcher: {exc}")
 
 
 if __name__ == "__main__":

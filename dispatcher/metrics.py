@@ -4,6 +4,7 @@ for them and for its health checks (`--metrics-port`)."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Generator
 
 import uvicorn
@@ -62,6 +63,25 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The metrics listener; raises MetricsPortUnavailable if the port cannot be had."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise MetricsPortUnavailable(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+        ) from None
+    listener.listen(64)
+    return listener
+
+
+class MetricsPortUnavailable(Exception):
+    pass
 
 
 def metrics_server(app: Starlette, host: str, port: int) -> EmbeddedServer:

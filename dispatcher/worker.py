@@ -73,12 +73,16 @@ class Worker:
         self._publisher: NotificationPublisher | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
+        # Bound first, so that a port in use stops the worker at once with a clear error.
+        listener = (
+            metrics.bind(self._settings.host, self._metrics_port) if self._metrics_port else None
+        )
         await self._database.start()
         connection = self._connection = await broker.connect(self._settings, "dispatcher")
         health = metrics.metrics_server(
             metrics.health_app(self.readiness), self._settings.host, self._metrics_port
         )
-        serving = asyncio.create_task(health.serve()) if self._metrics_port else None
+        serving = asyncio.create_task(health.serve([listener])) if listener else None
         try:
             publish_channel = await connection.channel(publisher_confirms=True)
             commands, notifications = await broker.declare_exchanges(

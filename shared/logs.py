@@ -43,3 +43,6 @@ def configure_logging(level: str, process: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # aiormq logs every reconnect attempt with a traceback at ERROR; one line is enough.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    # asyncpg's pool logs a traceback each time it fails to refill during a database
+    # outage; the worker already logs one line per retry.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

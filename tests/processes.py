@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_port_base(*offsets: int) -> int:
+    """A port p such that p + each offset is free too (honcho numbers processes so)."""
+    while True:
+        base = free_port()
+        if base + max(offsets) >= 65536:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for offset in offsets:
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
 
 
 class ServiceProcess:

@@ -18,7 +18,13 @@ from shared.settings import Settings
 from tests.chaos.services import rabbitmq_stopped
 from tests.chaos.traffic import Traffic
 from tests.clients import about, connect, create_account, receive_until, send
-from tests.processes import ServiceProcess, free_port, start_dispatcher, start_gateway
+from tests.processes import (
+    ServiceProcess,
+    free_port,
+    free_port_base,
+    start_dispatcher,
+    start_gateway,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -218,7 +224,8 @@ async def test_make_run_starts_the_system_and_stops_it_cleanly_on_ctrl_c(
     make = subprocess.Popen(
         ["make", "run", "WORKERS=2"],
         cwd=project_root,
-        env={**os.environ, **settings.to_env(), "PORT": str(free_port())},
+        # honcho gives dispatcher.1 and .2 the metrics ports PORT+100 and PORT+101.
+        env={**os.environ, **settings.to_env(), "PORT": str(free_port_base(0, 100, 101))},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, as a terminal gives it
