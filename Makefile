@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: install run test test-unit test-integration test-e2e migrate lint format clean
+.PHONY: install run bench test test-unit test-integration test-e2e migrate lint format clean
 
 install: $(INSTALLED)
 
@@ -24,6 +24,13 @@ run: install
 	$(BIN)/python -m shared.migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
+
+# Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|smoke
+# for the others, BENCH_ARGS for more options (`python -m bench --help`).
+SCENARIO ?= steady
+bench: install
+	$(BIN)/python -m shared.preflight
+	$(BIN)/python -m bench $(SCENARIO) $(BENCH_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -64,6 +64,7 @@ class Worker:
         self._settings = settings
         self._metrics_port = metrics_port
         self._connection: AbstractRobustConnection | None = None
+        self._consuming = False
         self._topology = Topology(settings.broker_prefix)
         self._database = Database(settings)
         self._slots = asyncio.Semaphore(concurrency)
@@ -94,6 +95,7 @@ class Worker:
             queue = await broker.declare_dispatcher_queue(consume_channel, self._topology, commands)
             relay = asyncio.create_task(OutboxRelay(self._database, self._publisher).run())
             consumer_tag = await queue.consume(self._on_message)
+            self._consuming = True
             log.info(
                 "dispatcher ready queue=%s concurrency=%d prefetch=%d metrics=%s",
                 queue.name,
@@ -105,6 +107,7 @@ class Worker:
             )
             await stopping.wait()
             log.info("dispatcher stopping: no new commands, finishing %d", len(self._in_flight))
+            self._consuming = False
             await queue.cancel(consumer_tag)
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
@@ -119,7 +122,11 @@ class Worker:
 
     async def readiness(self) -> dict[str, bool]:
         connected = self._connection is not None and self._connection.connected.is_set()
-        return {"database": await self._database.is_reachable(), "broker": connected}
+        return {
+            "database": await self._database.is_reachable(),
+            "broker": connected,
+            "consuming": self._consuming,
+        }
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

@@ -132,8 +132,12 @@ def start_gateway(
     return process, base_url
 
 
-def start_dispatcher(settings: Settings, log_path: Path, *args: str) -> ServiceProcess:
-    process = ServiceProcess("dispatcher", settings, log_path, *args)
+def start_dispatcher(
+    settings: Settings, log_path: Path, *args: str, metrics_port: int | None = None
+) -> ServiceProcess:
+    """A worker, ready once its /readyz (on its metrics port) answers 200."""
+    port = metrics_port or free_port()
+    process = ServiceProcess("dispatcher", settings, log_path, *args, "--metrics-port", str(port))
     process.start()
-    process.wait_for_log("dispatcher ready")
+    process.wait_until_ready(f"http://127.0.0.1:{port}/readyz")
     return process

@@ -45,7 +45,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def start_worker(settings: Settings, log: Path, metrics_port: int) -> ServiceProcess:
-    return start_dispatcher(settings, log, "--metrics-port", str(metrics_port))
+    return start_dispatcher(settings, log, metrics_port=metrics_port)
 
 
 async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_path: Path) -> None:
@@ -137,7 +137,11 @@ async def test_readiness_follows_the_broker(isolated_settings: Settings, tmp_pat
             "database": True,
             "broker": True,
         }
-        assert await wait_for_status(worker_ready, 200) == {"database": True, "broker": True}
+        assert await wait_for_status(worker_ready, 200) == {
+            "database": True,
+            "broker": True,
+            "consuming": True,
+        }
         with rabbitmq_stopped():
             assert (await wait_for_status(f"{base_url}/readyz", 503))["broker"] is False
             assert (await wait_for_status(worker_ready, 503))["broker"] is False
@@ -147,7 +151,11 @@ async def test_readiness_follows_the_broker(isolated_settings: Settings, tmp_pat
             "database": True,
             "broker": True,
         }
-        assert await wait_for_status(worker_ready, 200) == {"database": True, "broker": True}
+        assert await wait_for_status(worker_ready, 200) == {
+            "database": True,
+            "broker": True,
+            "consuming": True,
+        }
     finally:
         worker.stop()
         gateway.stop()

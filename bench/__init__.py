@@ -1,0 +1,1 @@
+"""The load generator: `python -m bench` (or `make bench`). See docs/benchmarks.md."""

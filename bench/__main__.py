@@ -1,0 +1,238 @@
+"""`python -m bench` (`make bench`): load the system and measure it.
+
+By default it starts the system itself (a fresh database and broker prefix on the
+local Postgres and RabbitMQ, the gateway and N dispatcher workers), runs the
+scenario and tears everything down; `--url` targets a running system instead.
+Results go to `<out>/<scenario>.json` and `<out>/<scenario>.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.idle import idle
+from bench.load import Load
+from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb
+from bench.stats import markdown_table, percentiles
+from bench.system import LocalSystem
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "steady": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 60, "racers": 3},
+    "saturation": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
+    "workers": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
+    "idle": {"drivers": 2500, "riders": 2500, "rate": 0, "seconds": 60, "racers": 0},
+    "smoke": {"drivers": 6, "riders": 3, "rate": 5, "seconds": 2, "racers": 2},
+}
+SATURATION_STEPS = (20, 40, 60, 80, 100, 130, 160, 200, 250)
+OFFER_P99_LIMIT_MS = 100
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--url", help="a running gateway, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--workers", type=int, default=2, help="dispatcher workers to start")
+    parser.add_argument("--drivers", type=int)
+    parser.add_argument("--riders", type=int)
+    parser.add_argument("--rate", type=float, help="trip requests per second")
+    parser.add_argument("--seconds", type=float, help="how long to send requests")
+    parser.add_argument("--racers", type=int, help="drivers racing to accept each trip (K)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    for name, default in SCENARIOS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
+
+
+async def measure(
+    args: argparse.Namespace, base_url: str, watched: dict[str, list[int]]
+) -> dict[str, Any]:
+    """One run at one rate: connect the users, send the requests, collect the figures."""
+    load = Load(base_url, drivers=args.drivers, riders=args.riders, racers=args.racers)
+    print(
+        f"signing up and connecting {args.drivers} drivers and {args.riders} riders",
+        file=sys.stderr,
+    )
+    await load.prepare()
+    monitor = ResourceMonitor()
+    for name, pids in watched.items():
+        monitor.watch(name, pids)
+    monitor.start()
+    started = time.perf_counter()
+    try:
+        await load.run(args.rate, args.seconds)
+    finally:
+        elapsed = time.perf_counter() - started
+        processes = monitor.stop()
+        await load.close()
+    return summarise(args, load, elapsed, processes)
+
+
+def summarise(
+    args: argparse.Namespace, load: Load, elapsed: float, processes: dict[str, Any]
+) -> dict[str, Any]:
+    trips = list(load.trips.values())
+    expected = sum(len(load.expected_offers(trip)) for trip in trips)
+    received = sum(len(trip.offered_to & load.expected_offers(trip)) for trip in trips)
+    offers_total = len(load.seen.offer_ms)
+    completed = sum(1 for trip in trips if trip.completed_at is not None)
+    return {
+        "scenario": args.scenario,
+        "parameters": {
+            "drivers": args.drivers,
+            "riders": args.riders,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "racers": args.racers,
+            "workers": None if args.url else args.workers,
+        },
+        "latency_ms": {
+            "offer": percentiles([ms for _, ms in load.seen.offer_ms]),
+            "assign": percentiles(load.seen.assign_ms),
+            "full_trip": percentiles(load.seen.full_trip_ms),
+        },
+        "requests_per_second": {
+            "offered": args.rate,
+            "achieved": round(len(trips) / args.seconds, 2) if args.seconds else 0,
+        },
+        "offers": {
+            "expected": expected,
+            "received": received,
+            "missing": expected - received,
+            "delivered_per_second": round(offers_total / elapsed, 1) if elapsed else 0,
+        },
+        "trips": {"requested": len(trips), "completed": completed},
+        "double_assignments": sum(1 for trip in trips if len(trip.winners) > 1),
+        "error_frames": dict(load.seen.errors),
+        "lost_races": load.seen.lost_races,
+        "socket_closes": load.seen.socket_closes,
+        "processes": processes,
+        "rabbitmq_memory_mb": rabbitmq_memory_mb(),
+        "timeline": timeline(load),
+        "machine": machine(),
+    }
+
+
+def timeline(load: Load) -> list[dict[str, Any]]:
+    """Offer latency per second of the run, for the plot."""
+    seconds: dict[int, list[float]] = {}
+    for at, ms in load.seen.offer_ms:
+        seconds.setdefault(int(at), []).append(ms)
+    points: list[dict[str, Any]] = []
+    for second, samples in sorted(seconds.items()):
+        stats = percentiles(samples)
+        points.append({"second": second, **{k: stats[k] for k in ("p50", "p90", "p99", "max")}})
+    return points
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def held(result: dict[str, Any]) -> bool:
+    offer = result["latency_ms"]["offer"]
+    return (
+        offer["p99"] is not None
+        and offer["p99"] <= OFFER_P99_LIMIT_MS
+        and result["offers"]["missing"] == 0
+        and result["trips"]["completed"] == result["trips"]["requested"]
+    )
+
+
+async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "saturation":
+        return await saturation(args, args.workers)
+    if args.scenario == "workers":
+        runs = {}
+        for workers in (1, 2, 4):
+            runs[str(workers)] = await saturation(args, workers)
+        return {"scenario": "workers", "by_workers": runs, "machine": machine()}
+    if args.scenario == "idle":
+        return await idle(args)
+    return await once(args, args.workers)
+
+
+async def once(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    if args.url:
+        return await measure(args, args.url, broker_and_database())
+    async with LocalSystem(workers=workers) as system:
+        return await measure(args, system.base_url, {**system.pids(), **broker_and_database()})
+
+
+async def saturation(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """Raise the rate step by step until offer p99 passes the limit or anything is missing."""
+    steps = []
+    best: dict[str, Any] | None = None
+    for rate in SATURATION_STEPS:
+        args.rate = rate
+        print(f"saturation: {rate} requests/s with {workers} worker(s)", file=sys.stderr)
+        result = await once(args, workers)
+        steps.append(result)
+        if not held(result):
+            break
+        best = result
+    return {
+        "scenario": f"saturation ({workers} workers)",
+        "highest_rate_held": best["parameters"]["rate"] if best else None,
+        "offers_per_second_held": best["offers"]["delivered_per_second"] if best else None,
+        "limit": f"offer p99 <= {OFFER_P99_LIMIT_MS} ms and no missing offer",
+        "steps": steps,
+        "machine": machine(),
+    }
+
+
+def broker_and_database() -> dict[str, list[int]]:
+    return {"rabbitmq": pids_named("beam.smp"), "postgres": pids_named("postgres")}
+
+
+def write(result: dict[str, Any], out: Path, scenario: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{scenario}.json").write_text(json.dumps(result, indent=2))
+    tables = [markdown_table(step) for step in result.get("steps", [])] if "steps" in result else []
+    if "by_workers" in result:
+        tables = [
+            f"## {workers} worker(s): highest rate held {run['highest_rate_held']} requests/s, "
+            f"{run['offers_per_second_held']} offers/s\n\n"
+            + "\n".join(markdown_table(step) for step in run["steps"])
+            for workers, run in result["by_workers"].items()
+        ]
+    elif "latency_ms" in result:
+        tables = [markdown_table(result)]
+    elif "idle" in result:
+        tables = [
+            "| measure | value |\n|---|---|\n"
+            + "\n".join(f"| {k} | {v} |" for k, v in result["idle"].items())
+            + "\n"
+        ]
+    (out / f"{scenario}.md").write_text("\n".join(tables))
+    if scenario == "steady" and "timeline" in result:
+        from bench.plot import plot_timeline
+
+        plot_timeline(result, out / "steady-latency.png")
+
+
+def main() -> None:
+    args = parse_args()
+    result = asyncio.run(run_scenario(args))
+    write(result, args.out, args.scenario)
+    print((args.out / f"{args.scenario}.md").read_text())
+    print(f"results: {args.out / (args.scenario + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
