@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -65,7 +66,7 @@ async def measure(
     )
     await load.prepare()
     monitor = ResourceMonitor()
-    for name, pids in watched.items():
+    for name, pids in {**watched, "load generator": [os.getpid()]}.items():
         monitor.watch(name, pids)
     monitor.start()
     started = time.perf_counter()

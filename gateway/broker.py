@@ -15,7 +15,6 @@ import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractQueue,
     AbstractQueueIterator,
     AbstractRobustConnection,
 )
@@ -34,22 +33,16 @@ INBOX_PREFETCH = 64
 
 @dataclass
 class Inbox:
-    """A user's queue while their socket is open: its messages, and their offers switch."""
+    """A user's queue while their socket is open, and whether offers are wanted now.
+
+    A connected driver's queue stays bound to the offers key; while they are busy
+    with a trip the gateway drops the offers instead of forwarding them. Switching
+    a binding on every accept would cost a broker round trip on the shared channel
+    (and a durable write) for each trip.
+    """
 
     messages: AbstractQueueIterator
-    queue: AbstractQueue
-    notifications: AbstractExchange
-    receives_offers: bool
-
-    async def pause_offers(self) -> None:
-        if self.receives_offers:
-            await self.queue.unbind(self.notifications, DRIVER_OFFERS_KEY)
-            self.receives_offers = False
-
-    async def resume_offers(self) -> None:
-        if not self.receives_offers:
-            await self.queue.bind(self.notifications, DRIVER_OFFERS_KEY)
-            self.receives_offers = True
+    offers_paused: bool = False
 
 
 class GatewayBroker:
@@ -102,8 +95,9 @@ class GatewayBroker:
     async def inbox(self, user: User, *, offers: bool) -> AsyncIterator[Inbox]:
         """The user's queue, bound and consumed for as long as the context is open.
 
-        A driver who is free (`offers`) also receives offers while connected; that
-        binding goes when they leave, so offers do not pile up for an absent driver.
+        A driver's queue is also bound to the offers key while they are connected
+        (`offers` False: they are busy, and offers are dropped until they are free);
+        that binding goes when they leave, so offers do not pile up for an absent driver.
         """
         if self._inbox_channel is None or self._notifications is None:
             raise PublishFailed("the gateway is not connected to the broker")
@@ -113,16 +107,16 @@ class GatewayBroker:
             arguments=broker.user_queue_arguments(self._settings),
         )
         await queue.bind(self._notifications, user_key(user.id))
-        inbox = Inbox(queue.iterator(no_ack=False), queue, self._notifications, False)
+        if user.is_driver:
+            await queue.bind(self._notifications, DRIVER_OFFERS_KEY)
+        inbox = Inbox(queue.iterator(no_ack=False), offers_paused=not offers)
         # Consume now, in this task: the forwarder then only reads a local buffer, and
         # ending it never cancels a broker call halfway (aiormq closes the whole shared
         # channel when an RPC is cancelled).
         await inbox.messages.consume()
-        if offers:
-            await inbox.resume_offers()
         try:
             yield inbox
         finally:
             await inbox.messages.close()
-            if not self._inbox_channel.is_closed:
-                await inbox.pause_offers()
+            if user.is_driver and not self._inbox_channel.is_closed:
+                await queue.unbind(self._notifications, DRIVER_OFFERS_KEY)

@@ -26,7 +26,13 @@ from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
 from shared.db import DATABASE_OUTAGE
-from shared.topology import EXCLUDE_USER_HEADER, OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
+from shared.topology import (
+    DRIVER_OFFERS_KEY,
+    EXCLUDE_USER_HEADER,
+    OFFERS_HEADER,
+    PAUSE_OFFERS,
+    RESUME_OFFERS,
+)
 from shared.users import User
 from shared.wire import ClientFrame, CloseCode, ErrorCode, FrameError
 
@@ -200,9 +206,12 @@ async def _forward(inbox: Inbox, websocket: WebSocket, user: User) -> None:
             continue
         directive = headers.get(OFFERS_HEADER)
         if directive == PAUSE_OFFERS:
-            await inbox.pause_offers()
+            inbox.offers_paused = True
         elif directive == RESUME_OFFERS:
-            await inbox.resume_offers()
+            inbox.offers_paused = False
+        if inbox.offers_paused and message.routing_key == DRIVER_OFFERS_KEY:
+            await message.ack()  # busy with a trip: this offer is not for now
+            continue
         try:
             await send_frame(websocket, message.body, message.type or "unknown")
         except (WebSocketDisconnect, RuntimeError, OSError):

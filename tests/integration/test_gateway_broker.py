@@ -114,54 +114,41 @@ async def test_a_drivers_own_notifications_and_offers_reach_their_inbox(
     assert [body for body in arrived if body in (own, offer)] == [own, offer]
 
 
-async def test_a_user_without_offers_gets_only_their_own_notifications(
-    gateway: GatewayBroker, driver: User, notifications: AbstractExchange
+async def test_a_busy_driver_starts_with_offers_paused_and_a_free_one_without(
+    gateway: GatewayBroker, driver: User
 ) -> None:
-    offer, own = unique_body(), unique_body()
-
-    async with gateway.inbox(driver, offers=False) as inbox:
-        assert inbox.receives_offers is False
-        # Published first: had it been routed to the queue, it would arrive first.
-        await publish(notifications, DRIVER_OFFERS_KEY, offer)
-        await publish(notifications, user_key(driver.id), own)
-        arrived = await receive(inbox, own)
-
-    assert offer not in arrived
+    # The gateway drops offers while paused; the queue itself stays bound.
+    async with gateway.inbox(driver, offers=False) as busy:
+        assert busy.offers_paused is True
+    async with gateway.inbox(driver, offers=True) as free:
+        assert free.offers_paused is False
 
 
-async def test_resumed_offers_reach_the_inbox(
-    gateway: GatewayBroker, driver: User, notifications: AbstractExchange
-) -> None:
-    offer = unique_body()
-
-    async with gateway.inbox(driver, offers=False) as inbox:
-        await inbox.resume_offers()
-        assert inbox.receives_offers is True
-        await publish(notifications, DRIVER_OFFERS_KEY, offer)
-        arrived = await receive(inbox, offer)
-
-    assert offer in arrived
-
-
-async def test_paused_offers_no_longer_reach_the_queue(
+async def test_a_riders_queue_never_receives_offers(
     gateway: GatewayBroker,
-    driver: User,
     notifications: AbstractExchange,
     amqp: AbstractConnection,
     settings: Settings,
 ) -> None:
-    async with gateway.inbox(driver, offers=True) as inbox:
-        await inbox.pause_offers()
-        assert inbox.receives_offers is False
-    waiting = await queued(amqp, settings, driver)
-
-    await publish(notifications, DRIVER_OFFERS_KEY, unique_body())
-    after_offer = await queued(amqp, settings, driver)
-    await publish(notifications, user_key(driver.id), unique_body())
-    after_own = await queued(amqp, settings, driver)
-
-    assert after_offer == waiting
-    assert after_own == waiting + 1
+    rider = User(
+        id=10**9 + uuid.uuid4().int % 10**8,
+        username="r@x",
+        first_name="R",
+        last_name="X",
+        group="rider",
+        photo=None,
+    )
+    async with gateway.inbox(rider, offers=False):
+        pass
+    try:
+        waiting = await queued(amqp, settings, rider)
+        await publish(notifications, DRIVER_OFFERS_KEY, unique_body())
+        assert await queued(amqp, settings, rider) == waiting
+        await publish(notifications, user_key(rider.id), unique_body())
+        assert await queued(amqp, settings, rider) == waiting + 1
+    finally:
+        channel = await amqp.channel()
+        await channel.queue_delete(Topology(settings.broker_prefix).user_queue(rider.id))
 
 
 async def test_offers_stop_when_the_driver_leaves_but_their_notifications_wait(
