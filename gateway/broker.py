@@ -33,16 +33,22 @@ INBOX_PREFETCH = 64
 
 @dataclass
 class Inbox:
-    """A user's queue while their socket is open, and whether offers are wanted now.
+    """What a connected user receives: their own notifications and, for a driver, offers.
 
-    A connected driver's queue stays bound to the offers key; while they are busy
-    with a trip the gateway drops the offers instead of forwarding them. Switching
-    a binding on every accept would cost a broker round trip on the shared channel
-    (and a durable write) for each trip.
+    `messages` is the user's durable queue, acknowledged one by one: nothing in it is
+    lost to a crash. `offers` is a driver's own queue for as long as the socket is
+    open (exclusive, deleted when it closes): offers are many, short-lived and not
+    worth a durable write or an acknowledgement each, and a driver who comes back
+    later must not see stale ones. While the driver is busy with a trip the gateway
+    drops offers (`offers_paused`) rather than switching bindings on every accept.
     """
 
     messages: AbstractQueueIterator
+    offers: AbstractQueueIterator | None = None
     offers_paused: bool = False
+
+    def iterators(self) -> list[AbstractQueueIterator]:
+        return [self.messages] if self.offers is None else [self.messages, self.offers]
 
 
 class GatewayBroker:
@@ -93,11 +99,10 @@ class GatewayBroker:
 
     @asynccontextmanager
     async def inbox(self, user: User, *, offers: bool) -> AsyncIterator[Inbox]:
-        """The user's queue, bound and consumed for as long as the context is open.
+        """The user's queues, bound and consumed for as long as the context is open.
 
-        A driver's queue is also bound to the offers key while they are connected
-        (`offers` False: they are busy, and offers are dropped until they are free);
-        that binding goes when they leave, so offers do not pile up for an absent driver.
+        `offers` False for a driver means they are busy: offers are dropped until a
+        notification says they are free again.
         """
         if self._inbox_channel is None or self._notifications is None:
             raise PublishFailed("the gateway is not connected to the broker")
@@ -107,16 +112,22 @@ class GatewayBroker:
             arguments=broker.user_queue_arguments(self._settings),
         )
         await queue.bind(self._notifications, user_key(user.id))
-        if user.is_driver:
-            await queue.bind(self._notifications, DRIVER_OFFERS_KEY)
         inbox = Inbox(queue.iterator(no_ack=False), offers_paused=not offers)
-        # Consume now, in this task: the forwarder then only reads a local buffer, and
-        # ending it never cancels a broker call halfway (aiormq closes the whole shared
-        # channel when an RPC is cancelled).
-        await inbox.messages.consume()
+        if user.is_driver:
+            offers_queue = await self._inbox_channel.declare_queue(
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-max-length": self._settings.user_queue_max_length},
+            )
+            await offers_queue.bind(self._notifications, DRIVER_OFFERS_KEY)
+            inbox.offers = offers_queue.iterator(no_ack=True)
+        # Consume now, in this task: the forwarders then only read local buffers, and
+        # ending them never cancels a broker call halfway (aiormq closes the whole
+        # shared channel when an RPC is cancelled).
+        for iterator in inbox.iterators():
+            await iterator.consume()
         try:
             yield inbox
         finally:
-            await inbox.messages.close()
-            if user.is_driver and not self._inbox_channel.is_closed:
-                await queue.unbind(self._notifications, DRIVER_OFFERS_KEY)
+            for iterator in inbox.iterators():
+                await iterator.close()

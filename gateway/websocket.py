@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from aio_pika.abc import AbstractQueueIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import metrics
@@ -27,7 +28,6 @@ from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
 from shared.db import DATABASE_OUTAGE
 from shared.topology import (
-    DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     OFFERS_HEADER,
     PAUSE_OFFERS,
@@ -91,17 +91,27 @@ class TaxiSocket:
             connections = metrics.OPEN_CONNECTIONS.labels(user.group)
             connections.inc()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
-            forwarder = asyncio.create_task(_forward(inbox, websocket, user))
+            forwarders = [asyncio.create_task(_forward(inbox, websocket))]
+            if inbox.offers is not None:
+                forwarders.append(
+                    asyncio.create_task(_forward_offers(inbox.offers, inbox, websocket, user))
+                )
             self._open.add(websocket)
             try:
                 await self._receive(websocket, user)
             finally:
                 self._open.discard(websocket)
                 connections.dec()
-                # Closing the consumer ends the forwarder's loop; unacknowledged
-                # messages go back to the queue for the user's next connection.
-                await inbox.messages.close()
-                await forwarder
+                # Forwarders only wait on local buffers and the socket, never on a
+                # broker call, so cancelling them is safe; the inbox then closes its
+                # consumers and unacknowledged messages go back to the user's queue.
+                # (Closing a consumer while a forwarder still iterates it makes
+                # aio-pika's robust iterator consume again.)
+                for forwarder in forwarders:
+                    forwarder.cancel()
+                for outcome in await asyncio.gather(*forwarders, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
         log.info("socket closed user_id=%s", user.id)
 
     async def _authenticate(self, websocket: WebSocket) -> User | None:
@@ -197,27 +207,34 @@ class TaxiSocket:
         )
 
 
-async def _forward(inbox: Inbox, websocket: WebSocket, user: User) -> None:
-    excluded = str(user.id)
+async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
+    """The user's own notifications: each acknowledged only once it was written."""
     async for message in inbox.messages:
-        headers = message.headers or {}
-        if headers.get(EXCLUDE_USER_HEADER) == excluded:
-            await message.ack()
-            continue
-        directive = headers.get(OFFERS_HEADER)
+        directive = (message.headers or {}).get(OFFERS_HEADER)
         if directive == PAUSE_OFFERS:
             inbox.offers_paused = True
         elif directive == RESUME_OFFERS:
             inbox.offers_paused = False
-        if inbox.offers_paused and message.routing_key == DRIVER_OFFERS_KEY:
-            await message.ack()  # busy with a trip: this offer is not for now
-            continue
         try:
             await send_frame(websocket, message.body, message.type or "unknown")
         except (WebSocketDisconnect, RuntimeError, OSError):
             await message.nack(requeue=True)
             return
         await message.ack()
+
+
+async def _forward_offers(
+    offers: AbstractQueueIterator, inbox: Inbox, websocket: WebSocket, user: User
+) -> None:
+    """A driver's offers (and their withdrawals), unless busy or the one left out."""
+    excluded = str(user.id)
+    async for message in offers:
+        if inbox.offers_paused or (message.headers or {}).get(EXCLUDE_USER_HEADER) == excluded:
+            continue
+        try:
+            await send_frame(websocket, message.body, message.type or "unknown")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
 
 
 async def send_frame(websocket: WebSocket, frame: bytes, frame_type: str) -> None:

@@ -17,10 +17,15 @@ _SECRET_IN_URL = re.compile(r"((?:token|access|refresh|password\d?)=)[^&\s\"']+"
 _REFUSED_HANDSHAKE_NOISE = "ASGI callable returned without completing handshake."
 
 
+# aio-pika warns for each message still buffered when a no-ack consumer closes: for a
+# driver's offers queue, offers nobody will read any more. That is the intent.
+_DROPPED_OFFER_NOISE = "Message %r lost for consumer with no_ack %r"
+
+
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message == _REFUSED_HANDSHAKE_NOISE:
+        if message == _REFUSED_HANDSHAKE_NOISE or record.msg == _DROPPED_OFFER_NOISE:
             return False
         redacted = redact(message)
         if redacted != message:
