@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.broker import GatewayBroker
 from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
 from gateway.media import MEDIA_URL, PhotoStore
+from gateway.offers import OfferFanout
 from gateway.passwords import Passwords
 from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
@@ -41,8 +43,9 @@ def create_app(settings: Settings) -> Starlette:
         refresh_seconds=settings.refresh_token_days * 24 * 3600,
     )
     photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
+    offers = OfferFanout()
     taxi_socket = TaxiSocket(
-        tokens, users, broker, (settings.rate_limit_per_second, settings.rate_limit_burst)
+        tokens, users, broker, offers, (settings.rate_limit_per_second, settings.rate_limit_burst)
     )
     Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
 
@@ -58,10 +61,15 @@ def create_app(settings: Settings) -> Starlette:
         await database.start()
         try:
             await broker.start()
+            offer_messages = broker.offers()
+            # Consume before the task starts, so cancelling it never interrupts a broker call.
+            await offer_messages.consume()
+            fanout = asyncio.create_task(offers.run(offer_messages))
             try:
                 log.info("gateway ready on http://%s:%s", settings.host, settings.port)
                 yield
             finally:
+                fanout.cancel()
                 await broker.close()
         finally:
             await database.close()

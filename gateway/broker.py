@@ -15,6 +15,7 @@ import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
+    AbstractQueue,
     AbstractQueueIterator,
     AbstractRobustConnection,
 )
@@ -29,26 +30,18 @@ __all__ = ["GatewayBroker", "Inbox", "PublishFailed"]
 
 # How many notifications the broker may push to one socket before it acknowledges any.
 INBOX_PREFETCH = 64
+# Offers waiting for this gateway at most; older ones are dropped first.
+OFFERS_BACKLOG = 10_000
 
 
 @dataclass
 class Inbox:
-    """What a connected user receives: their own notifications and, for a driver, offers.
-
-    `messages` is the user's durable queue, acknowledged one by one: nothing in it is
-    lost to a crash. `offers` is a driver's own queue for as long as the socket is
-    open (exclusive, deleted when it closes): offers are many, short-lived and not
-    worth a durable write or an acknowledgement each, and a driver who comes back
-    later must not see stale ones. While the driver is busy with a trip the gateway
-    drops offers (`offers_paused`) rather than switching bindings on every accept.
-    """
+    """A user's own notifications while their socket is open: their durable queue,
+    each message acknowledged once written, so nothing in it is lost to a crash."""
 
     messages: AbstractQueueIterator
-    offers: AbstractQueueIterator | None = None
+    # A driver busy with a trip gets no offers; notifications of their trip switch it.
     offers_paused: bool = False
-
-    def iterators(self) -> list[AbstractQueueIterator]:
-        return [self.messages] if self.offers is None else [self.messages, self.offers]
 
 
 class GatewayBroker:
@@ -59,6 +52,7 @@ class GatewayBroker:
         self._commands: AbstractExchange | None = None
         self._notifications: AbstractExchange | None = None
         self._inbox_channel: AbstractChannel | None = None
+        self._offers: AbstractQueue | None = None
 
     async def start(self) -> None:
         self._connection = await broker.connect(self._settings, "gateway")
@@ -71,6 +65,19 @@ class GatewayBroker:
         await broker.declare_dispatcher_queue(publish_channel, self.topology, self._commands)
         self._inbox_channel = await self._connection.channel(publisher_confirms=False)
         await self._inbox_channel.set_qos(prefetch_count=INBOX_PREFETCH)
+        # One subscription to the offers broadcast per gateway, fanned out here to the
+        # drivers connected to it: the broker delivers each offer once per gateway, not
+        # once per driver. Exclusive: it lives and dies with this gateway's connection.
+        self._offers = await self._inbox_channel.declare_queue(
+            exclusive=True, auto_delete=True, arguments={"x-max-length": OFFERS_BACKLOG}
+        )
+        await self._offers.bind(self._notifications, DRIVER_OFFERS_KEY)
+
+    def offers(self) -> AbstractQueueIterator:
+        """The offers broadcast, unacknowledged: an offer is worth nothing a moment later."""
+        if self._offers is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        return self._offers.iterator(no_ack=True)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -99,10 +106,10 @@ class GatewayBroker:
 
     @asynccontextmanager
     async def inbox(self, user: User, *, offers: bool) -> AsyncIterator[Inbox]:
-        """The user's queues, bound and consumed for as long as the context is open.
+        """The user's queue, bound and consumed for as long as the context is open.
 
-        `offers` False for a driver means they are busy: offers are dropped until a
-        notification says they are free again.
+        `offers` False for a driver means they are busy: offers are not forwarded to
+        them until a notification of their trip says they are free again.
         """
         if self._inbox_channel is None or self._notifications is None:
             raise PublishFailed("the gateway is not connected to the broker")
@@ -113,21 +120,11 @@ class GatewayBroker:
         )
         await queue.bind(self._notifications, user_key(user.id))
         inbox = Inbox(queue.iterator(no_ack=False), offers_paused=not offers)
-        if user.is_driver:
-            offers_queue = await self._inbox_channel.declare_queue(
-                exclusive=True,
-                auto_delete=True,
-                arguments={"x-max-length": self._settings.user_queue_max_length},
-            )
-            await offers_queue.bind(self._notifications, DRIVER_OFFERS_KEY)
-            inbox.offers = offers_queue.iterator(no_ack=True)
-        # Consume now, in this task: the forwarders then only read local buffers, and
-        # ending them never cancels a broker call halfway (aiormq closes the whole
+        # Consume now, in this task: the forwarder then only reads a local buffer, and
+        # ending it never cancels a broker call halfway (aiormq closes the whole
         # shared channel when an RPC is cancelled).
-        for iterator in inbox.iterators():
-            await iterator.consume()
+        await inbox.messages.consume()
         try:
             yield inbox
         finally:
-            for iterator in inbox.iterators():
-                await iterator.close()
+            await inbox.messages.close()

@@ -14,13 +14,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
-from aio_pika.abc import AbstractQueueIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import metrics
 from gateway.broker import GatewayBroker, Inbox, PublishFailed
 from gateway.http_api import OrjsonResponse
+from gateway.offers import ConnectedDriver, OfferFanout
 from gateway.rate_limit import TokenBucket
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
@@ -28,7 +29,6 @@ from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
 from shared.db import DATABASE_OUTAGE
 from shared.topology import (
-    EXCLUDE_USER_HEADER,
     OFFERS_HEADER,
     PAUSE_OFFERS,
     RESUME_OFFERS,
@@ -54,11 +54,13 @@ class TaxiSocket:
         tokens: TokenService,
         users: UserRepository,
         broker: GatewayBroker,
+        offers: OfferFanout,
         rate_limit: tuple[int, int],
     ) -> None:
         self._tokens = tokens
         self._users = users
         self._broker = broker
+        self._offers = offers
         self._rate_limit = rate_limit
         self._open: set[WebSocket] = set()
         self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
@@ -92,15 +94,15 @@ class TaxiSocket:
             connections.inc()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
             forwarders = [asyncio.create_task(_forward(inbox, websocket))]
-            if inbox.offers is not None:
-                forwarders.append(
-                    asyncio.create_task(_forward_offers(inbox.offers, inbox, websocket, user))
-                )
+            driver = ConnectedDriver(user.id, inbox, partial(send_frame, websocket))
+            if user.is_driver:
+                self._offers.register(driver)
             self._open.add(websocket)
             try:
                 await self._receive(websocket, user)
             finally:
                 self._open.discard(websocket)
+                self._offers.unregister(driver)
                 connections.dec()
                 # Forwarders only wait on local buffers and the socket, never on a
                 # broker call, so cancelling them is safe; the inbox then closes its
@@ -221,20 +223,6 @@ async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
             await message.nack(requeue=True)
             return
         await message.ack()
-
-
-async def _forward_offers(
-    offers: AbstractQueueIterator, inbox: Inbox, websocket: WebSocket, user: User
-) -> None:
-    """A driver's offers (and their withdrawals), unless busy or the one left out."""
-    excluded = str(user.id)
-    async for message in offers:
-        if inbox.offers_paused or (message.headers or {}).get(EXCLUDE_USER_HEADER) == excluded:
-            continue
-        try:
-            await send_frame(websocket, message.body, message.type or "unknown")
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return
 
 
 async def send_frame(websocket: WebSocket, frame: bytes, frame_type: str) -> None:

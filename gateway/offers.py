@@ -1,0 +1,56 @@
+"""Offers fanned out to the drivers connected to this gateway.
+
+The gateway holds one subscription to the offers broadcast and forwards each offer
+(and each withdrawal: `trip.taken`, `trip.cancelled`) to every driver connected
+here who is free, except the one a broadcast leaves out. A driver who is offline
+is not connected anywhere, so gets nothing, and sees no stale offer on return.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
+
+from gateway.broker import Inbox
+from shared.topology import EXCLUDE_USER_HEADER
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[bytes, str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ConnectedDriver:
+    user_id: int
+    inbox: Inbox
+    send: Send
+
+
+class OfferFanout:
+    def __init__(self) -> None:
+        self._drivers: set[ConnectedDriver] = set()
+
+    def register(self, driver: ConnectedDriver) -> None:
+        self._drivers.add(driver)
+
+    def unregister(self, driver: ConnectedDriver) -> None:
+        self._drivers.discard(driver)
+
+    async def run(self, offers: AbstractQueueIterator) -> None:
+        async for message in offers:
+            await self.deliver(message)
+
+    async def deliver(self, message: AbstractIncomingMessage) -> None:
+        excluded = (message.headers or {}).get(EXCLUDE_USER_HEADER)
+        frame_type = message.type or "unknown"
+        for driver in list(self._drivers):
+            if driver.inbox.offers_paused or str(driver.user_id) == excluded:
+                continue
+            try:
+                await driver.send(message.body, frame_type)
+            except (RuntimeError, OSError) as exc:
+                # The socket is closing; its endpoint unregisters it.
+                log.debug("offer not sent user_id=%s error=%r", driver.user_id, exc)
