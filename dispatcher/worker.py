@@ -13,6 +13,7 @@ the load needs. For each command:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable
@@ -96,6 +97,7 @@ class Worker:
             relay = asyncio.create_task(OutboxRelay(self._database, self._publisher).run())
             consumer_tag = await queue.consume(self._on_message)
             self._consuming = True
+            gc.freeze()  # what exists now lives as long as the worker; see gateway/app.py
             log.info(
                 "dispatcher ready queue=%s concurrency=%d prefetch=%d metrics=%s",
                 queue.name,
