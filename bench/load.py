@@ -10,9 +10,9 @@ include both directions of the loopback network and both event loops.
 from __future__ import annotations
 
 import asyncio
-import gc
 import bisect
 import contextlib
+import gc
 import itertools
 import math
 import sys
