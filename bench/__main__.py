@@ -33,7 +33,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "idle": {"drivers": 2500, "riders": 2500, "rate": 0, "seconds": 60, "racers": 0},
     "smoke": {"drivers": 6, "riders": 3, "rate": 5, "seconds": 2, "racers": 2},
 }
-SATURATION_STEPS = (20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 100, 120)
+SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
 OFFER_P99_LIMIT_MS = 100
 
 

@@ -14,19 +14,21 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
 
+from gateway import metrics
 from gateway.broker import Inbox
 from shared.topology import EXCLUDE_USER_HEADER
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[bytes, str], Awaitable[None]]
+# Sends one text frame on the driver's socket.
+SendText = Callable[[str], Awaitable[None]]
 
 
 @dataclass(eq=False)
 class ConnectedDriver:
     user_id: int
     inbox: Inbox
-    send: Send
+    send_text: SendText
 
 
 class OfferFanout:
@@ -45,12 +47,18 @@ class OfferFanout:
 
     async def deliver(self, message: AbstractIncomingMessage) -> None:
         excluded = (message.headers or {}).get(EXCLUDE_USER_HEADER)
-        frame_type = message.type or "unknown"
+        excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
+        # The same frame goes to every driver here: decode it once, count it once.
+        text = message.body.decode()
+        sent = 0
         for driver in list(self._drivers):
-            if driver.inbox.offers_paused or str(driver.user_id) == excluded:
+            if driver.inbox.offers_paused or driver.user_id == excluded_id:
                 continue
             try:
-                await driver.send(message.body, frame_type)
+                await driver.send_text(text)
             except (RuntimeError, OSError) as exc:
                 # The socket is closing; its endpoint unregisters it.
                 log.debug("offer not sent user_id=%s error=%r", driver.user_id, exc)
+            else:
+                sent += 1
+        metrics.FRAMES_OUT.labels(message.type or "unknown").inc(sent)

@@ -4,7 +4,8 @@ Handshakes with a bad token are refused with HTTP 401 before the upgrade. Once
 open, every frame from the client is validated; a bad one gets an `error` frame and
 the connection stays open. Commands are stamped with the user and a message id and
 published; everything that arrives on the user's queue is forwarded to the socket
-and acknowledged only once it was written.
+and acknowledged only once it was written. Drivers also get offers, fanned out by
+`gateway.offers` while they are free.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -28,11 +28,7 @@ from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
 from shared.db import DATABASE_OUTAGE
-from shared.topology import (
-    OFFERS_HEADER,
-    PAUSE_OFFERS,
-    RESUME_OFFERS,
-)
+from shared.topology import OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
 from shared.users import User
 from shared.wire import ClientFrame, CloseCode, ErrorCode, FrameError
 
@@ -75,9 +71,9 @@ class TaxiSocket:
     async def endpoint(self, websocket: WebSocket) -> None:
         try:
             user = await self._authenticate(websocket)
-            offers = user is not None and user.is_driver
-            if user is not None and offers:
-                offers = not await self._users.has_active_trip(user.id)
+            busy = (
+                user is not None and user.is_driver and await self._users.has_active_trip(user.id)
+            )
         except DATABASE_OUTAGE as exc:
             log.warning("handshake refused, database unavailable error=%r", exc)
             await websocket.send_denial_response(
@@ -88,13 +84,13 @@ class TaxiSocket:
             return
         # The inbox is bound before the handshake completes, so that anything sent
         # to the user once their socket is open reaches them.
-        async with self._broker.inbox(user, offers=offers) as inbox:
+        async with self._broker.inbox(user, offers=not busy) as inbox:
             await websocket.accept()
             connections = metrics.OPEN_CONNECTIONS.labels(user.group)
             connections.inc()
             log.info("socket opened user_id=%s group=%s", user.id, user.group)
-            forwarders = [asyncio.create_task(_forward(inbox, websocket))]
-            driver = ConnectedDriver(user.id, inbox, partial(send_frame, websocket))
+            forwarder = asyncio.create_task(_forward(inbox, websocket))
+            driver = ConnectedDriver(user.id, inbox, websocket.send_text)
             if user.is_driver:
                 self._offers.register(driver)
             self._open.add(websocket)
@@ -104,16 +100,15 @@ class TaxiSocket:
                 self._open.discard(websocket)
                 self._offers.unregister(driver)
                 connections.dec()
-                # Forwarders only wait on local buffers and the socket, never on a
-                # broker call, so cancelling them is safe; the inbox then closes its
-                # consumers and unacknowledged messages go back to the user's queue.
+                # The forwarder only waits on a local buffer and the socket, never on
+                # a broker call, so cancelling it is safe; the inbox then closes its
+                # consumer and unacknowledged messages go back to the user's queue.
                 # (Closing a consumer while a forwarder still iterates it makes
                 # aio-pika's robust iterator consume again.)
-                for forwarder in forwarders:
-                    forwarder.cancel()
-                for outcome in await asyncio.gather(*forwarders, return_exceptions=True):
-                    if isinstance(outcome, Exception):
-                        log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
+                forwarder.cancel()
+                (outcome,) = await asyncio.gather(forwarder, return_exceptions=True)
+                if isinstance(outcome, Exception):
+                    log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
         log.info("socket closed user_id=%s", user.id)
 
     async def _authenticate(self, websocket: WebSocket) -> User | None:
