@@ -32,6 +32,12 @@ _NOT_REACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """We keep no session state (no SET, LISTEN, advisory locks or cursors), so the
+    pool's default reset query on every release would be a wasted round trip; an
+    open transaction is still rolled back by asyncpg itself."""
+
+
 class Database:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -42,6 +48,7 @@ class Database:
             self._settings.database_url,
             min_size=1,
             max_size=self._settings.db_pool_size,
+            reset=_nothing_to_reset,
         )
 
     async def close(self) -> None:
