@@ -80,10 +80,10 @@ async def delete_broker_objects(settings: Settings) -> None:
         await connection.close()
     broker = await aio_pika.connect(settings.amqp_url)
     async with broker:
+        channel = await broker.channel()
         queues = [*topology.shared_queues, *(topology.user_queue(i) for i in user_ids)]
         for name in queues:
-            channel = await broker.channel()
+            # Deleting a queue that does not exist is not an error (RabbitMQ 3.x).
             await channel.queue_delete(name)
         for name in topology.exchanges:
-            channel = await broker.channel()
             await channel.exchange_delete(name)
