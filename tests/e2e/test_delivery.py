@@ -10,14 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import httpx
 import pytest
 
-from shared.commands import UPDATE_TRIP, Command, UpdateTrip
+from shared.commands import CREATE_TRIP, UPDATE_TRIP, Command, CreateTrip, UpdateTrip
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from shared.trips import Status
-from tests.clients import about, connect, create_account, is_error, receive_until, send
+from tests.clients import about, connect, create_account, is_error, receive, receive_until, send
 from tests.e2e.test_dispatch import request_trip, update
 from tests.processes import ServiceProcess, start_gateway
 from tests.services import delete_broker_objects
@@ -108,3 +109,39 @@ async def test_a_command_the_broker_cannot_route_gets_an_error_frame(
         assert "try again" in error["data"]["message"]
         await send(ws, {"type": "echo.message", "data": "still open"})
         await receive_until(ws, lambda f: f["type"] == "echo.message")
+
+
+async def test_a_create_delivered_twice_makes_one_trip_and_one_set_of_notifications(
+    http: httpx.AsyncClient,
+    base_url: str,
+    settings: Settings,
+    amqp: aio_pika.abc.AbstractConnection,
+    dispatchers: list[ServiceProcess],
+    db: asyncpg.Connection,
+) -> None:
+    rider = await create_account(http, "rider")
+    create = Command(
+        id=uuid.uuid4(),
+        type=CREATE_TRIP,
+        user_id=rider.id,
+        data=CreateTrip("Twice Street", "Once Avenue"),
+        sent_at=time.time(),
+    )
+    async with await connect(base_url, rider.access) as rider_ws:
+        channel = await amqp.channel(publisher_confirms=True)
+        commands = await channel.get_exchange(Topology(settings.broker_prefix).commands_exchange)
+        for _ in range(2):
+            await commands.publish(
+                aio_pika.Message(create.encode(), message_id=str(create.id)),
+                command_key(CREATE_TRIP),
+            )
+        first = await receive_until(rider_ws, about(str(create.id)))
+        assert first["type"] == "trip.requested"
+        wait_for_any_log(dispatchers, f"duplicate ignored message_id={create.id}")
+        # Both deliveries are handled: anything the duplicate caused would be on its way.
+        later = []
+        await send(rider_ws, {"type": "echo.message", "data": "marker"})
+        while (frame := await receive(rider_ws))["type"] != "echo.message":
+            later.append(frame)
+    assert not any(about(str(create.id))(frame) for frame in later)
+    assert await db.fetchval("SELECT count(*) FROM trips WHERE rider_id = $1", rider.id) == 1

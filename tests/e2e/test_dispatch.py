@@ -383,3 +383,97 @@ async def test_trip_api_follows_the_visibility_rules(
     assert (
         await http.get("/api/trip/", headers={"Authorization": f"Bearer {rider.refresh}"})
     ).status_code == 401
+
+
+RACERS = 20
+RACED_TRIPS = 50
+
+
+async def test_twenty_drivers_racing_for_fifty_trips_make_fifty_single_winners(
+    http: httpx.AsyncClient,
+    base_url: str,
+    db: asyncpg.Connection,
+    dispatchers: list[ServiceProcess],
+) -> None:
+    assert len(dispatchers) == 2
+    rider = await create_account(http, "rider")
+    drivers = [await create_account(http, "driver") for _ in range(RACERS)]
+    sockets = [await connect(base_url, d.access) for d in drivers]
+    won: list[int] = []
+    try:
+        async with await connect(base_url, rider.access) as rider_ws:
+            for _ in range(RACED_TRIPS):
+                trip = await request_trip(rider_ws, rider)
+                for ws in sockets:
+                    await receive_until(ws, about(trip["id"], "trip.requested"))
+                await asyncio.gather(
+                    *(
+                        send(ws, update(trip, "STARTED", d))
+                        for ws, d in zip(sockets, drivers, strict=True)
+                    )
+                )
+                answers = await asyncio.gather(
+                    *(
+                        receive_until(ws, lambda f, t=trip["id"]: is_error(f) or about(t)(f))
+                        for ws in sockets
+                    )
+                )
+                winners = [i for i, a in enumerate(answers) if a["type"] == "trip.accepted"]
+                assert len(winners) == 1, answers
+                winner = winners[0]
+                losers = [i for i in range(RACERS) if i != winner]
+                assert all(answers[i]["type"] == "error" for i in losers)
+                assert {answers[i]["data"]["code"] for i in losers} == {"trip_unavailable"}
+                # Every other driver sees the trip leave the list of open requests.
+                for i in losers:
+                    gone = await receive_until(sockets[i], about(trip["id"], "trip.taken"))
+                    assert gone["data"]["status"] == "STARTED"
+                seen = await receive_until(rider_ws, about(trip["id"], "trip.accepted"))
+                assert seen["data"]["driver"]["id"] == drivers[winner].id
+                won.append(drivers[winner].id)
+                # The winner finishes the trip, so all twenty race again for the next.
+                for status, event in (
+                    ("IN_PROGRESS", "trip.picked_up"),
+                    ("COMPLETED", "trip.completed"),
+                ):
+                    await send(sockets[winner], update(trip, status, drivers[winner]))
+                    await receive_until(sockets[winner], about(trip["id"], event))
+    finally:
+        for ws in sockets:
+            await ws.close()
+    rows = await db.fetch(
+        "SELECT driver_id, status FROM trips WHERE rider_id = $1 ORDER BY created", rider.id
+    )
+    assert [row["driver_id"] for row in rows] == won
+    assert {row["status"] for row in rows} == {"COMPLETED"}
+
+
+async def test_a_driver_cannot_move_another_drivers_trip_and_refusals_change_nothing(
+    http: httpx.AsyncClient, base_url: str, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    assigned = await create_account(http, "driver")
+    intruder = await create_account(http, "driver")
+    async with (
+        await connect(base_url, rider.access) as rider_ws,
+        await connect(base_url, assigned.access) as assigned_ws,
+        await connect(base_url, intruder.access) as intruder_ws,
+    ):
+        trip = await request_trip(rider_ws, rider)
+        await send(assigned_ws, update(trip, "STARTED", assigned))
+        await receive_until(assigned_ws, about(trip["id"], "trip.accepted"))
+        before = await db.fetchrow(
+            "SELECT status, driver_id, updated FROM trips WHERE id = $1", trip["id"]
+        )
+        for status in ("IN_PROGRESS", "COMPLETED"):
+            await send(intruder_ws, update(trip, status, intruder))
+            refusal = await receive_until(intruder_ws, is_error)
+            assert refusal["data"]["code"] == "forbidden"
+        # Skipping a step is illegal even for the assigned driver.
+        await send(assigned_ws, update(trip, "COMPLETED", assigned))
+        assert (await receive_until(assigned_ws, is_error))["data"]["code"] == "invalid_transition"
+        after = await db.fetchrow(
+            "SELECT status, driver_id, updated FROM trips WHERE id = $1", trip["id"]
+        )
+    assert after == before
+    assert (after["status"], after["driver_id"]) == ("STARTED", assigned.id)
