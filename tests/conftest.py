@@ -34,6 +34,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             log_level="DEBUG",
             # Thousands of sign-ups in a run; the standard profile has tests of its own.
             password_hashing="fast",
+            # Races and bursts in the tests outpace a person's tapping; the limit itself
+            # is tested on gateways of its own (tests/e2e/test_limits.py).
+            rate_limit_per_second=200,
+            rate_limit_burst=400,
         )
         try:
             yield run_settings
