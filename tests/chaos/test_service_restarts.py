@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -67,23 +69,33 @@ async def time_until_a_trip_flows(base_url: str, http: httpx.AsyncClient) -> flo
                 return time.monotonic() - started
 
 
+@asynccontextmanager
+async def burst_through(
+    outage: Callable[[], AbstractContextManager[None]], base_url: str
+) -> AsyncIterator[tuple[Traffic, httpx.AsyncClient, asyncio.Task[None]]]:
+    """A burst of trips under way, a quarter done when the outage starts; yields once
+    the service is back, with the burst still running."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        traffic = await Traffic.open(http, base_url, PAIRS)
+        try:
+            burst = asyncio.create_task(traffic.run(TRIPS_PER_PAIR))
+            await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
+            with outage():
+                await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
+            yield traffic, http, burst
+        finally:
+            await traffic.close()
+
+
 async def test_broker_restart_mid_burst(
     isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
     processes, base_url = start_system(isolated_settings, tmp_path)
     try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-            traffic = await Traffic.open(http, base_url, PAIRS)
-            try:
-                burst = asyncio.create_task(traffic.run(TRIPS_PER_PAIR))
-                await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
-                with rabbitmq_stopped():
-                    await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
-                recovery = await time_until_a_trip_flows(base_url, http)
-                await burst
-                await assert_all_trips_completed_and_notified(traffic, db)
-            finally:
-                await traffic.close()
+        async with burst_through(rabbitmq_stopped, base_url) as (traffic, http, burst):
+            recovery = await time_until_a_trip_flows(base_url, http)
+            await burst
+            await assert_all_trips_completed_and_notified(traffic, db)
         assert recovery < 10, f"trips flowed again only after {recovery:.1f}s"
         print(f"trips flowed again {recovery:.2f}s after the broker was back")
         assert all(process.poll() is None for process in processes)
@@ -95,21 +107,14 @@ async def test_broker_restart_mid_burst(
 async def test_database_restart_mid_burst(isolated_settings: Settings, tmp_path: Path) -> None:
     processes, base_url = start_system(isolated_settings, tmp_path)
     try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-            traffic = await Traffic.open(http, base_url, PAIRS)
+        async with burst_through(postgres_stopped, base_url) as (traffic, _, burst):
+            await burst
+            # The run's own connection died with the database; this one is new.
+            db = await asyncpg.connect(isolated_settings.database_url)
             try:
-                burst = asyncio.create_task(traffic.run(TRIPS_PER_PAIR))
-                await traffic.wait_until_completed(PAIRS * TRIPS_PER_PAIR // 4)
-                with postgres_stopped():
-                    await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself, not a sync
-                await burst
-                db = await asyncpg.connect(isolated_settings.database_url)
-                try:
-                    await assert_all_trips_completed_and_notified(traffic, db)
-                finally:
-                    await db.close()
+                await assert_all_trips_completed_and_notified(traffic, db)
             finally:
-                await traffic.close()
+                await db.close()
         assert all(process.poll() is None for process in processes)
         worker_logs = "".join(process.log() for process in processes[1:])
         assert "database unavailable, will retry" in worker_logs
