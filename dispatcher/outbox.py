@@ -85,6 +85,9 @@ class OutboxRelay:
                 OUTBOX_BACKLOG.set(await self.backlog())
             except _RELAY_FAILURES as exc:
                 log.warning("outbox relay paused error=%r", exc)
+            except Exception:
+                # The relay is the safety net for every worker's leftovers: keep it alive.
+                log.exception("outbox relay round failed")
             await asyncio.sleep(self._interval)
 
     async def backlog(self) -> int:

@@ -27,7 +27,7 @@ from aio_pika.exceptions import AMQPError
 from dispatcher import metrics, outbox, repository
 from dispatcher.notifications import Notification, for_refusal, for_transition
 from dispatcher.outbox import OutboxRelay
-from dispatcher.publisher import NotificationPublisher, PublishFailed
+from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
 from shared.commands import Command, InvalidCommand, decode_command
@@ -45,8 +45,6 @@ MAX_CONFLICT_RETRIES = 3
 # While the database is unreachable, retry with backoff up to this interval.
 MAX_BACKOFF_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 20
-
-_PUBLISH_OR_DATABASE_FAILURE: tuple[type[BaseException], ...] = (PublishFailed, *DATABASE_OUTAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +223,7 @@ class Worker:
         try:
             await self._publisher.publish(outcome.notifications)
             await outbox.delete(self._database, outcome.outbox_ids)
-        except _PUBLISH_OR_DATABASE_FAILURE as exc:
+        except Exception as exc:
             # Committed and stored: the relay publishes these rows once it can.
             log.warning(
                 "notifications left to the outbox relay count=%d error=%r",

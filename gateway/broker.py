@@ -128,3 +128,16 @@ class GatewayBroker:
             yield inbox
         finally:
             await inbox.messages.close()
+            _forget_for_restore(self._inbox_channel, queue)
+
+
+def _forget_for_restore(channel: AbstractChannel, queue: AbstractQueue) -> None:
+    """aio-pika's robust channel remembers every queue declared on it, to declare it
+    again after a reconnect, and never lets go: one entry per connection ever made.
+    A user's queue is declared afresh on their next connection, so forget this one."""
+    remembered = getattr(channel, "_queues", {})
+    same_name = remembered.get(queue.name)
+    if same_name is not None:
+        same_name.discard(queue)
+        if not same_name:
+            del remembered[queue.name]

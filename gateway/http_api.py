@@ -57,7 +57,8 @@ class AuthApi:
         ]
 
     async def sign_up(self, request: Request) -> Response:
-        fields = await read_fields(request)
+        # Room for the photo and the form's other fields.
+        fields = await read_fields(request, self._photos.max_bytes + MAX_JSON_BODY_BYTES)
         sign_up = validate_sign_up(fields)
         photo = fields.get("photo")
         errors = sign_up if isinstance(sign_up, dict) else {}
@@ -126,10 +127,21 @@ def token_not_valid(reason: str) -> Response:
     return OrjsonResponse({"detail": reason, "code": "token_not_valid"}, status_code=401)
 
 
-async def read_fields(request: Request) -> dict[str, Any]:
-    """The body as a dict, from JSON, a urlencoded form or multipart (files included)."""
+async def read_fields(
+    request: Request, max_form_bytes: int = MAX_JSON_BODY_BYTES
+) -> dict[str, Any]:
+    """The body as a dict, from JSON, a urlencoded form or multipart (files included).
+
+    A body larger than its limit is refused with 413 before it is read, or as soon
+    as it grows past the limit: nobody can fill the server's memory or disk.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    is_form = content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+    limit = max_form_bytes if is_form else MAX_JSON_BODY_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest({"detail": f"body is larger than {limit} bytes"}, 413)
+    if is_form:
         try:
             form = await request.form(max_files=1, max_fields=20)
         except (HTTPException, MultiPartException) as exc:
@@ -137,11 +149,15 @@ async def read_fields(request: Request) -> dict[str, Any]:
             raise BadRequest({"detail": detail}) from None
         return dict(form.items())
     if content_type in ("application/json", ""):
-        body = await request.body()
-        if len(body) > MAX_JSON_BODY_BYTES:
-            raise BadRequest({"detail": f"body is larger than {MAX_JSON_BODY_BYTES} bytes"}, 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BODY_BYTES:
+                raise BadRequest(
+                    {"detail": f"body is larger than {MAX_JSON_BODY_BYTES} bytes"}, 413
+                )
         try:
-            fields = orjson.loads(body or b"{}")
+            fields = orjson.loads(bytes(body) or b"{}")
         except orjson.JSONDecodeError as exc:
             raise BadRequest({"detail": f"body is not valid JSON: {exc}"}) from None
         if not isinstance(fields, dict):

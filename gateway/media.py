@@ -24,16 +24,16 @@ class PhotoError(ValueError):
 class PhotoStore:
     def __init__(self, media_dir: str, max_bytes: int) -> None:
         self.root = Path(media_dir)
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
 
     async def save(self, upload: UploadFile) -> str:
         """Store an uploaded photo; return its URL path. Raise PhotoError if unfit."""
         extension = PHOTO_TYPES.get(upload.content_type or "")
         if extension is None:
             raise PhotoError(f"Upload an image ({', '.join(PHOTO_TYPES)}).")
-        content = await upload.read(self._max_bytes + 1)
-        if len(content) > self._max_bytes:
-            raise PhotoError(f"At most {self._max_bytes} bytes.")
+        content = await upload.read(self.max_bytes + 1)
+        if len(content) > self.max_bytes:
+            raise PhotoError(f"At most {self.max_bytes} bytes.")
         if not content:
             raise PhotoError("The file is empty.")
         name = f"photos/{uuid.uuid4().hex}{extension}"

@@ -43,7 +43,11 @@ class OfferFanout:
 
     async def run(self, offers: AbstractQueueIterator) -> None:
         async for message in offers:
-            await self.deliver(message)
+            try:
+                await self.deliver(message)
+            except Exception:
+                # One bad message must not end offers for every driver here.
+                log.exception("offer not delivered message_type=%s", message.type)
 
     async def deliver(self, message: AbstractIncomingMessage) -> None:
         excluded = (message.headers or {}).get(EXCLUDE_USER_HEADER)
@@ -56,8 +60,8 @@ class OfferFanout:
                 continue
             try:
                 await driver.send_text(text)
-            except (RuntimeError, OSError) as exc:
-                # The socket is closing; its endpoint unregisters it.
+            except Exception as exc:
+                # The socket is closing (or closed); its endpoint unregisters it.
                 log.debug("offer not sent user_id=%s error=%r", driver.user_id, exc)
             else:
                 sent += 1

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from aio_pika.exceptions import AMQPError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import metrics
@@ -65,7 +66,8 @@ class TaxiSocket:
     async def close_all(self) -> None:
         """Tell every connected client the server is going away (1001), before shutdown."""
         for websocket in list(self._open):
-            with contextlib.suppress(RuntimeError, OSError):
+            # A socket that is already gone must not stop the others being told.
+            with contextlib.suppress(Exception):
                 await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
 
     async def endpoint(self, websocket: WebSocket) -> None:
@@ -215,9 +217,18 @@ async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
         try:
             await send_frame(websocket, message.body, message.type or "unknown")
         except (WebSocketDisconnect, RuntimeError, OSError):
-            await message.nack(requeue=True)
+            await _settle(message.nack(requeue=True))
             return
-        await message.ack()
+        await _settle(message.ack())
+
+
+async def _settle(settlement: Awaitable[None]) -> None:
+    """Ack or nack; after a broker reconnect the message belongs to a dead channel and
+    the broker delivers it again, so a failure here is logged and forwarding goes on."""
+    try:
+        await settlement
+    except (AMQPError, RuntimeError, ConnectionError) as exc:
+        log.info("message not settled, the broker will deliver it again error=%r", exc)
 
 
 async def send_frame(websocket: WebSocket, frame: bytes, frame_type: str) -> None:
