@@ -117,8 +117,8 @@ class AuthApi:
             return token_not_valid(str(exc))
         # A fresh access token reflects the user as they are now, and not at all
         # if they were deactivated since logging in.
-        user = await self._users.get(claims.user_id)
-        if user is None or not user.is_active:
+        user = await self._users.active(claims.user_id)
+        if user is None:
             return token_not_valid("user not found or inactive")
         return OrjsonResponse({"access": self._tokens.issue(user, "access")})
 

@@ -74,8 +74,8 @@ class TripsApi:
             claims = self._tokens.verify(token.strip(), "access")
         except TokenError as exc:
             return token_not_valid(str(exc))
-        user = await self._users.get(claims.user_id)
-        if user is None or not user.is_active:
+        user = await self._users.active(claims.user_id)
+        if user is None:
             return token_not_valid("user not found or inactive")
         return user
 

@@ -47,21 +47,27 @@ class UserRepository:
         assert row is not None
         return user_from_row(row)
 
-    async def get(self, user_id: int) -> User | None:
+    async def active(self, user_id: int) -> User | None:
+        """The user, if they exist and are active: whom a valid token may still speak for."""
         row = await self._database.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id
+            f"SELECT {_COLUMNS} FROM users WHERE id = $1 AND is_active", user_id
         )
         return user_from_row(row) if row else None
 
-    async def has_active_trip(self, driver_id: int) -> bool:
-        """A driver busy with a trip gets no offers until it is over."""
-        return bool(
-            await self._database.pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM trips WHERE driver_id = $1"
-                " AND status IN ('STARTED', 'IN_PROGRESS'))",
-                driver_id,
-            )
+    async def connecting(self, user_id: int) -> tuple[User, bool] | None:
+        """An active user opening a socket, and whether they are busy with a trip (a
+        busy driver gets no offers until it is over), in one round trip."""
+        row = await self._database.pool.fetchrow(
+            f"""
+            SELECT {_COLUMNS}, EXISTS (
+                SELECT 1 FROM trips
+                WHERE driver_id = users.id AND status IN ('STARTED', 'IN_PROGRESS')
+            ) AS busy
+            FROM users WHERE id = $1 AND is_active
+            """,
+            user_id,
         )
+        return (user_from_row(row), bool(row["busy"])) if row else None
 
     async def find_with_password_hash(self, username: str) -> tuple[User, str] | None:
         row = await self._database.pool.fetchrow(

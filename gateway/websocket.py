@@ -72,18 +72,16 @@ class TaxiSocket:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         try:
-            user = await self._authenticate(websocket)
-            busy = (
-                user is not None and user.is_driver and await self._users.has_active_trip(user.id)
-            )
+            connecting = await self._authenticate(websocket)
         except DATABASE_OUTAGE as exc:
             log.warning("handshake refused, database unavailable error=%r", exc)
             await websocket.send_denial_response(
                 OrjsonResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
             )
             return
-        if user is None:
+        if connecting is None:
             return
+        user, busy = connecting
         # The inbox is bound before the handshake completes, so that anything sent
         # to the user once their socket is open reaches them.
         async with self._broker.inbox(user, offers=not busy) as inbox:
@@ -113,8 +111,9 @@ class TaxiSocket:
                     log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
         log.info("socket closed user_id=%s", user.id)
 
-    async def _authenticate(self, websocket: WebSocket) -> User | None:
-        """The connecting user, or None after refusing the handshake with 401."""
+    async def _authenticate(self, websocket: WebSocket) -> tuple[User, bool] | None:
+        """The connecting user and whether they are busy, or None after refusing the
+        handshake with 401."""
         token = websocket.query_params.get("token")
         reason = "a token is required: connect to /taxi/?token=<access token>"
         if token:
@@ -123,9 +122,9 @@ class TaxiSocket:
             except TokenError as exc:
                 reason = str(exc)
             else:
-                user = await self._users.get(claims.user_id)
-                if user is not None and user.is_active:
-                    return user
+                connecting = await self._users.connecting(claims.user_id)
+                if connecting is not None:
+                    return connecting
                 reason = "user not found or inactive"
         await websocket.send_denial_response(
             OrjsonResponse({"detail": reason, "code": "token_not_valid"}, status_code=401)
