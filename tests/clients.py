@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,17 @@ def about(trip_id: str, frame_type: str | None = None) -> Callable[[dict[str, An
 
 def is_error(frame: dict[str, Any]) -> bool:
     return frame.get("type") == "error"
+
+
+@asynccontextmanager
+async def rider_and_driver(
+    http: httpx.AsyncClient, base_url: str
+) -> AsyncIterator[tuple[Account, Account, ClientConnection, ClientConnection]]:
+    """A new rider and a new driver, each with an open socket."""
+    rider = await create_account(http, "rider")
+    driver = await create_account(http, "driver")
+    async with (
+        await connect(base_url, rider.access) as rider_ws,
+        await connect(base_url, driver.access) as driver_ws,
+    ):
+        yield rider, driver, rider_ws, driver_ws

@@ -18,7 +18,16 @@ from shared.commands import CREATE_TRIP, UPDATE_TRIP, Command, CreateTrip, Updat
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from shared.trips import Status
-from tests.clients import about, connect, create_account, is_error, receive, receive_until, send
+from tests.clients import (
+    about,
+    connect,
+    create_account,
+    is_error,
+    receive,
+    receive_until,
+    rider_and_driver,
+    send,
+)
 from tests.e2e.test_dispatch import request_trip, update
 from tests.processes import ServiceProcess, start_gateway
 from tests.services import delete_broker_objects
@@ -31,12 +40,7 @@ async def test_a_redelivered_command_changes_nothing_twice(
     amqp: aio_pika.abc.AbstractConnection,
     dispatchers: list[ServiceProcess],
 ) -> None:
-    rider = await create_account(http, "rider")
-    driver = await create_account(http, "driver")
-    async with (
-        await connect(base_url, rider.access) as rider_ws,
-        await connect(base_url, driver.access) as driver_ws,
-    ):
+    async with rider_and_driver(http, base_url) as (rider, driver, rider_ws, driver_ws):
         trip = await request_trip(rider_ws, rider)
         accept = Command(
             id=uuid.uuid4(),

@@ -21,6 +21,7 @@ from tests.clients import (
     is_error,
     receive,
     receive_until,
+    rider_and_driver,
     send,
 )
 from tests.processes import ServiceProcess
@@ -82,12 +83,7 @@ async def test_connected_driver_is_offered_new_trips(
 async def test_driver_update_reaches_rider_with_both_usernames(
     http: httpx.AsyncClient, base_url: str
 ) -> None:
-    rider = await create_account(http, "rider")
-    driver = await create_account(http, "driver")
-    async with (
-        await connect(base_url, rider.access) as rider_ws,
-        await connect(base_url, driver.access) as driver_ws,
-    ):
+    async with rider_and_driver(http, base_url) as (rider, driver, rider_ws, driver_ws):
         trip = await request_trip(rider_ws, rider)
         await send(driver_ws, update(trip, "STARTED", driver))
         seen_by_rider = await receive_until(rider_ws, about(trip["id"], "trip.accepted"))
@@ -124,12 +120,7 @@ async def test_whole_lifecycle_rider_sees_each_step_in_order(
     http: httpx.AsyncClient, base_url: str, dispatchers: list[ServiceProcess]
 ) -> None:
     assert len(dispatchers) == 2 and all(worker.poll() is None for worker in dispatchers)
-    rider = await create_account(http, "rider")
-    driver = await create_account(http, "driver")
-    async with (
-        await connect(base_url, rider.access) as rider_ws,
-        await connect(base_url, driver.access) as driver_ws,
-    ):
+    async with rider_and_driver(http, base_url) as (rider, driver, rider_ws, driver_ws):
         trip = await request_trip(rider_ws, rider)
         await receive_until(driver_ws, about(trip["id"], "trip.requested"))
         steps = [
@@ -209,12 +200,7 @@ async def test_other_drivers_are_told_when_a_trip_is_taken(
 async def test_rider_cancels_and_offered_drivers_are_told(
     http: httpx.AsyncClient, base_url: str
 ) -> None:
-    rider = await create_account(http, "rider")
-    driver = await create_account(http, "driver")
-    async with (
-        await connect(base_url, rider.access) as rider_ws,
-        await connect(base_url, driver.access) as driver_ws,
-    ):
+    async with rider_and_driver(http, base_url) as (rider, _driver, rider_ws, driver_ws):
         trip = await request_trip(rider_ws, rider)
         await receive_until(driver_ws, about(trip["id"], "trip.requested"))
         await send(
