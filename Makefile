@@ -5,25 +5,36 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: install run bench test test-unit test-integration test-e2e migrate lint format clean
+.PHONY: install run bench test test-unit test-integration test-e2e migrate lint format clean \
+	clean-broker reset browser
 
 install: $(INSTALLED)
 
-# Reinstall whenever the dependency list changes.
+# Reinstall whenever the dependency list changes; -qq leaves only errors on the screen.
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq --editable '.[dev]'
 	touch $@
 
 migrate: install
 	$(BIN)/python -m shared.migrate
 
+# honcho gives each worker PORT = its base port + the worker's index (dispatcher comes
+# first in the Procfile), so the workers' metrics ports count up from TAXI_METRICS_PORT.
 run: install
-	$(BIN)/python -m shared.preflight
+	$(BIN)/python -m shared.preflight --workers $(WORKERS)
 	$(BIN)/python -m shared.migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
+		--port "$$($(BIN)/python -m shared.settings TAXI_METRICS_PORT)" \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
+
+# Remove the exchanges and queues of TAXI_BROKER_PREFIX; `reset` also drops the database.
+clean-broker: install
+	$(BIN)/python -m shared.cleanup broker
+
+reset: install
+	$(BIN)/python -m shared.cleanup reset
 
 # Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|smoke
 # for the others, BENCH_ARGS for more options (`python -m bench --help`).
@@ -32,7 +43,11 @@ bench: install
 	$(BIN)/python -m shared.preflight
 	$(BIN)/python -m bench $(SCENARIO) $(BENCH_ARGS)
 
-test: install
+# The browser tests drive Debian's Chromium; this installs it (as root) or says how.
+browser:
+	scripts/ensure-chromium
+
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install

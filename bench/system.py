@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
-from shared.migrate import drop_database, migrate
+from shared.cleanup import delete_broker_objects, unique_name
+from shared.migrate import drop_database, migrate, with_database
+from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.processes import ServiceProcess, start_dispatcher, start_gateway
-from tests.services import delete_broker_objects, unique_name, with_database
 
 
 class LocalSystem:

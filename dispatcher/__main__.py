@@ -11,7 +11,7 @@ from dataclasses import replace
 import uvloop
 
 from dispatcher.metrics import MetricsPortUnavailable
-from dispatcher.worker import Worker
+from dispatcher.worker import ServiceUnreachable, Worker
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
@@ -64,7 +64,7 @@ def main() -> None:
     configure_logging(settings.log_level, "dispatcher")
     try:
         uvloop.run(serve(settings, args))
-    except MetricsPortUnavailable as exc:
+    except (MetricsPortUnavailable, ServiceUnreachable) as exc:
         sys.exit(f"dispatcher: {exc}")
 
 

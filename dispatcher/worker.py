@@ -13,6 +13,7 @@ the load needs. For each command:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
 from dispatcher import metrics, outbox, repository
@@ -31,7 +32,7 @@ from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
 from shared.commands import Command, InvalidCommand, decode_command
-from shared.db import DATABASE_OUTAGE, Database
+from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Database
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import RuleViolation
@@ -44,7 +45,16 @@ MAX_DELIVERIES = 5
 MAX_CONFLICT_RETRIES = 3
 # While the database is unreachable, retry with backoff up to this interval.
 MAX_BACKOFF_SECONDS = 5.0
-SHUTDOWN_GRACE_SECONDS = 20
+# Commands in flight at a stop get this long to finish; a supervisor (honcho, the
+# kubelet) kills a process that takes longer than about 5 s to stop.
+SHUTDOWN_GRACE_SECONDS = 3
+# Each broker call made while stopping gets this long: during an outage it would
+# otherwise wait for a reconnection that is not coming.
+STOP_STEP_SECONDS = 1
+
+
+class ServiceUnreachable(Exception):
+    """Postgres or RabbitMQ did not answer at start-up; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +87,15 @@ class Worker:
         listener = (
             metrics.bind(self._settings.host, self._metrics_port) if self._metrics_port else None
         )
-        await self._database.start()
-        connection = self._connection = await broker.connect(self._settings, "dispatcher")
+        try:
+            await self._database.start()
+        except NOT_REACHABLE as exc:
+            raise ServiceUnreachable(f"cannot reach Postgres at TAXI_DATABASE_URL: {exc}") from None
+        try:
+            connection = self._connection = await broker.connect(self._settings, "dispatcher")
+        except (OSError, AMQPError) as exc:
+            await self._database.close()
+            raise ServiceUnreachable(f"cannot reach RabbitMQ at TAXI_AMQP_URL: {exc}") from None
         health = metrics.metrics_server(
             metrics.health_app(self.readiness), self._settings.host, self._metrics_port
         )
@@ -106,19 +123,35 @@ class Worker:
                 else "off",
             )
             await stopping.wait()
-            log.info("dispatcher stopping: no new commands, finishing %d", len(self._in_flight))
             self._consuming = False
-            await queue.cancel(consumer_tag)
-            if self._in_flight:
-                await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
+            await self._drain(queue, consumer_tag)
             relay.cancel()
         finally:
             if serving is not None:
                 health.should_exit = True
                 await serving
-            await connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), STOP_STEP_SECONDS)
             await self._database.close()
         log.info("dispatcher stopped")
+
+    async def _drain(self, queue: AbstractQueue, consumer_tag: str) -> None:
+        """Take no new commands and let those in flight finish. With the broker away
+        they could not be acknowledged anyway: they are abandoned, and the broker
+        delivers them again (a redelivery is a no-op once applied)."""
+        connected = self._connection is not None and self._connection.connected.is_set()
+        log.info(
+            "dispatcher stopping: no new commands, finishing %d%s",
+            len(self._in_flight),
+            "" if connected else " (broker unreachable: they will be redelivered)",
+        )
+        if connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(consumer_tag), STOP_STEP_SECONDS)
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in self._in_flight:
+            task.cancel()
 
     async def readiness(self) -> dict[str, bool]:
         connected = self._connection is not None and self._connection.connected.is_set()
@@ -185,13 +218,14 @@ class Worker:
     async def _transaction(self, command: Command, handler: Handler) -> Outcome:
         async with self._database.pool.acquire() as conn, conn.transaction():
             if not await repository.mark_processed(conn, command.id):
-                log.info("duplicate ignored message_id=%s", command.id)
+                # One line per command is DEBUG: at INFO the log stays readable under load.
+                log.debug("duplicate ignored message_id=%s", command.id)
                 return Outcome("duplicate", [], [])
             now = datetime.now(UTC)
             try:
                 transition = await handler(conn, command, now)
             except RuleViolation as refusal:
-                log.info(
+                log.debug(
                     "command refused message_id=%s user_id=%s code=%s",
                     command.id,
                     command.user_id,
@@ -202,7 +236,7 @@ class Worker:
                     for_refusal(command.user_id, refusal.code, refusal.message, command.type)
                 ]
             else:
-                log.info(
+                log.debug(
                     "command applied message_id=%s user_id=%s trip_id=%s event=%s",
                     command.id,
                     command.user_id,

@@ -88,7 +88,7 @@ class TaxiSocket:
             await websocket.accept()
             connections = metrics.OPEN_CONNECTIONS.labels(user.group)
             connections.inc()
-            log.info("socket opened user_id=%s group=%s", user.id, user.group)
+            log.debug("socket opened user_id=%s group=%s", user.id, user.group)
             forwarder = asyncio.create_task(_forward(inbox, websocket))
             driver = ConnectedDriver(user.id, inbox, websocket.send_text)
             if user.is_driver:
@@ -109,7 +109,7 @@ class TaxiSocket:
                 (outcome,) = await asyncio.gather(forwarder, return_exceptions=True)
                 if isinstance(outcome, Exception):
                     log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
-        log.info("socket closed user_id=%s", user.id)
+        log.debug("socket closed user_id=%s", user.id)
 
     async def _authenticate(self, websocket: WebSocket) -> tuple[User, bool] | None:
         """The connecting user and whether they are busy, or None after refusing the

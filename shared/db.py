@@ -24,7 +24,7 @@ DATABASE_OUTAGE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
 )
 
-_NOT_REACHABLE: tuple[type[BaseException], ...] = (
+NOT_REACHABLE: tuple[type[BaseException], ...] = (
     *DATABASE_OUTAGE,
     asyncpg.PostgresError,
     RuntimeError,
@@ -65,5 +65,5 @@ class Database:
     async def is_reachable(self) -> bool:
         try:
             return bool(await self.pool.fetchval("SELECT 1", timeout=2))
-        except _NOT_REACHABLE:
+        except NOT_REACHABLE:
             return False

@@ -38,17 +38,25 @@ def create_database_if_missing(database_url: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def drop_database(database_url: str) -> None:
+def drop_database(database_url: str) -> bool:
+    """Drop the database, closing its connections; return whether it existed."""
     name = urlsplit(database_url).path.lstrip("/")
     with psycopg.connect(maintenance_url(database_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+    return exists is not None
 
 
 def maintenance_url(database_url: str) -> str:
     """The same server, but the `postgres` database, which always exists."""
-    return urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
+    return with_database(database_url, "postgres")
+
+
+def with_database(database_url: str, name: str) -> str:
+    """The same server, another database."""
+    return urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
 
 
 def _yoyo_url(database_url: str) -> str:

@@ -1,11 +1,15 @@
-"""`python -m shared.preflight`: before `make run`, make sure Postgres and RabbitMQ answer.
+"""`python -m shared.preflight [--workers N]`: before `make run`, make sure Postgres and
+RabbitMQ answer and the ports the system will listen on are free.
 
-If one does not and a Docker engine does, start both from docker-compose.yml;
-otherwise say exactly what to install or start, and stop.
+If a service does not answer and a Docker engine does, start both from
+docker-compose.yml; otherwise say exactly what to install or start, and stop. A
+port that is taken stops it with one line naming the port and the setting that
+moves it.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import subprocess
@@ -52,11 +56,41 @@ def unreachable(settings: Settings) -> dict[str, str]:
     return {name: url for name, url in services.items() if not reachable(url)}
 
 
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def taken_port(settings: Settings, workers: int) -> str | None:
+    """One line about the first port the system needs that something else holds."""
+    wanted = [(settings.port, "the gateway's", "TAXI_PORT")] + [
+        (settings.metrics_port + n, f"worker {n + 1}'s metrics", "TAXI_METRICS_PORT")
+        for n in range(workers)
+    ]
+    for port, whose, setting in wanted:
+        if port_taken(settings.host, port):
+            return (
+                f"port {port} on {settings.host} ({whose} port) is taken: set {setting} to move it"
+            )
+    return None
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.preflight", description=__doc__)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="dispatcher workers whose metrics ports to check"
+    )
+    args = parser.parse_args()
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
+    if args.workers and (problem := taken_port(settings, args.workers)):
+        sys.exit(problem)
     missing = unreachable(settings)
     if not missing:
         return

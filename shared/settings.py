@@ -8,6 +8,7 @@ variable, so an operator never has to guess which of twenty settings is wrong.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -36,6 +37,9 @@ class Settings:
     broker_prefix: str = "taxi"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Workers serve /metrics and health checks on this port and the ones above it,
+    # one each (`make run` numbers them from here).
+    metrics_port: int = 9100
     max_frame_bytes: int = 64 * 1024
     media_dir: str = "media"
     max_photo_bytes: int = 5 * 1024 * 1024
@@ -88,8 +92,9 @@ class Settings:
             raise SettingsError(
                 f"{env_name('broker_prefix')}: use letters, digits, '-' and '_' only"
             )
-        if not 0 < self.port < 65536:
-            raise SettingsError(f"{env_name('port')}: must be between 1 and 65535")
+        for port_field in ("port", "metrics_port"):
+            if not 0 < getattr(self, port_field) < 65536:
+                raise SettingsError(f"{env_name(port_field)}: must be between 1 and 65535")
         if self.password_hashing not in PASSWORD_HASHING:
             raise SettingsError(
                 f"{env_name('password_hashing')}: must be one of {', '.join(PASSWORD_HASHING)}"
@@ -150,6 +155,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "access_token_minutes": _positive_int,
     "refresh_token_days": _positive_int,
     "port": _positive_int,
+    "metrics_port": _positive_int,
     "max_frame_bytes": _positive_int,
     "max_photo_bytes": _positive_int,
     "db_pool_size": _positive_int,
@@ -161,3 +167,24 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_limit_burst": _positive_int,
     "log_level": _upper,
 }
+
+
+def main() -> None:
+    """`python -m shared.settings TAXI_NAME`: print one setting as the processes see it
+    (the Makefile reads the workers' first metrics port so). Secrets are never printed."""
+    names = {
+        env_name(field.name): field.name
+        for field in fields(Settings)
+        if field.name not in _SECRET_BEARING
+    }
+    if len(sys.argv) != 2 or sys.argv[1] not in names:
+        sys.exit(f"usage: python -m shared.settings NAME, NAME one of {', '.join(names)}")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+    print(getattr(settings, names[sys.argv[1]]))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,10 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.migrate import drop_database, migrate
+from shared.cleanup import delete_broker_objects, unique_name
+from shared.migrate import drop_database, migrate, with_database
+from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.processes import ServiceProcess, start_dispatcher, start_gateway
-from tests.services import delete_broker_objects, service_urls, unique_name, with_database
+from tests.services import service_urls
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
-
-import aio_pika
-import asyncpg
-
-from shared.settings import Settings
-from shared.topology import Topology
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -60,30 +52,3 @@ def service_urls() -> Iterator[ServiceUrls]:
         database_server=os.environ.get("TAXI_TEST_DATABASE_URL", DEFAULT_DATABASE_URL),
         amqp=os.environ.get("TAXI_TEST_AMQP_URL", DEFAULT_AMQP_URL),
     )
-
-
-def unique_name(kind: str) -> str:
-    return f"taxi_{kind}_{uuid.uuid4().hex[:10]}"
-
-
-def with_database(server_url: str, name: str) -> str:
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-async def delete_broker_objects(settings: Settings) -> None:
-    """Delete every exchange and queue this run's prefix owns, user queues included."""
-    topology = Topology(settings.broker_prefix)
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        user_ids = [row["id"] for row in await connection.fetch("SELECT id FROM users")]
-    finally:
-        await connection.close()
-    broker = await aio_pika.connect(settings.amqp_url)
-    async with broker:
-        channel = await broker.channel()
-        queues = [*topology.shared_queues, *(topology.user_queue(i) for i in user_ids)]
-        for name in queues:
-            # Deleting a queue that does not exist is not an error (RabbitMQ 3.x).
-            await channel.queue_delete(name)
-        for name in topology.exchanges:
-            await channel.exchange_delete(name)

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page, WebSocketRoute, expect
 
+from shared.processes import ServiceProcess, free_port
 from shared.settings import Settings
 from tests.browser.conftest import OpenPage, Screenshot
 from tests.clients import PASSWORD, about, connect, create_account, new_username, receive_until
 from tests.clients import send as send_frame
-from tests.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.usefixtures("dispatchers")
 

@@ -15,11 +15,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from shared.commands import CREATE_TRIP, Command, CreateTrip
+from shared.processes import free_port, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from tests.chaos.traffic import LiveSocket, Traffic
 from tests.clients import about, connect, create_account, receive, receive_until, send
-from tests.processes import free_port, start_dispatcher, start_gateway
 
 
 async def test_clients_of_a_killed_gateway_get_what_they_missed_after_reconnecting(

@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.services import postgres_stopped, rabbitmq_stopped
 from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive_until, send
-from tests.processes import ServiceProcess, start_dispatcher, start_gateway
 
 PAIRS = 10
 TRIPS_PER_PAIR = 6

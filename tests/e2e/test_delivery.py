@@ -14,7 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.cleanup import delete_broker_objects
 from shared.commands import CREATE_TRIP, UPDATE_TRIP, Command, CreateTrip, UpdateTrip
+from shared.processes import ServiceProcess, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from shared.trips import Status
@@ -29,8 +31,6 @@ from tests.clients import (
     send,
 )
 from tests.e2e.test_dispatch import request_trip, update
-from tests.processes import ServiceProcess, start_gateway
-from tests.services import delete_broker_objects
 
 
 async def test_a_redelivered_command_changes_nothing_twice(

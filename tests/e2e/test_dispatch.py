@@ -11,6 +11,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from shared.processes import ServiceProcess
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.clients import (
@@ -24,7 +25,6 @@ from tests.clients import (
     rider_and_driver,
     send,
 )
-from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.usefixtures("dispatchers")
 

@@ -28,10 +28,10 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from shared.processes import ServiceProcess
 from shared.settings import Settings
 from shared.trips import Status
 from tests.clients import Account, connect, create_account, receive, receive_until
-from tests.processes import ServiceProcess
 
 T = TypeVar("T")
 

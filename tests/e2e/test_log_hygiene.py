@@ -20,10 +20,10 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.clients import connect, receive, receive_until, send, ws_url
-from tests.processes import ServiceProcess, start_dispatcher, start_gateway
 
 
 @dataclass

@@ -1,30 +1,25 @@
 """Operating the system: metrics move with traffic, readiness follows the broker,
-workers scale out and in, and `make run` starts and stops cleanly."""
+workers scale out and in."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.processes import (
+    ServiceProcess,
+    free_port,
+    start_dispatcher,
+    start_gateway,
+)
 from shared.settings import Settings
 from tests.chaos.services import rabbitmq_stopped
 from tests.chaos.traffic import Traffic
 from tests.clients import about, connect, create_account, receive_until, send
-from tests.processes import (
-    ServiceProcess,
-    free_port,
-    free_port_base,
-    start_dispatcher,
-    start_gateway,
-)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -206,73 +201,3 @@ async def http_status(base_url: str, token: str, trip_id: str) -> str:
             f"/api/trip/{trip_id}/", headers={"Authorization": f"Bearer {token}"}
         )
     return str(response.json()["status"])
-
-
-async def wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = asyncio.get_running_loop().time() + 240  # includes installing, on a new machine
-    async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            assert process.poll() is None, f"make run exited early:\n{log.read_text()[-3000:]}"
-            assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-
-
-@pytest.mark.timeout(300)
-async def test_make_run_starts_the_system_and_stops_it_cleanly_on_ctrl_c(
-    isolated_settings: Settings, tmp_path: Path, project_root: Path
-) -> None:
-    port = free_port()
-    settings = replace(isolated_settings, port=port)
-    log = (tmp_path / "make-run.log").open("wb")
-    make = subprocess.Popen(
-        ["make", "run", "WORKERS=2"],
-        cwd=project_root,
-        # honcho gives dispatcher.1 and .2 the metrics ports PORT+100 and PORT+101.
-        env={**os.environ, **settings.to_env(), "PORT": str(free_port_base(0, 100, 101))},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, as a terminal gives it
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_serving(make, f"{base_url}/readyz", tmp_path / "make-run.log")
-        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-            rider = await create_account(http, "rider")
-            driver = await create_account(http, "driver")
-        async with (
-            await connect(base_url, rider.access) as rider_ws,
-            await connect(base_url, driver.access) as driver_ws,
-        ):
-            await send(
-                rider_ws,
-                {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}},
-            )
-            trip = (await receive_until(rider_ws, lambda f: f["type"] == "trip.requested", 30))[
-                "data"
-            ]
-            for status, event in (
-                ("STARTED", "trip.accepted"),
-                ("IN_PROGRESS", "trip.picked_up"),
-                ("COMPLETED", "trip.completed"),
-            ):
-                await send(
-                    driver_ws, {"type": "update.trip", "data": {"id": trip["id"], "status": status}}
-                )
-                await receive_until(rider_ws, about(trip["id"], event), 30)
-        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal
-        make.wait(60)
-    finally:
-        if make.poll() is None:
-            os.killpg(make.pid, signal.SIGKILL)
-        log.close()
-    output = (tmp_path / "make-run.log").read_text()
-    with pytest.raises(ProcessLookupError):
-        os.killpg(make.pid, 0)  # no process of the group is left
-    assert "dispatcher.2" in output and "gateway.1" in output
-    assert output.count("dispatcher stopped") == 2, output[-3000:]
-    assert "Application shutdown complete" in output

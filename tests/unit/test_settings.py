@@ -183,6 +183,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         broker_prefix="taxi-prod_1",
         host="0.0.0.0",
         port=8443,
+        metrics_port=9443,
         max_frame_bytes=4096,
         media_dir="/srv/media",
         max_photo_bytes=1000,

@@ -1,4 +1,9 @@
-"""Real processes for end-to-end tests: the gateway over uvicorn and dispatcher workers."""
+"""Starting the system's own processes on this machine: the gateway over uvicorn and
+dispatcher workers, each a `python -m` child with given settings and its own log.
+
+The benchmark (`bench/`) and the end-to-end, fault and browser tests start their
+systems through this one module.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
-
-import httpx
 
 from shared.settings import Settings
 
@@ -25,20 +30,29 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def free_port_base(*offsets: int) -> int:
-    """A port p such that p + each offset is free too (honcho numbers processes so)."""
+def free_port_run(count: int) -> int:
+    """A port p such that p, p + 1, ..., p + count - 1 are all free (workers count up so)."""
     while True:
         base = free_port()
-        if base + max(offsets) >= 65536:
+        if base + count > 65536:
             continue
         try:
             with contextlib.ExitStack() as held:
-                for offset in offsets:
+                for offset in range(count):
                     probe = held.enter_context(socket.socket())
                     probe.bind(("127.0.0.1", base + offset))
         except OSError:
             continue
         return base
+
+
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class ServiceProcess:
@@ -110,11 +124,8 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 raise RuntimeError(f"{self.module} exited early:\n{self.log()}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if answers_ok(url):
+                return
             time.sleep(0.1)
         raise RuntimeError(f"{self.module} not ready after {READY_TIMEOUT_SECONDS}s:\n{self.log()}")
 
