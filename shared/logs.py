@@ -22,6 +22,24 @@ _REFUSED_HANDSHAKE_NOISE = "ASGI callable returned without completing handshake.
 _DROPPED_OFFER_NOISE = "Message %r lost for consumer with no_ack %r"
 
 
+# uvicorn logs every WebSocket's opening, handshake and closing at INFO: thousands
+# of lines under load, which bury what an operator must see. They show at DEBUG.
+_PER_CONNECTION = frozenset(
+    {
+        "connection open",
+        "connection closed",
+        '%s - "WebSocket %s" [accepted]',
+        '%s - "WebSocket %s" %d',
+        '%s - "WebSocket %s" 403',
+    }
+)
+
+
+class PerConnectionAtDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _PER_CONNECTION or record.levelno != logging.INFO
+
+
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -46,6 +64,8 @@ def configure_logging(level: str, process: str) -> None:
         )
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if level != "DEBUG":
+        handler.addFilter(PerConnectionAtDebug())
     # aiormq logs every reconnect attempt with a traceback at ERROR; one line is enough.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     # asyncpg's pool logs a traceback each time it fails to refill during a database

@@ -6,7 +6,9 @@ import asyncio
 import signal
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
@@ -18,6 +20,7 @@ from shared.commands import CREATE_TRIP, Command, CreateTrip
 from shared.processes import free_port, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
+from tests.chaos.relay import Relay
 from tests.chaos.traffic import LiveSocket, Traffic
 from tests.clients import about, connect, create_account, receive, receive_until, send
 
@@ -202,3 +205,41 @@ async def test_sigterm_to_the_gateway_closes_sockets_with_1001(
         assert gateway.wait(15) == 0
     finally:
         gateway.stop()
+
+
+async def wait_until_not_ready(url: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        for _ in range(300):
+            if (await client.get(url)).status_code == 503:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} stayed ready with its broker cut off")
+
+
+async def test_sigterm_to_a_worker_whose_broker_is_unreachable_stops_it_at_once(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    broker_address = urlsplit(isolated_settings.amqp_url)
+    relay = Relay(broker_address.hostname or "127.0.0.1", broker_address.port or 5672)
+    credentials = f"{broker_address.username}:{broker_address.password}"
+    through_relay = broker_address._replace(netloc=f"{credentials}@127.0.0.1:{await relay.start()}")
+    metrics_port = free_port()
+    worker = await asyncio.to_thread(
+        start_dispatcher,
+        replace(isolated_settings, amqp_url=urlunsplit(through_relay)),
+        tmp_path / "worker.log",
+        metrics_port=metrics_port,
+    )
+    try:
+        await relay.cut()
+        await wait_until_not_ready(f"http://127.0.0.1:{metrics_port}/readyz")
+        worker.signal(signal.SIGTERM)
+        started = time.monotonic()
+        status = await asyncio.to_thread(worker.wait, 30)
+        stopped_in = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert status == 0, worker.log()
+    # A supervisor (honcho, the kubelet) kills what takes longer than about 5 s.
+    assert stopped_in < 5, f"stopped {stopped_in:.1f}s after SIGTERM:\n{worker.log()}"
+    assert "broker unreachable" in worker.log() and "dispatcher stopped" in worker.log()

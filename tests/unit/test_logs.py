@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.logs import RedactSecrets, redact
+from shared.logs import PerConnectionAtDebug, RedactSecrets, redact
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJpZCI6MX0.c2lnbmF0dXJl"
 UVICORN_WEBSOCKET = '%s - "WebSocket %s" [%s]'
@@ -115,3 +115,24 @@ def test_an_error_about_a_handshake_that_is_not_the_noise_is_kept() -> None:
     entry = record("Exception in ASGI application")
 
     assert RedactSecrets().filter(entry) is True
+
+
+@pytest.mark.parametrize(
+    "msg, args",
+    [
+        ("connection open", ()),
+        ("connection closed", ()),
+        ('%s - "WebSocket %s" [accepted]', ("127.0.0.1:5", "/taxi/")),
+        ('%s - "WebSocket %s" %d', ("127.0.0.1:5", "/taxi/", 401)),
+    ],
+)
+def test_a_line_per_websocket_is_left_out_above_debug(msg: str, args: tuple[Any, ...]) -> None:
+    assert PerConnectionAtDebug().filter(record(msg, *args)) is False
+
+
+def test_a_warning_with_the_same_text_is_kept() -> None:
+    entry = record("connection closed")
+    entry.levelno = logging.WARNING
+
+    assert PerConnectionAtDebug().filter(entry) is True
+    assert PerConnectionAtDebug().filter(record("Application startup complete.")) is True
