@@ -27,13 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=0,
-        help="serve /metrics, /healthz and /readyz on this port on TAXI_HOST (default: off)",
+        default=None,
+        help="serve /metrics, /healthz and /readyz on this port on TAXI_HOST "
+        "(default: TAXI_METRICS_PORT; 0 turns it off)",
     )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.prefetch < 1:
         parser.error("--concurrency and --prefetch must be at least 1")
-    if not 0 <= args.metrics_port < 65536:
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
         parser.error("--metrics-port must be between 0 and 65535")
     return args
 
@@ -50,7 +51,7 @@ async def serve(settings: Settings, args: argparse.Namespace) -> None:
         replace(settings, db_pool_size=pool_size),
         concurrency=args.concurrency,
         prefetch=args.prefetch,
-        metrics_port=args.metrics_port,
+        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
     )
     await worker.run(stopping)
 

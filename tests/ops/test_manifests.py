@@ -824,7 +824,8 @@ def test_dockerfile_builds_the_package_from_pyproject() -> None:
     copied = " ".join(args for name, args in build if name == "COPY").split()
     for needed in ("pyproject.toml", project["project"]["readme"]):
         assert needed in copied, needed
-    for package in project["tool"]["setuptools"]["packages"]:
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.removesuffix("*")
         assert package in copied, f"package {package} is not copied into the build stage"
     runs = [args for name, args in build if name == "RUN"]
     assert any(re.search(r"pip wheel\b.*\s\.$", run) for run in runs), runs
