@@ -81,17 +81,20 @@ def make(target: str, settings: Settings, log: Path, *args: str) -> subprocess.P
 
 
 async def wait_until_serving(run: MakeRun) -> None:
+    """Until the gateway and every worker answer their readiness checks."""
     deadline = time.monotonic() + START_SECONDS
+    ports = [run.settings.port, *(run.settings.metrics_port + n for n in range(WORKERS))]
     async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            assert run.process.poll() is None, f"make run exited early:\n{run.output()[-3000:]}"
-            assert time.monotonic() < deadline, run.output()[-3000:]
-            try:
-                if (await client.get(f"{run.base_url}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
+        for port in ports:
+            while True:
+                assert run.process.poll() is None, f"make run exited:\n{run.output()[-3000:]}"
+                assert time.monotonic() < deadline, run.output()[-3000:]
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
 
 
 @asynccontextmanager
@@ -160,12 +163,8 @@ async def test_two_instances_run_side_by_side_and_ctrl_c_stops_each_promptly_aft
 ) -> None:
     first, second = own_instance(settings), own_instance(settings)
     async with make_run(first, tmp_path) as one, make_run(second, tmp_path) as other:
-        # The workers' metrics ports count up from each instance's TAXI_METRICS_PORT.
-        async with httpx.AsyncClient(timeout=5) as client:
-            for instance in (first, second):
-                for n in range(WORKERS):
-                    url = f"http://127.0.0.1:{instance.metrics_port + n}/readyz"
-                    assert (await client.get(url)).status_code == 200
+        # Both are serving: the gateways on their TAXI_PORT, the workers' metrics ports
+        # counting up from each instance's TAXI_METRICS_PORT (make_run waited on them).
         await one_trip(other.base_url)
         async with httpx.AsyncClient(base_url=one.base_url, timeout=10) as http:
             traffic = await Traffic.open(http, one.base_url, 20)
