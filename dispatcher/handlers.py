@@ -25,9 +25,18 @@ MAX_CONFLICT_ROUNDS = 3
 async def create_trip(conn: Connection, command: Command, now: datetime) -> Transition:
     assert isinstance(command.data, CreateTrip)
     rider = await _active_user(conn, command.user_id)
+    # Two racing requests of one rider both find no live trip here; the unique index
+    # `trips_one_live_per_rider` fails the loser's insert, the worker retries the
+    # command, and this query then finds the winner's trip.
+    live_trip = await repository.live_trip_of(conn, rider.id)
     # The command's id doubles as the trip's id: a redelivered command names the same trip.
     transition = trips.request(
-        command.id, rider, command.data.pick_up_address, command.data.drop_off_address, now
+        command.id,
+        rider,
+        command.data.pick_up_address,
+        command.data.drop_off_address,
+        now,
+        live_trip=live_trip,
     )
     await repository.insert_trip(conn, transition.after)
     return transition

@@ -2,12 +2,22 @@
 
 A rider sees their own trips; a driver sees requested trips and those assigned to
 them. Anything else is a 404, as if it did not exist.
+
+The list is a page, newest first: `?status=`, `?limit=` (1 to 100) and `?cursor=`
+choose it, and the next page's URL comes in a `Link: <...>; rel="next"` header.
+The body stays a plain JSON list of trips, as the course's client expects.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,18 +26,31 @@ from gateway.http_api import OrjsonResponse, token_not_valid
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared.db import Database
-from shared.trip_rows import TRIP_SELECT, trip_from_row
+from shared.trip_rows import Position, visible_trip, visible_trips
+from shared.trips import Status, Trip
 from shared.users import User
+from shared.wire import ErrorCode
 
-# The list is the course's unpaginated list; this keeps one response bounded.
-MAX_LISTED_TRIPS = 500
+MAX_PAGE_SIZE = 100
+STATUSES = ", ".join(status.value for status in Status)
+
+# A cursor is the last listed trip's creation time (microseconds since the epoch)
+# and id, packed and base64url-encoded: opaque to clients, exact for the keyset.
+_CURSOR = struct.Struct(">q16s")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _visible_to(user: User) -> str:
-    """The WHERE condition of the trips `user` may see; `$1` is their id."""
-    if user.group == "rider":
-        return "t.rider_id = $1"
-    return "(t.status = 'REQUESTED' OR t.driver_id = $1)"
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    limit: int
+    status: Status | None
+    after: Position | None
+
+
+class InvalidQuery(Exception):
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__(fields)
+        self.fields = fields
 
 
 class TripsApi:
@@ -46,12 +69,23 @@ class TripsApi:
         user = await self._authenticate(request)
         if not isinstance(user, User):
             return user
-        rows = await self._database.pool.fetch(
-            f"{TRIP_SELECT} WHERE {_visible_to(user)}"
-            f" ORDER BY t.created DESC LIMIT {MAX_LISTED_TRIPS}",
-            user.id,
+        try:
+            page = parse_page_request(request.query_params)
+        except InvalidQuery as exc:
+            return invalid_query(exc.fields)
+        # One more than asked for says whether there is a next page.
+        found = await visible_trips(
+            self._database.pool,
+            user,
+            limit=page.limit + 1,
+            status=page.status,
+            after=page.after,
         )
-        return OrjsonResponse([trip_from_row(row).payload() for row in rows])
+        listed = found[: page.limit]
+        headers = {}
+        if len(found) > page.limit:
+            headers["Link"] = f'<{next_page_url(request, page, listed[-1])}>; rel="next"'
+        return OrjsonResponse([trip.payload() for trip in listed], headers=headers)
 
     async def get_trip(self, request: Request) -> Response:
         user = await self._authenticate(request)
@@ -61,10 +95,8 @@ class TripsApi:
             trip_id = uuid.UUID(request.path_params["trip_id"])
         except ValueError:
             return not_found()
-        row = await self._database.pool.fetchrow(
-            f"{TRIP_SELECT} WHERE t.id = $2 AND {_visible_to(user)}", user.id, trip_id
-        )
-        return OrjsonResponse(trip_from_row(row).payload()) if row else not_found()
+        trip = await visible_trip(self._database.pool, user, trip_id)
+        return OrjsonResponse(trip.payload()) if trip else not_found()
 
     async def _authenticate(self, request: Request) -> User | Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -80,5 +112,67 @@ class TripsApi:
         return user
 
 
+def parse_page_request(query: QueryParams) -> PageRequest:
+    """The page a query asks for; an empty parameter counts as absent."""
+    errors: dict[str, list[str]] = {}
+    limit = MAX_PAGE_SIZE
+    status = None
+    after = None
+    if raw_limit := query.get("limit"):
+        if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+            limit = int(raw_limit)
+        else:
+            errors["limit"] = [f"must be a whole number from 1 to {MAX_PAGE_SIZE}"]
+    if raw_status := query.get("status"):
+        try:
+            status = Status(raw_status)
+        except ValueError:
+            errors["status"] = [f"must be one of {STATUSES}"]
+    if raw_cursor := query.get("cursor"):
+        try:
+            after = decode_cursor(raw_cursor)
+        except ValueError:
+            errors["cursor"] = ["is not a cursor this API gave out; start again without it"]
+    if errors:
+        raise InvalidQuery(errors)
+    return PageRequest(limit, status, after)
+
+
+def encode_cursor(position: Position) -> str:
+    micros = (position.created - _EPOCH) // timedelta(microseconds=1)
+    packed = _CURSOR.pack(micros, position.id.bytes)
+    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position a cursor stands for; ValueError if it is not one `encode_cursor` made."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        packed = base64.b64decode(padded, altchars=b"-_", validate=True)
+        micros, id_bytes = _CURSOR.unpack(packed)
+        return Position(_EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes))
+    except (ValueError, struct.error, OverflowError) as exc:  # binascii.Error is a ValueError
+        raise ValueError("not a cursor") from exc
+
+
+def next_page_url(request: Request, page: PageRequest, last: Trip) -> str:
+    """A relative URL, so it stays right behind a proxy that rewrites the host."""
+    query = {"limit": str(page.limit), "cursor": encode_cursor(Position.of(last))}
+    if page.status is not None:
+        query = {"status": page.status.value, **query}
+    return f"{request.url.path}?{urlencode(query)}"
+
+
+def invalid_query(fields: dict[str, list[str]]) -> Response:
+    return OrjsonResponse(
+        {
+            "detail": f"invalid query parameters: {', '.join(fields)}",
+            "code": ErrorCode.INVALID_DATA,
+            "fields": fields,
+        },
+        status_code=400,
+    )
+
+
 def not_found() -> Response:
-    return OrjsonResponse({"detail": "Not found."}, status_code=404)
+    return OrjsonResponse({"detail": "Not found.", "code": ErrorCode.NOT_FOUND}, status_code=404)

@@ -44,11 +44,6 @@ class Settings:
     media_dir: str = "media"
     max_photo_bytes: int = 5 * 1024 * 1024
     db_pool_size: int = 10
-    # Per-user notification queues: how long an unused queue lives, how many
-    # messages and how old a message it keeps while its user is away.
-    user_queue_idle_seconds: int = 30 * 60
-    user_queue_max_length: int = 1000
-    user_queue_message_ttl_seconds: int = 60 * 60
     offer_ttl_seconds: int = 30
     # Frames a client may send per second on one socket, and the burst allowed above that.
     rate_limit_per_second: int = 20
@@ -56,6 +51,13 @@ class Settings:
     log_level: str = "INFO"
     # "standard" Argon2id, or "fast" for test and benchmark runs (refused in production).
     password_hashing: str = "standard"
+    # A trip nobody accepts within this long is cancelled with cancel_reason "no_driver".
+    request_timeout_seconds: int = 120
+    # How long the notification log keeps a notification for clients resuming with `since`.
+    notification_retention_seconds: int = 24 * 60 * 60
+    # A socket whose outgoing buffer stays full this long is closed: one slow client
+    # must not hold notifications, or memory, for everyone else on its gateway.
+    slow_client_seconds: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,13 +161,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_frame_bytes": _positive_int,
     "max_photo_bytes": _positive_int,
     "db_pool_size": _positive_int,
-    "user_queue_idle_seconds": _positive_int,
-    "user_queue_max_length": _positive_int,
-    "user_queue_message_ttl_seconds": _positive_int,
     "offer_ttl_seconds": _positive_int,
     "rate_limit_per_second": _positive_int,
     "rate_limit_burst": _positive_int,
     "log_level": _upper,
+    "request_timeout_seconds": _positive_int,
+    "notification_retention_seconds": _positive_int,
+    "slow_client_seconds": _positive_int,
 }
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
 import asyncpg
 
+from shared.db import Connection
 from shared.trips import Status, Trip
-from shared.users import user_from_row
+from shared.users import User, user_from_row
 
 TRIP_SELECT = """
 SELECT t.id, t.created, t.updated, t.pick_up_address, t.drop_off_address, t.status,
+       t.version, t.cancel_reason,
        r.id AS r_id, r.username AS r_username, r.first_name AS r_first_name,
        r.last_name AS r_last_name, r.user_group AS r_user_group, r.photo AS r_photo,
        r.is_active AS r_is_active,
@@ -19,6 +25,9 @@ FROM trips t
 JOIN users r ON r.id = t.rider_id
 LEFT JOIN users d ON d.id = t.driver_id
 """
+
+# What the API reads on: a pooled query or a connection the caller holds.
+Reader = asyncpg.Pool | Connection
 
 
 def trip_from_row(row: asyncpg.Record) -> Trip:
@@ -31,4 +40,62 @@ def trip_from_row(row: asyncpg.Record) -> Trip:
         status=Status(row["status"]),
         rider=user_from_row(row, "r_"),
         driver=user_from_row(row, "d_") if row["d_id"] is not None else None,
+        version=row["version"],
+        cancel_reason=row["cancel_reason"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A trip's place in the newest-first order: a page goes on after it."""
+
+    created: datetime
+    id: uuid.UUID
+
+    @classmethod
+    def of(cls, trip: Trip) -> Position:
+        return cls(trip.created, trip.id)
+
+
+def _visible_to(user: User) -> str:
+    """The WHERE condition of the trips `user` may see; `$1` is their id.
+
+    A rider sees their own trips. A driver sees the open requests, which they may
+    accept, and the trips they drove (any status): nobody else's trip once taken.
+    """
+    if user.group == "rider":
+        return "t.rider_id = $1"
+    return "(t.status = 'REQUESTED' OR t.driver_id = $1)"
+
+
+async def visible_trip(reader: Reader, user: User, trip_id: uuid.UUID) -> Trip | None:
+    row = await reader.fetchrow(
+        f"{TRIP_SELECT} WHERE t.id = $2 AND {_visible_to(user)}", user.id, trip_id
+    )
+    return trip_from_row(row) if row else None
+
+
+async def visible_trips(
+    reader: Reader,
+    user: User,
+    *,
+    limit: int,
+    status: Status | None = None,
+    after: Position | None = None,
+) -> list[Trip]:
+    """Up to `limit` trips `user` may see, newest first (ties by id), after `after`."""
+    args: list[object] = [user.id]
+    conditions = [_visible_to(user)]
+    if status is not None:
+        args.append(status.value)
+        conditions.append(f"t.status = ${len(args)}")
+    if after is not None:
+        args.extend((after.created, after.id))
+        conditions.append(f"(t.created, t.id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await reader.fetch(
+        f"{TRIP_SELECT} WHERE {' AND '.join(conditions)}"
+        f" ORDER BY t.created DESC, t.id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [trip_from_row(row) for row in rows]

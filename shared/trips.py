@@ -1,7 +1,11 @@
 """Trips and their rules, as pure functions: no I/O, no clock, no await.
 
     REQUESTED --accept (a driver)--> STARTED --pick up--> IN_PROGRESS --drop off--> COMPLETED
-    REQUESTED or STARTED --cancel (the rider)--> CANCELLED
+    REQUESTED or STARTED --cancel (the rider)--> CANCELLED, cancel_reason "rider"
+    REQUESTED --expire (nobody accepted in time)--> CANCELLED, cancel_reason "no_driver"
+
+A rider holds one live trip (REQUESTED, STARTED or IN_PROGRESS) at a time. Every
+transition adds one to the trip's `version`, so a stale copy is told from a fresh one.
 
 Each transition returns the changed trip and the event that says what happened;
 a request that breaks a rule raises `RuleViolation` with a code for the client.
@@ -30,6 +34,8 @@ class Status(StrEnum):
 
 # Statuses in which a driver is busy with the trip and gets no new offers.
 ACTIVE_STATUSES = frozenset({Status.STARTED, Status.IN_PROGRESS})
+# Statuses of a rider's one live trip: while they hold one, they request no other.
+LIVE_STATUSES = frozenset({Status.REQUESTED, *ACTIVE_STATUSES})
 CANCELLABLE_STATUSES = frozenset({Status.REQUESTED, Status.STARTED})
 # The assigned driver moves a trip along this path, one step at a time.
 DRIVER_STEPS = {Status.STARTED: Status.IN_PROGRESS, Status.IN_PROGRESS: Status.COMPLETED}
@@ -56,6 +62,13 @@ EVENT_FOR_STATUS = {
 }
 
 
+class CancelReason(StrEnum):
+    """Why a trip was cancelled; its `cancel_reason` in the payload."""
+
+    RIDER = "rider"
+    NO_DRIVER = "no_driver"
+
+
 class RuleViolation(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -73,6 +86,10 @@ class Trip:
     status: Status
     rider: User
     driver: User | None = None
+    # 1 when requested, one more for every change since.
+    version: int = 1
+    # A `CancelReason` value once CANCELLED, otherwise None.
+    cancel_reason: str | None = None
 
     def payload(self) -> dict[str, Any]:
         """The course's nested trip, as clients receive it."""
@@ -83,6 +100,8 @@ class Trip:
             "pick_up_address": self.pick_up_address,
             "drop_off_address": self.drop_off_address,
             "status": self.status.value,
+            "version": self.version,
+            "cancel_reason": self.cancel_reason,
             "driver": self.driver.public() if self.driver else None,
             "rider": self.rider.public(),
         }
@@ -98,10 +117,21 @@ class Transition:
 
 
 def request(
-    trip_id: uuid.UUID, rider: User, pick_up_address: str, drop_off_address: str, now: datetime
+    trip_id: uuid.UUID,
+    rider: User,
+    pick_up_address: str,
+    drop_off_address: str,
+    now: datetime,
+    live_trip: Trip | None = None,
 ) -> Transition:
+    """`live_trip` is the rider's trip that is not over yet, if they have one."""
     if rider.group != "rider":
         raise RuleViolation(ErrorCode.FORBIDDEN, "only riders request trips")
+    if live_trip is not None:
+        raise RuleViolation(
+            ErrorCode.TRIP_IN_PROGRESS,
+            "you already have a trip that has not ended; request another once it is over",
+        )
     trip = Trip(
         id=trip_id,
         created=now,
@@ -139,7 +169,16 @@ def cancel(trip: Trip, rider: User, now: datetime) -> Transition:
         raise RuleViolation(
             ErrorCode.INVALID_TRANSITION, f"a {trip.status} trip can no longer be cancelled"
         )
-    return _change(trip, Status.CANCELLED, now)
+    return _change(trip, Status.CANCELLED, now, cancel_reason=CancelReason.RIDER.value)
+
+
+def expire(trip: Trip, now: datetime) -> Transition:
+    """Nobody accepted the request in time. Whether it is due is the caller's query."""
+    if trip.status is not Status.REQUESTED:
+        raise RuleViolation(
+            ErrorCode.INVALID_TRANSITION, f"a {trip.status} trip is no longer waiting to expire"
+        )
+    return _change(trip, Status.CANCELLED, now, cancel_reason=CancelReason.NO_DRIVER.value)
 
 
 def update(trip: Trip, user: User, status: Status, now: datetime) -> Transition:
@@ -155,7 +194,9 @@ def update(trip: Trip, user: User, status: Status, now: datetime) -> Transition:
 
 
 def _change(trip: Trip, status: Status, now: datetime, **changes: Any) -> Transition:
-    after = dataclasses.replace(trip, status=status, updated=now, **changes)
+    after = dataclasses.replace(
+        trip, status=status, updated=now, version=trip.version + 1, **changes
+    )
     return Transition(trip, after, EVENT_FOR_STATUS[status])
 
 

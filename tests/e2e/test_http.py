@@ -1,9 +1,13 @@
-"""PROTOCOL.md part A, HTTP: sign up, log in and refresh, against a real uvicorn gateway."""
+"""PROTOCOL.md part A, HTTP: sign up, log in and refresh, and the trip list's pages
+(part C4), against a real uvicorn gateway."""
 
 from __future__ import annotations
 
 import base64
+import re
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,7 +18,7 @@ import pytest
 from gateway.tokens import TokenService
 from shared.settings import Settings
 from shared.users import User
-from tests.clients import PASSWORD, create_account, new_username, sign_up
+from tests.clients import PASSWORD, Account, create_account, new_username, sign_up
 
 USER_FIELDS = {"id", "username", "first_name", "last_name", "group", "photo"}
 TOKEN_CLAIMS = USER_FIELDS | {"token_type", "exp", "iat", "jti"}
@@ -482,3 +486,291 @@ async def test_refresh_without_a_token_names_the_field(http: httpx.AsyncClient) 
 
     assert response.status_code == 400
     assert set(response.json()) == {"refresh"}
+
+
+# Trips: GET /api/trip/ pages through what the user may see (PROTOCOL C4, C2)
+
+PAGE_LIMIT = 100
+LINK_NEXT = re.compile(r'<(?P<url>[^>]+)>; rel="next"')
+
+
+def bearer(account: Account) -> dict[str, str]:
+    return {"Authorization": f"Bearer {account.access}"}
+
+
+async def insert_user(db: asyncpg.Connection, group: str) -> int:
+    user_id: int = await db.fetchval(
+        "INSERT INTO users (username, password_hash, user_group) VALUES ($1, 'x', $2) RETURNING id",
+        new_username(group),
+        group,
+    )
+    return user_id
+
+
+async def insert_trip(
+    db: asyncpg.Connection,
+    rider_id: int,
+    created: datetime,
+    status: str = "CANCELLED",
+    driver_id: int | None = None,
+) -> str:
+    """A trip as the dispatcher would have left it, written directly, dated `created`."""
+    changes = {"REQUESTED": 1, "STARTED": 2, "IN_PROGRESS": 3, "COMPLETED": 4}
+    version = changes.get(status, 3 if driver_id else 2)
+    cancel_reason = "rider" if status == "CANCELLED" else None
+    trip_id: uuid.UUID = await db.fetchval(
+        """
+        INSERT INTO trips (created, updated, pick_up_address, drop_off_address, status,
+                           rider_id, driver_id, version, cancel_reason)
+        VALUES ($1, $1, 'A', 'B', $2, $3, $4, $5, $6) RETURNING id
+        """,
+        created,
+        status,
+        rider_id,
+        driver_id,
+        version,
+        cancel_reason,
+    )
+    return str(trip_id)
+
+
+def next_url(response: httpx.Response) -> str | None:
+    link = response.headers.get("link")
+    if link is None:
+        return None
+    match = LINK_NEXT.fullmatch(link)
+    assert match, link
+    return match["url"]
+
+
+async def every_page(
+    http: httpx.AsyncClient, account: Account, url: str
+) -> list[list[dict[str, Any]]]:
+    """The pages from `url` on, following each `Link: rel="next"` to the end."""
+    pages = []
+    next_page: str | None = url
+    while next_page is not None:
+        response = await http.get(next_page, headers=bearer(account))
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json(), list)
+        pages.append(response.json())
+        next_page = next_url(response)
+    return pages
+
+
+def ids(trips: list[dict[str, Any]]) -> list[str]:
+    return [trip["id"] for trip in trips]
+
+
+async def test_the_trip_list_without_parameters_is_the_newest_100_and_links_the_rest(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    start = datetime.now(UTC) - timedelta(days=1)
+    trips = [await insert_trip(db, rider.id, start + timedelta(seconds=n)) for n in range(105)]
+
+    first = await http.get("/api/trip/", headers=bearer(rider))
+
+    assert first.status_code == 200, first.text
+    assert ids(first.json()) == trips[::-1][:PAGE_LIMIT]
+    link = next_url(first)
+    assert link is not None and link.startswith("/api/trip/?")
+    assert [ids(page) for page in await every_page(http, rider, link)] == [trips[4::-1]]
+
+
+async def test_pages_walk_every_trip_once_newest_first_ties_broken_by_id(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    moment = datetime.now(UTC) - timedelta(hours=1)
+    # Four trips created in the same microsecond: the page boundary falls among them.
+    same_moment = [await insert_trip(db, rider.id, moment) for _ in range(4)]
+    older = [await insert_trip(db, rider.id, moment - timedelta(minutes=n)) for n in (1, 2, 3)]
+
+    pages = await every_page(http, rider, "/api/trip/?limit=3")
+
+    assert [len(page) for page in pages] == [3, 3, 1]
+    listed = [trip_id for page in pages for trip_id in ids(page)]
+    assert listed == sorted(same_moment, key=uuid.UUID, reverse=True) + older
+
+
+async def test_a_full_last_page_has_no_next_link(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    start = datetime.now(UTC) - timedelta(hours=1)
+    for n in range(3):
+        await insert_trip(db, rider.id, start + timedelta(seconds=n))
+
+    response = await http.get("/api/trip/", params={"limit": 3}, headers=bearer(rider))
+
+    assert len(response.json()) == 3
+    assert "link" not in response.headers
+
+
+async def test_the_status_filter_applies_to_every_page(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    driver_id = await insert_user(db, "driver")
+    start = datetime.now(UTC) - timedelta(hours=1)
+    completed = []
+    for n in range(5):
+        created = start + timedelta(seconds=n)
+        completed.append(await insert_trip(db, rider.id, created, "COMPLETED", driver_id))
+        await insert_trip(db, rider.id, created + timedelta(milliseconds=1))  # CANCELLED
+    requested = await insert_trip(db, rider.id, start + timedelta(minutes=1), "REQUESTED")
+
+    pages = await every_page(http, rider, "/api/trip/?status=COMPLETED&limit=2")
+
+    assert [ids(page) for page in pages] == [completed[4:2:-1], completed[2:0:-1], completed[:1]]
+    assert all(trip["status"] == "COMPLETED" for page in pages for trip in page)
+    only_open = await http.get("/api/trip/?status=REQUESTED", headers=bearer(rider))
+    assert ids(only_open.json()) == [requested]
+
+
+async def test_listed_trips_carry_their_version_and_cancel_reason(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    rider = await create_account(http, "rider")
+    trip_id = await insert_trip(db, rider.id, datetime.now(UTC) - timedelta(hours=1))
+    await db.execute(
+        "UPDATE trips SET cancel_reason = 'no_driver', version = 2 WHERE id = $1",
+        uuid.UUID(trip_id),
+    )
+
+    [listed] = (await http.get("/api/trip/", headers=bearer(rider))).json()
+    detail = (await http.get(f"/api/trip/{trip_id}/", headers=bearer(rider))).json()
+
+    assert listed == detail
+    assert (listed["status"], listed["version"], listed["cancel_reason"]) == (
+        "CANCELLED",
+        2,
+        "no_driver",
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "2.5"}, "limit"),
+        ({"limit": "٣"}, "limit"),  # a digit, but not an ASCII one
+        ({"status": "requested"}, "status"),
+        ({"status": "LOST"}, "status"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": "!" * 32}, "cursor"),
+        ({"cursor": "AAAA"}, "cursor"),
+    ],
+)
+async def test_a_bad_query_parameter_is_a_400_naming_it(
+    http: httpx.AsyncClient, query: dict[str, str], field: str
+) -> None:
+    rider = await create_account(http, "rider")
+
+    response = await http.get("/api/trip/", params=query, headers=bearer(rider))
+
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"detail", "code", "fields"}
+    assert body["code"] == "invalid_data"
+    assert set(body["fields"]) == {field}
+    assert all(isinstance(message, str) and message for message in body["fields"][field])
+    assert field in body["detail"]
+
+
+async def test_every_bad_parameter_is_named_at_once(http: httpx.AsyncClient) -> None:
+    rider = await create_account(http, "rider")
+
+    response = await http.get("/api/trip/?limit=0&status=NOPE&cursor=%25%25", headers=bearer(rider))
+
+    assert response.status_code == 400
+    assert set(response.json()["fields"]) == {"limit", "status", "cursor"}
+
+
+async def test_the_token_is_checked_before_the_query(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/trip/?limit=0")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token_not_valid"
+
+
+async def test_a_driver_pages_through_open_requests_and_every_trip_of_their_own(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    driver = await create_account(http, "driver")
+    other_driver_id = await insert_user(db, "driver")
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    own = [
+        await insert_trip(db, await insert_user(db, "rider"), long_ago, status, driver.id)
+        for status in ("STARTED", "COMPLETED", "COMPLETED", "CANCELLED")
+    ]
+    others = [
+        await insert_trip(db, await insert_user(db, "rider"), long_ago, status, other_driver_id)
+        for status in ("IN_PROGRESS", "COMPLETED", "CANCELLED")
+    ]
+    others.append(await insert_trip(db, await insert_user(db, "rider"), long_ago))
+    # More open requests than fit on a page, all newer than the driver's own trips.
+    now = datetime.now(UTC)
+    requests = [
+        await insert_trip(db, await insert_user(db, "rider"), now, "REQUESTED")
+        for _ in range(PAGE_LIMIT + 1)
+    ]
+    try:
+        pages = await every_page(http, driver, "/api/trip/")
+    finally:
+        # Leave no open requests behind for other tests' drivers.
+        await db.execute(
+            "UPDATE trips SET status = 'CANCELLED' WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(trip_id) for trip_id in requests],
+        )
+
+    listed = [trip for page in pages for trip in page]
+    assert len(pages) >= 2 and len(pages[0]) == PAGE_LIMIT
+    assert set(own) <= set(ids(listed))
+    assert set(requests) <= set(ids(listed))
+    assert set(others).isdisjoint(ids(listed))
+    assert len(ids(listed)) == len(set(ids(listed)))
+    for trip in listed:
+        assert trip["status"] == "REQUESTED" or trip["driver"]["id"] == driver.id, trip
+
+    own_only = await every_page(http, driver, "/api/trip/?status=COMPLETED&limit=1")
+    assert sorted(trip_id for page in own_only for trip_id in ids(page)) == sorted(own[1:3])
+
+
+async def test_a_driver_reads_an_open_request_or_their_own_trip_and_nothing_else(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    driver = await create_account(http, "driver")
+    other_driver = await create_account(http, "driver")
+    rider = await create_account(http, "rider")
+    created = datetime.now(UTC) - timedelta(hours=1)
+    taken = await insert_trip(db, rider.id, created, "STARTED", other_driver.id)
+    earlier = await insert_trip(
+        db, await insert_user(db, "rider"), created, "COMPLETED", other_driver.id
+    )
+    dropped = await insert_trip(
+        db, await insert_user(db, "rider"), created, "CANCELLED", other_driver.id
+    )
+    open_request = await insert_trip(
+        db, await insert_user(db, "rider"), datetime.now(UTC), "REQUESTED"
+    )
+
+    async def status_of(account: Account, trip_id: str) -> int:
+        return (await http.get(f"/api/trip/{trip_id}/", headers=bearer(account))).status_code
+
+    try:
+        for trip_id in (taken, earlier, dropped):
+            assert await status_of(driver, trip_id) == 404
+            assert await status_of(other_driver, trip_id) == 200
+        assert await status_of(rider, taken) == 200
+        assert await status_of(driver, open_request) == 200
+        not_found = await http.get(f"/api/trip/{taken}/", headers=bearer(driver))
+        assert not_found.json() == {"detail": "Not found.", "code": "not_found"}
+    finally:
+        await db.execute(
+            "UPDATE trips SET status = 'CANCELLED' WHERE id = $1", uuid.UUID(open_request)
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from dispatcher import repository
+from dispatcher import handlers, repository
 from shared import trips
+from shared.commands import CREATE_TRIP, Command, CreateTrip
 from shared.settings import Settings
-from shared.trips import Status, Trip
+from shared.trips import RuleViolation, Status, Trip
 from shared.users import USER_COLUMNS, User, user_from_row
 
 RACERS = 8
@@ -165,7 +167,7 @@ async def test_a_busy_driver_cannot_accept_a_second_trip(db: asyncpg.Connection)
     rider = await create_user(db, "rider")
     driver = await create_user(db, "driver")
     await create_started_trip(db, rider, driver)
-    second = await create_requested_trip(db, rider)
+    second = await create_requested_trip(db, await create_user(db, "rider"))
 
     accepted = await repository.save_transition(db, trips.accept(second, driver, datetime.now(UTC)))
 
@@ -220,11 +222,155 @@ async def test_of_racing_drivers_exactly_one_gets_the_trip(
     assert stored.driver == winner
 
 
+async def test_version_and_cancel_reason_are_saved_and_read_back(
+    db: asyncpg.Connection,
+) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    trip = await create_started_trip(db, rider, driver)
+    cancel = trips.cancel(trip, rider, datetime.now(UTC))
+
+    assert await repository.save_transition(db, cancel) is True
+
+    stored = await repository.get_trip(db, trip.id)
+    assert stored == cancel.after
+    assert stored is not None
+    assert (stored.version, stored.cancel_reason) == (3, "rider")
+    assert stored.payload()["cancel_reason"] == "rider"
+
+
+async def test_a_change_decided_on_an_older_version_saves_nothing(
+    db: asyncpg.Connection,
+) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    trip = await create_started_trip(db, rider, driver)
+    picked_up = trips.advance(trip, driver, Status.IN_PROGRESS, datetime.now(UTC))
+    assert await repository.save_transition(db, picked_up)
+
+    # The same step again, decided on version 2 while the trip is at version 3.
+    assert await repository.save_transition(db, picked_up) is False
+    stored = await repository.get_trip(db, trip.id)
+    assert stored is not None
+    assert (stored.status, stored.version) == (Status.IN_PROGRESS, 3)
+
+
+# One live trip per rider
+
+
+async def test_a_riders_live_trip_is_found_until_it_ends(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    assert await repository.live_trip_of(db, rider.id) is None
+    trip = await create_requested_trip(db, rider)
+
+    assert await repository.live_trip_of(db, rider.id) == trip
+
+    assert await repository.save_transition(db, trips.cancel(trip, rider, datetime.now(UTC)))
+    assert await repository.live_trip_of(db, rider.id) is None
+
+
+@pytest.mark.parametrize("status", [Status.REQUESTED, Status.STARTED, Status.IN_PROGRESS])
+async def test_the_schema_refuses_a_riders_second_live_trip(
+    db: asyncpg.Connection, status: Status
+) -> None:
+    rider = await create_user(db, "rider")
+    trip = await create_requested_trip(db, rider)
+    if status is not Status.REQUESTED:
+        driver = await create_user(db, "driver")
+        assert await repository.save_transition(db, trips.accept(trip, driver, trip.created))
+    if status is Status.IN_PROGRESS:
+        started = await repository.get_trip(db, trip.id)
+        assert started is not None and started.driver is not None
+        picked_up = trips.advance(started, started.driver, status, started.created)
+        assert await repository.save_transition(db, picked_up)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as violation:
+        await create_requested_trip(db, rider)
+
+    assert violation.value.constraint_name == "trips_one_live_per_rider"
+
+
+async def test_a_rider_whose_trips_ended_requests_again(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    first = await create_started_trip(db, rider, driver)
+    for status in (Status.IN_PROGRESS, Status.COMPLETED):
+        step = trips.advance(first, driver, status, datetime.now(UTC))
+        assert await repository.save_transition(db, step)
+        first = step.after
+    second = await create_requested_trip(db, rider)
+    assert await repository.save_transition(db, trips.cancel(second, rider, datetime.now(UTC)))
+
+    third = await create_requested_trip(db, rider)
+
+    assert await repository.live_trip_of(db, rider.id) == third
+
+
+def create_command(rider: User) -> Command:
+    return Command(uuid.uuid4(), CREATE_TRIP, rider.id, CreateTrip("A St", "B St"), time.time())
+
+
+async def test_create_trip_refuses_a_rider_with_a_live_trip(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    async with db.transaction():
+        first = await handlers.create_trip(db, create_command(rider), datetime.now(UTC))
+
+    with pytest.raises(RuleViolation) as refused:
+        async with db.transaction():
+            await handlers.create_trip(db, create_command(rider), datetime.now(UTC))
+
+    assert refused.value.code == "trip_in_progress"
+    assert await repository.live_trip_of(db, rider.id) == first.after
+
+
+async def test_of_a_riders_racing_requests_the_retried_loser_is_refused(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    rider = await create_user(db, "rider")
+    early = await asyncpg.connect(settings.database_url)
+    late = await asyncpg.connect(settings.database_url)
+    try:
+        early_transaction = early.transaction()
+        await early_transaction.start()
+        won = await handlers.create_trip(early, create_command(rider), datetime.now(UTC))
+        command = create_command(rider)
+
+        async def create_late() -> trips.Transition:
+            async with late.transaction():
+                return await handlers.create_trip(late, command, datetime.now(UTC))
+
+        # The late request finds no committed live trip and waits on the unique index.
+        racing = asyncio.create_task(create_late())
+        late_pid = late.get_server_pid()
+
+        async def late_is_waiting_for_a_lock() -> bool:
+            wait = await db.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", late_pid
+            )
+            return bool(wait == "Lock")
+
+        await wait_until(late_is_waiting_for_a_lock)
+        await early_transaction.commit()
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await racing
+
+        # What the worker does with a unique violation: the same command, once more.
+        with pytest.raises(RuleViolation) as refused:
+            await create_late()
+    finally:
+        await early.close()
+        await late.close()
+
+    assert refused.value.code == "trip_in_progress"
+    rows = await db.fetch("SELECT id FROM trips WHERE rider_id = $1", rider.id)
+    assert [row["id"] for row in rows] == [won.after.id]
+
+
 async def test_one_driver_cannot_hold_two_active_trips(db: asyncpg.Connection) -> None:
     rider = await create_user(db, "rider")
     driver = await create_user(db, "driver")
     await create_started_trip(db, rider, driver)
-    second = await create_requested_trip(db, rider)
+    second = await create_requested_trip(db, await create_user(db, "rider"))
 
     with pytest.raises(asyncpg.UniqueViolationError) as violation:
         await db.execute(
@@ -239,10 +385,9 @@ async def test_one_driver_cannot_hold_two_active_trips(db: asyncpg.Connection) -
 async def test_one_drivers_racing_accepts_of_two_trips_cannot_both_commit(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
-    rider = await create_user(db, "rider")
     driver = await create_user(db, "driver")
-    first = await create_requested_trip(db, rider)
-    second = await create_requested_trip(db, rider)
+    first = await create_requested_trip(db, await create_user(db, "rider"))
+    second = await create_requested_trip(db, await create_user(db, "rider"))
     early = await asyncpg.connect(settings.database_url)
     late = await asyncpg.connect(settings.database_url)
     try:

@@ -29,6 +29,9 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.refresh_token_days == 1
     assert settings.broker_prefix == "taxi"
     assert settings.log_level == "INFO"
+    assert settings.request_timeout_seconds == 120
+    assert settings.notification_retention_seconds == 86400
+    assert settings.slow_client_seconds == 10
 
 
 def test_empty_and_blank_variables_mean_the_default() -> None:
@@ -58,10 +61,10 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_MEDIA_DIR", "/var/lib/taxi/media", None),
         ("TAXI_MAX_PHOTO_BYTES", "2048", 2048),
         ("TAXI_DB_POOL_SIZE", "3", 3),
-        ("TAXI_USER_QUEUE_IDLE_SECONDS", "60", 60),
-        ("TAXI_USER_QUEUE_MAX_LENGTH", "5", 5),
-        ("TAXI_USER_QUEUE_MESSAGE_TTL_SECONDS", "120", 120),
         ("TAXI_OFFER_TTL_SECONDS", "10", 10),
+        ("TAXI_REQUEST_TIMEOUT_SECONDS", "45", 45),
+        ("TAXI_NOTIFICATION_RETENTION_SECONDS", "3600", 3600),
+        ("TAXI_SLOW_CLIENT_SECONDS", "3", 3),
         ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
         ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
         ("TAXI_PORT", " 9000 ", 9000),
@@ -102,10 +105,13 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_MAX_FRAME_BYTES", "0"),
         ("TAXI_MAX_PHOTO_BYTES", "-5"),
         ("TAXI_DB_POOL_SIZE", "ten"),
-        ("TAXI_USER_QUEUE_IDLE_SECONDS", "0"),
-        ("TAXI_USER_QUEUE_MAX_LENGTH", "-1"),
-        ("TAXI_USER_QUEUE_MESSAGE_TTL_SECONDS", "1e3"),
         ("TAXI_OFFER_TTL_SECONDS", "0"),
+        ("TAXI_REQUEST_TIMEOUT_SECONDS", "0"),
+        ("TAXI_REQUEST_TIMEOUT_SECONDS", "2m"),
+        ("TAXI_NOTIFICATION_RETENTION_SECONDS", "-86400"),
+        ("TAXI_NOTIFICATION_RETENTION_SECONDS", "1.5"),
+        ("TAXI_SLOW_CLIENT_SECONDS", "0"),
+        ("TAXI_SLOW_CLIENT_SECONDS", "ten"),
         ("TAXI_BROKER_PREFIX", "taxi.eu"),
         ("TAXI_BROKER_PREFIX", "taxi eu"),
         ("TAXI_BROKER_PREFIX", "taxi#"),
@@ -188,14 +194,14 @@ def test_to_env_round_trips_through_from_env() -> None:
         media_dir="/srv/media",
         max_photo_bytes=1000,
         db_pool_size=4,
-        user_queue_idle_seconds=61,
-        user_queue_max_length=7,
-        user_queue_message_ttl_seconds=62,
         offer_ttl_seconds=9,
         rate_limit_per_second=3,
         rate_limit_burst=5,
         log_level="ERROR",
         password_hashing="fast",
+        request_timeout_seconds=30,
+        notification_retention_seconds=600,
+        slow_client_seconds=2,
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()

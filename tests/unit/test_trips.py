@@ -72,6 +72,8 @@ def test_a_rider_requests_a_trip() -> None:
         status=Status.REQUESTED,
         rider=RIDER,
         driver=None,
+        version=1,
+        cancel_reason=None,
     )
 
 
@@ -79,6 +81,17 @@ def test_a_driver_cannot_request_a_trip() -> None:
     code = refusal_code(trips.request, uuid.uuid4(), DRIVER, "a", "b", REQUESTED_AT)
 
     assert code == ErrorCode.FORBIDDEN == "forbidden"
+
+
+@pytest.mark.parametrize("status", [Status.REQUESTED, Status.STARTED, Status.IN_PROGRESS])
+def test_a_rider_with_a_live_trip_cannot_request_another(status: Status) -> None:
+    code = refusal_code(trips.request, uuid.uuid4(), RIDER, "a", "b", LATER, trip_in(status))
+
+    assert code == ErrorCode.TRIP_IN_PROGRESS == "trip_in_progress"
+
+
+def test_live_statuses_are_those_of_a_trip_not_yet_over() -> None:
+    assert {Status.REQUESTED, Status.STARTED, Status.IN_PROGRESS} == trips.LIVE_STATUSES
 
 
 # accept
@@ -92,7 +105,7 @@ def test_a_driver_accepts_a_requested_trip() -> None:
     assert transition.before == trip
     assert transition.event is EventType.ACCEPTED
     assert transition.after == dataclasses.replace(
-        trip, status=Status.STARTED, driver=DRIVER, updated=LATER
+        trip, status=Status.STARTED, driver=DRIVER, updated=LATER, version=2
     )
     assert transition.after.created == REQUESTED_AT
 
@@ -188,7 +201,9 @@ def test_the_rider_cancels_a_trip_that_has_not_begun(status: Status) -> None:
 
     assert transition.event is EventType.CANCELLED
     assert transition.before == trip
-    assert transition.after == dataclasses.replace(trip, status=Status.CANCELLED, updated=LATER)
+    assert transition.after == dataclasses.replace(
+        trip, status=Status.CANCELLED, updated=LATER, version=2, cancel_reason="rider"
+    )
 
 
 @pytest.mark.parametrize("status", [Status.IN_PROGRESS, Status.COMPLETED, Status.CANCELLED])
@@ -199,6 +214,52 @@ def test_a_trip_under_way_or_over_cannot_be_cancelled(status: Status) -> None:
 @pytest.mark.parametrize("someone", [OTHER_RIDER, DRIVER, OTHER_DRIVER])
 def test_only_the_trips_rider_cancels_it(someone: User) -> None:
     assert refusal_code(trips.cancel, trip_in(Status.STARTED), someone, LATER) == "forbidden"
+
+
+# expire: nobody accepted in time
+
+
+def test_an_unaccepted_request_expires_as_cancelled_for_want_of_a_driver() -> None:
+    trip = requested_trip()
+
+    transition = trips.expire(trip, LATER)
+
+    assert transition.event is EventType.CANCELLED
+    assert transition.before == trip
+    assert transition.after == dataclasses.replace(
+        trip, status=Status.CANCELLED, updated=LATER, version=2, cancel_reason="no_driver"
+    )
+    assert transition.after.payload()["cancel_reason"] == "no_driver"
+
+
+@pytest.mark.parametrize(
+    "status", [Status.STARTED, Status.IN_PROGRESS, Status.COMPLETED, Status.CANCELLED]
+)
+def test_only_a_requested_trip_expires(status: Status) -> None:
+    assert refusal_code(trips.expire, trip_in(status), LATER) == "invalid_transition"
+
+
+# version: one more for every change
+
+
+def test_every_change_adds_one_to_the_version() -> None:
+    requested = requested_trip()
+    accepted = trips.accept(requested, DRIVER, LATER).after
+    picked_up = trips.advance(accepted, DRIVER, Status.IN_PROGRESS, LATER).after
+    completed = trips.advance(picked_up, DRIVER, Status.COMPLETED, LATER).after
+
+    versions = [trip.version for trip in (requested, accepted, picked_up, completed)]
+
+    assert versions == [1, 2, 3, 4]
+    assert {trip.cancel_reason for trip in (requested, accepted, picked_up, completed)} == {None}
+
+
+def test_a_cancel_after_acceptance_is_version_three() -> None:
+    accepted = trips.accept(requested_trip(), DRIVER, LATER).after
+
+    cancelled = trips.cancel(accepted, RIDER, LATER).after
+
+    assert (cancelled.version, cancelled.cancel_reason) == (3, "rider")
 
 
 # update: the status asked for picks the rule
@@ -259,6 +320,7 @@ def test_update_to_cancelled_is_the_riders_cancel() -> None:
 
     assert transition.event is EventType.CANCELLED
     assert transition.after.status is Status.CANCELLED
+    assert transition.after.payload()["cancel_reason"] == "rider"
 
 
 def test_the_driver_cannot_cancel_through_update() -> None:
@@ -281,6 +343,8 @@ def test_payload_of_a_requested_trip() -> None:
         "pick_up_address": "1 Main St",
         "drop_off_address": "2 South St",
         "status": "REQUESTED",
+        "version": 1,
+        "cancel_reason": None,
         "driver": None,
         "rider": {
             "id": 1,
@@ -299,6 +363,8 @@ def test_payload_of_an_accepted_trip_names_its_driver() -> None:
     payload = accepted.payload()
 
     assert payload["status"] == "STARTED"
+    assert payload["version"] == 2
+    assert payload["cancel_reason"] is None
     assert payload["created"] == "2024-05-01T12:00:00Z"
     assert payload["updated"] == "2024-05-01T12:03:00.000250Z"
     assert payload["driver"] == {

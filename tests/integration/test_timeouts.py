@@ -1,0 +1,221 @@
+"""dispatcher.timeouts.expire_due: requests nobody accepted in time, against real Postgres.
+
+These tests sweep a database of their own: in the run's database, workers started by
+other tests sweep too, and other tests' requests may be due; here exactly the trips a
+test made due are due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from dispatcher import repository
+from dispatcher.timeouts import expire_due
+from shared import trips
+from shared.cleanup import unique_name
+from shared.migrate import drop_database, migrate, with_database
+from shared.settings import Settings
+from shared.trips import EventType, Status, Transition, Trip
+from shared.users import User
+from tests.integration.test_repository import create_user, wait_until
+
+TIMEOUT = 120
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+DUE = NOW - timedelta(seconds=TIMEOUT + 1)
+
+
+@pytest.fixture(scope="module")
+def sweep_database_url(settings: Settings) -> Iterator[str]:
+    database_url = with_database(settings.database_url, unique_name("timeouts"))
+    migrate(database_url)
+    yield database_url
+    drop_database(database_url)
+
+
+@pytest.fixture
+async def conn(sweep_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(sweep_database_url)
+    yield connection
+    # Each test starts with nothing due: what one left REQUESTED ends here.
+    await connection.execute("UPDATE trips SET status = 'CANCELLED' WHERE status = 'REQUESTED'")
+    await connection.close()
+
+
+async def requested(conn: asyncpg.Connection, created: datetime) -> Trip:
+    rider = await create_user(conn, "rider")
+    trip = trips.request(uuid.uuid4(), rider, "1 Main St", "2 South St", created).after
+    await repository.insert_trip(conn, trip)
+    return trip
+
+
+async def accepted(conn: asyncpg.Connection, created: datetime) -> tuple[Trip, User]:
+    driver = await create_user(conn, "driver")
+    transition = trips.accept(await requested(conn, created), driver, created)
+    assert await repository.save_transition(conn, transition)
+    return transition.after, driver
+
+
+async def sweep(conn: asyncpg.Connection, limit: int = 100) -> list[Transition]:
+    async with conn.transaction():
+        return await expire_due(conn, NOW, TIMEOUT, limit)
+
+
+async def stored(conn: asyncpg.Connection, trip: Trip) -> Trip:
+    found = await repository.get_trip(conn, trip.id)
+    assert found is not None
+    return found
+
+
+async def test_a_due_request_is_cancelled_for_want_of_a_driver(conn: asyncpg.Connection) -> None:
+    trip = await requested(conn, DUE)
+
+    [transition] = await sweep(conn)
+
+    assert transition.before == trip
+    assert transition.event is EventType.CANCELLED
+    assert transition.after.status is Status.CANCELLED
+    assert transition.after.cancel_reason == "no_driver"
+    assert transition.after.version == trip.version + 1 == 2
+    assert transition.after.updated == NOW
+    assert await stored(conn, trip) == transition.after
+    assert transition.after.payload()["cancel_reason"] == "no_driver"
+
+
+async def test_a_request_younger_than_the_timeout_stays_requested(
+    conn: asyncpg.Connection,
+) -> None:
+    exactly_at_the_deadline = await requested(conn, NOW - timedelta(seconds=TIMEOUT))
+    younger = await requested(conn, NOW - timedelta(seconds=1))
+
+    assert await sweep(conn) == []
+
+    for trip in (exactly_at_the_deadline, younger):
+        assert await stored(conn, trip) == trip
+
+
+async def test_a_trip_already_accepted_or_over_never_expires(conn: asyncpg.Connection) -> None:
+    started, _ = await accepted(conn, DUE)
+    under_way, driver = await accepted(conn, DUE)
+    picked_up = trips.advance(under_way, driver, Status.IN_PROGRESS, DUE)
+    assert await repository.save_transition(conn, picked_up)
+    left = await requested(conn, DUE)
+    cancelled = trips.cancel(left, left.rider, DUE)
+    assert await repository.save_transition(conn, cancelled)
+
+    assert await sweep(conn) == []
+
+    for trip in (started, picked_up.after, cancelled.after):
+        assert await stored(conn, trip) == trip
+    assert cancelled.after.cancel_reason == "rider"
+
+
+async def test_the_oldest_requests_go_first_a_batch_at_a_time(conn: asyncpg.Connection) -> None:
+    oldest, older, old = [await requested(conn, DUE - timedelta(minutes=n)) for n in (3, 2, 1)]
+
+    first = await sweep(conn, limit=2)
+    second = await sweep(conn, limit=2)
+
+    assert [t.after.id for t in first] == [oldest.id, older.id]
+    assert [t.after.id for t in second] == [old.id]
+    assert await sweep(conn, limit=2) == []
+
+
+async def test_a_request_accepted_while_being_swept_is_skipped(
+    conn: asyncpg.Connection, sweep_database_url: str
+) -> None:
+    trip = await requested(conn, DUE)
+    driver = await create_user(conn, "driver")
+    accepting = await asyncpg.connect(sweep_database_url)
+    try:
+        async with accepting.transaction():
+            assert await repository.save_transition(accepting, trips.accept(trip, driver, NOW))
+            # The accept holds the row; the sweep passes it by instead of waiting.
+            assert await asyncio.wait_for(sweep(conn), 5) == []
+    finally:
+        await accepting.close()
+
+    assert (await stored(conn, trip)).status is Status.STARTED
+
+
+async def test_an_accept_racing_the_sweep_loses_once_the_sweep_commits(
+    conn: asyncpg.Connection, sweep_database_url: str
+) -> None:
+    trip = await requested(conn, DUE)
+    driver = await create_user(conn, "driver")
+    accepting = await asyncpg.connect(sweep_database_url)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        [expired] = await expire_due(conn, NOW, TIMEOUT)
+
+        async def accept() -> bool:
+            async with accepting.transaction():
+                return await repository.save_transition(accepting, trips.accept(trip, driver, NOW))
+
+        racing = asyncio.create_task(accept())
+        accepting_pid = accepting.get_server_pid()
+
+        async def accept_waits_for_the_sweep() -> bool:
+            wait = await asyncpg.connect(sweep_database_url)
+            try:
+                state = await wait.fetchval(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", accepting_pid
+                )
+            finally:
+                await wait.close()
+            return bool(state == "Lock")
+
+        await wait_until(accept_waits_for_the_sweep)
+        await transaction.commit()
+
+        assert await racing is False
+    finally:
+        await accepting.close()
+
+    assert await stored(conn, trip) == expired.after
+    assert expired.after.cancel_reason == "no_driver"
+
+
+async def test_concurrent_sweeps_never_expire_one_trip_twice(
+    conn: asyncpg.Connection, sweep_database_url: str
+) -> None:
+    due = [await requested(conn, DUE - timedelta(seconds=n)) for n in range(30)]
+    sweepers = [await asyncpg.connect(sweep_database_url) for _ in range(3)]
+    try:
+        # While the first holds its batch, the others take other trips at once.
+        holding = [sweeper.transaction() for sweeper in sweepers]
+        for transaction in holding:
+            await transaction.start()
+        batches = [
+            await asyncio.wait_for(expire_due(sweeper, NOW, TIMEOUT, limit=5), 5)
+            for sweeper in sweepers
+        ]
+        for transaction in holding:
+            await transaction.commit()
+
+        async def sweep_until_done(sweeper: asyncpg.Connection) -> list[Transition]:
+            expired: list[Transition] = []
+            while batch := await sweep(sweeper, limit=3):
+                expired.extend(batch)
+            return expired
+
+        batches.extend(await asyncio.gather(*(sweep_until_done(s) for s in sweepers)))
+    finally:
+        await asyncio.gather(*(sweeper.close() for sweeper in sweepers))
+
+    assert all(len(batch) == 5 for batch in batches[:3])
+    expired_ids = [t.after.id for batch in batches for t in batch]
+    assert sorted(expired_ids) == sorted(trip.id for trip in due)
+    for trip in due:
+        after = await stored(conn, trip)
+        assert (after.status, after.version, after.cancel_reason) == (
+            Status.CANCELLED,
+            2,
+            "no_driver",
+        )
