@@ -3,8 +3,12 @@
 - the rider gets every change of their trip;
 - available drivers are offered a new trip through the offers broadcast (it expires);
 - when an offered trip is taken or cancelled, the same broadcast withdraws it;
-- the assigned driver gets every change of their trip, and their offers pause
-  while they are busy with it.
+- the assigned driver gets every change of their trip (the gateway pauses their
+  offers while they are busy with it).
+
+A notification for one user names them: it is numbered in their sequence and kept
+for resume when stored (`dispatcher.notification_log`). Offers are for nobody in
+particular and worth nothing later: no number, and never kept.
 """
 
 from __future__ import annotations
@@ -13,14 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from shared import wire
-from shared.topology import (
-    DRIVER_OFFERS_KEY,
-    EXCLUDE_USER_HEADER,
-    OFFERS_HEADER,
-    PAUSE_OFFERS,
-    RESUME_OFFERS,
-    user_key,
-)
+from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER, user_key
 from shared.trips import EventType, Status, Transition
 
 
@@ -33,6 +30,14 @@ class Notification:
     # Seconds after which the notification is worth nothing (offers); None: never.
     ttl_seconds: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The one user it is for (None for the offers broadcast), and its number in that
+    # user's sequence once stored.
+    user_id: int | None = None
+    seq: int | None = None
+
+
+def for_user(user_id: int, body: bytes, frame_type: str) -> Notification:
+    return Notification(user_key(user_id), body, frame_type, user_id=user_id)
 
 
 def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notification]:
@@ -42,17 +47,10 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
     def frame(event: EventType) -> bytes:
         return wire.encode({"type": event.value, "event_id": event_id, "data": trip.payload()})
 
-    notifications = [
-        Notification(user_key(trip.rider.id), frame(transition.event), transition.event.value)
-    ]
+    notifications = [for_user(trip.rider.id, frame(transition.event), transition.event.value)]
     if trip.driver is not None:
         notifications.append(
-            Notification(
-                user_key(trip.driver.id),
-                frame(transition.event),
-                transition.event.value,
-                headers=_offers_directive(transition),
-            )
+            for_user(trip.driver.id, frame(transition.event), transition.event.value)
         )
     withdrawn_offer = transition.before is not None and transition.before.status is Status.REQUESTED
     if transition.event is EventType.REQUESTED:
@@ -87,17 +85,15 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
     return notifications
 
 
-def for_refusal(user_id: int, code: str, message: str, request: str) -> Notification:
-    return Notification(
-        user_key(user_id),
-        wire.error_frame(code, message, request, event_id=str(uuid.uuid4())),
-        "error",
+def for_refusal(
+    user_id: int,
+    code: str,
+    message: str,
+    request: str,
+    request_id: str | None = None,
+    trip_id: str | None = None,
+) -> Notification:
+    frame = wire.error_frame(
+        code, message, request, request_id, trip_id, event_id=str(uuid.uuid4())
     )
-
-
-def _offers_directive(transition: Transition) -> dict[str, str]:
-    if transition.event is EventType.ACCEPTED:
-        return {OFFERS_HEADER: PAUSE_OFFERS}
-    if transition.after.status in (Status.COMPLETED, Status.CANCELLED):
-        return {OFFERS_HEADER: RESUME_OFFERS}
-    return {}
+    return for_user(user_id, frame, "error")

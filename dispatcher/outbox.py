@@ -8,7 +8,6 @@ least once, and its event id lets clients drop a duplicate.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -16,10 +15,11 @@ from datetime import datetime, timedelta
 import asyncpg
 import orjson
 
+from dispatcher import periodic
 from dispatcher.metrics import OUTBOX_BACKLOG
 from dispatcher.notifications import Notification
-from dispatcher.publisher import NotificationPublisher, PublishFailed
-from shared.db import DATABASE_OUTAGE, Connection, Database
+from dispatcher.publisher import NotificationPublisher
+from shared.db import Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 # leaves rows alone for this long so that it does not race the worker.
 RELAY_GRACE_SECONDS = 5
 RELAY_BATCH = 500
-
-# What pauses the relay until its next round, instead of ending it.
-_RELAY_FAILURES: tuple[type[BaseException], ...] = (
-    *DATABASE_OUTAGE,
-    asyncpg.PostgresError,
-    PublishFailed,
-)
 
 
 async def store(
@@ -78,17 +71,13 @@ class OutboxRelay:
         return self._publisher.exchange_name
 
     async def run(self) -> None:
-        while True:
-            try:
-                while await self.relay_once() == RELAY_BATCH:
-                    pass
-                OUTBOX_BACKLOG.set(await self.backlog())
-            except _RELAY_FAILURES as exc:
-                log.warning("outbox relay paused error=%r", exc)
-            except Exception:
-                # The relay is the safety net for every worker's leftovers: keep it alive.
-                log.exception("outbox relay round failed")
-            await asyncio.sleep(self._interval)
+        await periodic.every(self._interval, self.relay_round, "outbox relay")
+
+    async def relay_round(self) -> None:
+        """Publish everything left behind, a batch at a time, then count what waits."""
+        while await self.relay_once() == RELAY_BATCH:
+            pass
+        OUTBOX_BACKLOG.set(await self.backlog())
 
     async def backlog(self) -> int:
         return int(

@@ -25,14 +25,22 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
-from dispatcher import metrics, outbox, repository
+from dispatcher import (
+    metrics,
+    notification_log,
+    outbox,
+    periodic,
+    repository,
+    retention,
+    timeouts,
+)
 from dispatcher.notifications import Notification, for_refusal, for_transition
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
 from shared.commands import Command, InvalidCommand, decode_command
-from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Database
+from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import RuleViolation
@@ -48,6 +56,8 @@ MAX_BACKOFF_SECONDS = 5.0
 # Commands in flight at a stop get this long to finish; a supervisor (honcho, the
 # kubelet) kills a process that takes longer than about 5 s to stop.
 SHUTDOWN_GRACE_SECONDS = 3
+# Requests expired in one transaction; more wait for the next round at once.
+EXPIRY_BATCH = 100
 # Each broker call made while stopping gets this long: during an outage it would
 # otherwise wait for a reconnection that is not coming.
 STOP_STEP_SECONDS = 1
@@ -109,7 +119,15 @@ class Worker:
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=self._prefetch)
             queue = await broker.declare_dispatcher_queue(consume_channel, self._topology, commands)
-            relay = asyncio.create_task(OutboxRelay(self._database, self._publisher).run())
+            background = [
+                asyncio.create_task(OutboxRelay(self._database, self._publisher).run()),
+                asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
+                asyncio.create_task(
+                    periodic.every(
+                        _prune_interval(self._settings), self._prune, "notification pruning"
+                    )
+                ),
+            ]
             consumer_tag = await queue.consume(self._on_message)
             self._consuming = True
             gc.freeze()  # what exists now lives as long as the worker; see gateway/app.py
@@ -125,7 +143,8 @@ class Worker:
             await stopping.wait()
             self._consuming = False
             await self._drain(queue, consumer_tag)
-            relay.cancel()
+            for task in background:
+                task.cancel()
         finally:
             if serving is not None:
                 health.should_exit = True
@@ -233,7 +252,14 @@ class Worker:
                 )
                 kind = "refused"
                 notifications = [
-                    for_refusal(command.user_id, refusal.code, refusal.message, command.type)
+                    for_refusal(
+                        command.user_id,
+                        refusal.code,
+                        refusal.message,
+                        command.type,
+                        command.request_id,
+                        command.trip_id,
+                    )
                 ]
             else:
                 log.debug(
@@ -245,10 +271,47 @@ class Worker:
                 )
                 kind = "applied"
                 notifications = for_transition(transition, self._settings.offer_ttl_seconds)
-            outbox_ids = await outbox.store(
-                conn, notifications, now, exchange=self._topology.notifications_exchange
-            )
-        return Outcome(kind, outbox_ids, notifications)
+            return await self._record(conn, kind, notifications, now)
+
+    async def _record(
+        self, conn: Connection, kind: str, notifications: list[Notification], now: datetime
+    ) -> Outcome:
+        """Number the users' notifications into their logs and queue all for publishing,
+        in the caller's transaction."""
+        numbered = await notification_log.number(conn, notifications, now)
+        outbox_ids = await outbox.store(
+            conn, numbered, now, exchange=self._topology.notifications_exchange
+        )
+        return Outcome(kind, outbox_ids, numbered)
+
+    async def _expire_requests(self) -> None:
+        """Requests nobody accepted in time end as CANCELLED (no driver), told to the
+        rider and the drivers as any cancel is. Due trips are found in the database,
+        so a timeout that fell due while no worker ran fires when one starts."""
+        while True:
+            async with self._database.pool.acquire() as conn, conn.transaction():
+                now = datetime.now(UTC)
+                expired = await timeouts.expire_due(
+                    conn, now, self._settings.request_timeout_seconds, EXPIRY_BATCH
+                )
+                notifications = [
+                    n
+                    for transition in expired
+                    for n in for_transition(transition, self._settings.offer_ttl_seconds)
+                ]
+                outcome = await self._record(conn, "expired", notifications, now)
+            await self._publish(outcome)
+            if len(expired) < EXPIRY_BATCH:
+                return
+
+    async def _prune(self) -> None:
+        removed = await retention.prune(
+            self._database,
+            datetime.now(UTC),
+            self._settings.notification_retention_seconds,
+        )
+        if any(removed.values()):
+            log.info("pruned %s", " ".join(f"{table}={count}" for table, count in removed.items()))
 
     async def _publish(self, outcome: Outcome) -> None:
         if not outcome.notifications:
@@ -291,6 +354,12 @@ class Worker:
                 exc_info=deliveries == 1,
             )
             await _settle(message.nack(requeue=True), command)
+
+
+def _prune_interval(settings: Settings) -> float:
+    """Often enough that the tables stay near their retention, rarely enough to cost
+    nothing: a tenth of the retention, between a second and a minute."""
+    return min(60.0, max(1.0, settings.notification_retention_seconds / 10))
 
 
 async def _settle(settlement: Awaitable[None], command: Command) -> None:

@@ -16,8 +16,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway.broker import GatewayBroker
+from gateway.connected import ConnectedUsers, forward
 from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
 from gateway.media import MEDIA_URL, PhotoStore
+from gateway.notification_log import NotificationLog
 from gateway.offers import OfferFanout
 from gateway.passwords import Passwords
 from gateway.tokens import TokenService
@@ -44,9 +46,17 @@ def create_app(settings: Settings) -> Starlette:
         refresh_seconds=settings.refresh_token_days * 24 * 3600,
     )
     photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
-    offers = OfferFanout()
+    notification_log = NotificationLog(database)
+    connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
+    offers = OfferFanout(connected)
     taxi_socket = TaxiSocket(
-        tokens, users, broker, offers, (settings.rate_limit_per_second, settings.rate_limit_burst)
+        tokens,
+        users,
+        broker,
+        connected,
+        notification_log,
+        rate_limit=(settings.rate_limit_per_second, settings.rate_limit_burst),
+        slow_client_seconds=settings.slow_client_seconds,
     )
     Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
 
@@ -63,9 +73,13 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await broker.start()
             offer_messages = broker.offers()
-            # Consume before the task starts, so cancelling it never interrupts a broker call.
+            notifications = broker.notifications()
+            # Consume before the tasks start, so cancelling one never interrupts a broker call.
             await offer_messages.consume()
+            await notifications.consume()
             fanout = asyncio.create_task(offers.run(offer_messages))
+            forwarding = asyncio.create_task(forward(notifications, connected))
+            broker.on_reconnect(connected.catch_up_all)
             # Modules, pools and routes live as long as the process: keep the cyclic
             # collector from walking them on every full collection (its pauses
             # otherwise show up in the latency tail).
@@ -75,6 +89,7 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 fanout.cancel()
+                forwarding.cancel()
                 await broker.close()
         finally:
             await database.close()

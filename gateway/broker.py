@@ -1,15 +1,19 @@
-"""The gateway's side of the broker: publish commands, and open each user's inbox.
+"""The gateway's side of the broker: publish commands, and receive what the users
+connected here are sent.
 
 One connection per gateway process. Commands go out on a channel with publisher
-confirms; all inboxes share one consuming channel (a channel per socket would cost
-the broker memory for every idle user).
+confirms. Notifications arrive on one queue of this gateway's own, bound to
+`user.<id>` for each user connected here and unbound when their last socket here
+closes; offers on a second one, bound to the offers broadcast. Both live and die
+with the gateway's connection: nothing in the broker waits for a user who is away
+(Postgres keeps their notifications), so the broker's cost follows the sockets
+open now, not the users who ever connected.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
 
 import aio_pika
 from aio_pika.abc import (
@@ -24,24 +28,11 @@ from shared import broker
 from shared.broker import PublishFailed
 from shared.settings import Settings
 from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
-from shared.users import User
 
-__all__ = ["GatewayBroker", "Inbox", "PublishFailed"]
+__all__ = ["GatewayBroker", "PublishFailed"]
 
-# How many notifications the broker may push to one socket before it acknowledges any.
-INBOX_PREFETCH = 64
 # Offers waiting for this gateway at most; older ones are dropped first.
 OFFERS_BACKLOG = 10_000
-
-
-@dataclass
-class Inbox:
-    """A user's own notifications while their socket is open: their durable queue,
-    each message acknowledged once written, so nothing in it is lost to a crash."""
-
-    messages: AbstractQueueIterator
-    # A driver busy with a trip gets no offers; notifications of their trip switch it.
-    offers_paused: bool = False
 
 
 class GatewayBroker:
@@ -53,6 +44,14 @@ class GatewayBroker:
         self._notifications: AbstractExchange | None = None
         self._inbox_channel: AbstractChannel | None = None
         self._offers: AbstractQueue | None = None
+        self._notifications_queue: AbstractQueue | None = None
+        # Names this gateway's own queue; a restarted gateway gets a new one.
+        self.gateway_id = uuid.uuid4().hex[:12]
+
+    def on_reconnect(self, callback: Callable[[], object]) -> None:
+        """Call `callback` each time the connection to the broker is back after a loss."""
+        assert self._connection is not None
+        self._connection.reconnect_callbacks.add(lambda *_: callback())
 
     async def start(self) -> None:
         self._connection = await broker.connect(self._settings, "gateway")
@@ -64,10 +63,16 @@ class GatewayBroker:
         )
         await broker.declare_dispatcher_queue(publish_channel, self.topology, self._commands)
         self._inbox_channel = await self._connection.channel(publisher_confirms=False)
-        await self._inbox_channel.set_qos(prefetch_count=INBOX_PREFETCH)
+        # Exclusive: it lives and dies with this gateway's connection, and after a
+        # reconnect aio-pika declares it again with the bindings of the users here.
+        self._notifications_queue = await self._inbox_channel.declare_queue(
+            self.topology.gateway_queue(self.gateway_id),
+            exclusive=True,
+            arguments=broker.gateway_queue_arguments(),
+        )
         # One subscription to the offers broadcast per gateway, fanned out here to the
         # drivers connected to it: the broker delivers each offer once per gateway, not
-        # once per driver. Exclusive: it lives and dies with this gateway's connection.
+        # once per driver.
         self._offers = await self._inbox_channel.declare_queue(
             exclusive=True, auto_delete=True, arguments={"x-max-length": OFFERS_BACKLOG}
         )
@@ -104,40 +109,17 @@ class GatewayBroker:
             self._commands, message, command_key(command_type), mandatory=True
         )
 
-    @asynccontextmanager
-    async def inbox(self, user: User, *, offers: bool) -> AsyncIterator[Inbox]:
-        """The user's queue, bound and consumed for as long as the context is open.
-
-        `offers` False for a driver means they are busy: offers are not forwarded to
-        them until a notification of their trip says they are free again.
-        """
-        if self._inbox_channel is None or self._notifications is None:
+    def notifications(self) -> AbstractQueueIterator:
+        """The notifications of the users connected here, unacknowledged: Postgres keeps
+        them, and a socket reads back from there whatever did not arrive."""
+        if self._notifications_queue is None:
             raise PublishFailed("the gateway is not connected to the broker")
-        queue = await self._inbox_channel.declare_queue(
-            self.topology.user_queue(user.id),
-            durable=True,
-            arguments=broker.user_queue_arguments(self._settings),
-        )
-        await queue.bind(self._notifications, user_key(user.id))
-        inbox = Inbox(queue.iterator(no_ack=False), offers_paused=not offers)
-        # Consume now, in this task: the forwarder then only reads a local buffer, and
-        # ending it never cancels a broker call halfway (aiormq closes the whole
-        # shared channel when an RPC is cancelled).
-        await inbox.messages.consume()
-        try:
-            yield inbox
-        finally:
-            await inbox.messages.close()
-            _forget_for_restore(self._inbox_channel, queue)
+        return self._notifications_queue.iterator(no_ack=True)
 
+    async def bind_user(self, user_id: int) -> None:
+        assert self._notifications_queue is not None and self._notifications is not None
+        await self._notifications_queue.bind(self._notifications, user_key(user_id))
 
-def _forget_for_restore(channel: AbstractChannel, queue: AbstractQueue) -> None:
-    """aio-pika's robust channel remembers every queue declared on it, to declare it
-    again after a reconnect, and never lets go: one entry per connection ever made.
-    A user's queue is declared afresh on their next connection, so forget this one."""
-    remembered = getattr(channel, "_queues", {})
-    same_name = remembered.get(queue.name)
-    if same_name is not None:
-        same_name.discard(queue)
-        if not same_name:
-            del remembered[queue.name]
+    async def unbind_user(self, user_id: int) -> None:
+        assert self._notifications_queue is not None and self._notifications is not None
+        await self._notifications_queue.unbind(self._notifications, user_key(user_id))

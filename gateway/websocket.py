@@ -1,11 +1,13 @@
-"""The `/taxi/` WebSocket: authenticate, then bridge the socket and the user's inbox.
+"""The `/taxi/` WebSocket: authenticate, then bridge the socket and the user's
+notifications.
 
-Handshakes with a bad token are refused with HTTP 401 before the upgrade. Once
-open, every frame from the client is validated; a bad one gets an `error` frame and
-the connection stays open. Commands are stamped with the user and a message id and
-published; everything that arrives on the user's queue is forwarded to the socket
-and acknowledged only once it was written. Drivers also get offers, fanned out by
-`gateway.offers` while they are free.
+Handshakes with a bad token (401) or a bad `since` (400) are refused before the
+upgrade. Once open, every frame from the client is validated; a bad one gets an
+`error` frame and the connection stays open. Commands are stamped with the user and
+a message id and published. The socket first gets what its user missed (after
+`since`, or after where their last socket left off), then every notification of the
+user as it arrives (`gateway.connected`), each written by the socket's own writer
+(`gateway.outgoing`). Drivers also get offers (`gateway.offers`) while they are free.
 """
 
 from __future__ import annotations
@@ -16,33 +18,40 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aio_pika.exceptions import AMQPError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import metrics
-from gateway.broker import GatewayBroker, Inbox, PublishFailed
+from gateway.broker import GatewayBroker, PublishFailed
+from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.http_api import OrjsonResponse
-from gateway.offers import ConnectedDriver, OfferFanout
+from gateway.notification_log import NotificationLog, ResumePoint
+from gateway.outgoing import Frame, Outgoing
 from gateway.rate_limit import TokenBucket
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, new_command
 from shared.db import DATABASE_OUTAGE
-from shared.topology import OFFERS_HEADER, PAUSE_OFFERS, RESUME_OFFERS
 from shared.users import User
 from shared.wire import ClientFrame, CloseCode, ErrorCode, FrameError
 
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[[WebSocket, User, ClientFrame], Awaitable[None]]
-
+FrameHandler = Callable[[Outgoing, User, ClientFrame], Awaitable[None]]
 
 # Failures that end the connection rather than one frame.
 _CONNECTION_LEVEL: tuple[type[BaseException], ...] = (WebSocketDisconnect, *DATABASE_OUTAGE)
+# How a socket that went away shows itself to its writer.
+_SOCKET_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnect, RuntimeError, OSError)
 
 # A client that keeps sending after this many refused frames in a row is cut off.
 MAX_RATE_LIMITED_FRAMES = 10
+# A client that reads nothing may never take a close frame either.
+CLOSE_TIMEOUT_SECONDS = 1
+# How long a socket being cut off gets to take the frames queued before its close.
+FLUSH_SECONDS = 5
+# The largest `since` accepted: a sequence number fits in a bigint.
+MAX_SEQ = 2**63 - 1
 
 
 class TaxiSocket:
@@ -51,14 +60,19 @@ class TaxiSocket:
         tokens: TokenService,
         users: UserRepository,
         broker: GatewayBroker,
-        offers: OfferFanout,
+        connected: ConnectedUsers,
+        log_reader: NotificationLog,
+        *,
         rate_limit: tuple[int, int],
+        slow_client_seconds: float,
     ) -> None:
         self._tokens = tokens
         self._users = users
         self._broker = broker
-        self._offers = offers
+        self._connected = connected
+        self._log = log_reader
         self._rate_limit = rate_limit
+        self._slow_client_seconds = slow_client_seconds
         self._open: set[WebSocket] = set()
         self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
         self._handlers.update(dict.fromkeys(COMMAND_TYPES, self._command))
@@ -68,52 +82,111 @@ class TaxiSocket:
         for websocket in list(self._open):
             # A socket that is already gone must not stop the others being told.
             with contextlib.suppress(Exception):
-                await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
+                await asyncio.wait_for(
+                    websocket.close(CloseCode.GOING_AWAY, "server shutting down"),
+                    CLOSE_TIMEOUT_SECONDS,
+                )
 
     async def endpoint(self, websocket: WebSocket) -> None:
         try:
-            connecting = await self._authenticate(websocket)
+            since = _since(websocket)
+            user = await self._authenticate(websocket)
+        except FrameError as refusal:
+            await _refuse(websocket, 400, refusal.message, refusal.code)
+            return
         except DATABASE_OUTAGE as exc:
             log.warning("handshake refused, database unavailable error=%r", exc)
-            await websocket.send_denial_response(
-                OrjsonResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
+            await _refuse(
+                websocket, 503, "database unavailable, retry shortly", ErrorCode.UNAVAILABLE
             )
             return
-        if connecting is None:
+        if user is None:
             return
-        user, busy = connecting
-        # The inbox is bound before the handshake completes, so that anything sent
-        # to the user once their socket is open reaches them.
-        async with self._broker.inbox(user, offers=not busy) as inbox:
+        # This gateway receives the user's notifications from before the resume point
+        # is read: whatever is committed later arrives live, the rest is in the log.
+        connected = await self._connected.join(user)
+        try:
+            point = await self._log.resume_point(user.id)
+            if since is not None and since > point.last_seq:
+                await _refuse(
+                    websocket,
+                    400,
+                    f"since={since} is ahead of your latest notification ({point.last_seq})",
+                    ErrorCode.INVALID_DATA,
+                )
+                return
+            connected.resume_from(point)
             await websocket.accept()
-            connections = metrics.OPEN_CONNECTIONS.labels(user.group)
-            connections.inc()
-            log.debug("socket opened user_id=%s group=%s", user.id, user.group)
-            forwarder = asyncio.create_task(_forward(inbox, websocket))
-            driver = ConnectedDriver(user.id, inbox, websocket.send_text)
-            if user.is_driver:
-                self._offers.register(driver)
-            self._open.add(websocket)
-            try:
-                await self._receive(websocket, user)
-            finally:
-                self._open.discard(websocket)
-                self._offers.unregister(driver)
-                connections.dec()
-                # The forwarder only waits on a local buffer and the socket, never on
-                # a broker call, so cancelling it is safe; the inbox then closes its
-                # consumer and unacknowledged messages go back to the user's queue.
-                # (Closing a consumer while a forwarder still iterates it makes
-                # aio-pika's robust iterator consume again.)
-                forwarder.cancel()
-                (outcome,) = await asyncio.gather(forwarder, return_exceptions=True)
-                if isinstance(outcome, Exception):
-                    log.warning("forwarding stopped user_id=%s error=%r", user.id, outcome)
+            await self._serve(websocket, connected, _resume_after(since, point))
+        except DATABASE_OUTAGE as exc:
+            log.warning("socket ended, database unavailable user_id=%s error=%r", user.id, exc)
+            if websocket.client_state is WebSocketState.CONNECTING:
+                await _refuse(
+                    websocket, 503, "database unavailable, retry shortly", ErrorCode.UNAVAILABLE
+                )
+        finally:
+            await self._connected.leave(connected)
+
+    async def _serve(
+        self, websocket: WebSocket, connected: ConnectedUser, resume: tuple[int, int | None]
+    ) -> None:
+        user = connected.user
+        sent_up_to, resync_from = resume
+        outgoing = Outgoing(
+            user.id,
+            websocket.send_text,
+            self._log,
+            sent_up_to=sent_up_to,
+            slow_seconds=self._slow_client_seconds,
+        )
+        if resync_from is not None:
+            outgoing.put(Frame(wire.resync_frame(resync_from).decode(), "resync"))
+        connections = metrics.OPEN_CONNECTIONS.labels(user.group)
+        connections.inc()
+        log.debug("socket opened user_id=%s group=%s", user.id, user.group)
+        connected.sockets.add(outgoing)
+        self._open.add(websocket)
+        try:
+            await self._until_closed(websocket, user, outgoing)
+        finally:
+            self._open.discard(websocket)
+            connected.sockets.discard(outgoing)
+            connections.dec()
+            with contextlib.suppress(*DATABASE_OUTAGE):
+                await self._log.record_delivered(user.id, outgoing.sent_up_to)
         log.debug("socket closed user_id=%s", user.id)
 
-    async def _authenticate(self, websocket: WebSocket) -> tuple[User, bool] | None:
-        """The connecting user and whether they are busy, or None after refusing the
-        handshake with 401."""
+    async def _until_closed(self, websocket: WebSocket, user: User, outgoing: Outgoing) -> None:
+        """Read the client's frames and write the socket's own, until either side ends:
+        the client goes, a send fails, or the client reads too slowly (4010)."""
+        tasks = [
+            asyncio.create_task(self._receive(websocket, user, outgoing)),
+            asyncio.create_task(outgoing.run()),
+            asyncio.create_task(outgoing.too_slow.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if tasks[0] in done and outgoing.closing:
+                # The client is being cut off: its writer sends what was queued, then closes.
+                done, _ = await asyncio.wait(
+                    tasks[1:], timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, _SOCKET_GONE):
+                log.warning("socket ended by an error user_id=%s error=%r", user.id, outcome)
+        if tasks[2] in done:
+            log.info("socket closed for reading too slowly user_id=%s", user.id)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    websocket.close(CloseCode.TOO_SLOW, "too slow"), CLOSE_TIMEOUT_SECONDS
+                )
+
+    async def _authenticate(self, websocket: WebSocket) -> User | None:
+        """The connecting user, or None after refusing the handshake with 401."""
         token = websocket.query_params.get("token")
         reason = "a token is required: connect to /taxi/?token=<access token>"
         if token:
@@ -122,16 +195,14 @@ class TaxiSocket:
             except TokenError as exc:
                 reason = str(exc)
             else:
-                connecting = await self._users.connecting(claims.user_id)
-                if connecting is not None:
-                    return connecting
+                user = await self._users.active(claims.user_id)
+                if user is not None:
+                    return user
                 reason = "user not found or inactive"
-        await websocket.send_denial_response(
-            OrjsonResponse({"detail": reason, "code": "token_not_valid"}, status_code=401)
-        )
+        await _refuse(websocket, 401, reason, "token_not_valid")
         return None
 
-    async def _receive(self, websocket: WebSocket, user: User) -> None:
+    async def _receive(self, websocket: WebSocket, user: User, outgoing: Outgoing) -> None:
         bucket = TokenBucket(*self._rate_limit)
         refused_in_a_row = 0
         while True:
@@ -142,10 +213,12 @@ class TaxiSocket:
                 refused_in_a_row += 1
                 if refused_in_a_row > MAX_RATE_LIMITED_FRAMES:
                     log.warning("socket cut off for flooding user_id=%s", user.id)
-                    await websocket.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                    outgoing.close_after_sending(
+                        websocket.close, CloseCode.RATE_LIMITED, "rate limit exceeded"
+                    )
                     return
-                await send_error(
-                    websocket,
+                reply_error(
+                    outgoing,
                     FrameError(
                         ErrorCode.RATE_LIMITED,
                         f"too many frames: at most {self._rate_limit[0]} per second; "
@@ -155,6 +228,7 @@ class TaxiSocket:
                 continue
             refused_in_a_row = 0
             text = message.get("text")
+            frame: ClientFrame | None = None
             try:
                 if text is None:
                     raise FrameError(
@@ -169,24 +243,27 @@ class TaxiSocket:
                         f"unknown type {frame.type!r}; known types: {', '.join(self._handlers)}",
                         request=frame.type,
                     )
-                await handler(websocket, user, frame)
+                await handler(outgoing, user, frame)
             except FrameError as refusal:
-                await send_error(websocket, refusal)
+                reply_error(outgoing, _about(refusal, frame))
             except _CONNECTION_LEVEL:
                 raise
             except Exception:
                 # A bug must cost the client one request, not the connection.
                 log.exception("frame handling failed user_id=%s", user.id)
-                await send_error(
-                    websocket,
-                    FrameError(ErrorCode.INTERNAL, "the server failed to handle this frame"),
+                reply_error(
+                    outgoing,
+                    _about(
+                        FrameError(ErrorCode.INTERNAL, "the server failed to handle this frame"),
+                        frame,
+                    ),
                 )
 
-    async def _echo(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
-        await send_frame(websocket, wire.encode(frame.raw), "echo.message")
+    async def _echo(self, outgoing: Outgoing, user: User, frame: ClientFrame) -> None:
+        outgoing.put(Frame(wire.encode(frame.raw).decode(), "echo.message"))
 
-    async def _command(self, websocket: WebSocket, user: User, frame: ClientFrame) -> None:
-        command = new_command(frame.type, user.id, user.group, frame.data)
+    async def _command(self, outgoing: Outgoing, user: User, frame: ClientFrame) -> None:
+        command = new_command(frame.type, user.id, user.group, frame.data, frame.request_id)
         started = time.perf_counter()
         try:
             await self._broker.publish_command(command.type, command.encode(), str(command.id))
@@ -196,7 +273,8 @@ class TaxiSocket:
             )
             raise FrameError(
                 ErrorCode.UNAVAILABLE,
-                "the request could not be confirmed as passed on; check your trips and try again",
+                "the request could not be confirmed as passed on; send it again with the "
+                "same request_id (it then takes effect at most once), or check your trips",
                 frame.type,
             ) from None
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
@@ -205,39 +283,46 @@ class TaxiSocket:
         )
 
 
-async def _forward(inbox: Inbox, websocket: WebSocket) -> None:
-    """The user's own notifications: each acknowledged only once it was written."""
-    async for message in inbox.messages:
-        directive = (message.headers or {}).get(OFFERS_HEADER)
-        if directive == PAUSE_OFFERS:
-            inbox.offers_paused = True
-        elif directive == RESUME_OFFERS:
-            inbox.offers_paused = False
-        try:
-            await send_frame(websocket, message.body, message.type or "unknown")
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            await _settle(message.nack(requeue=True))
-            return
-        await _settle(message.ack())
-
-
-async def _settle(settlement: Awaitable[None]) -> None:
-    """Ack or nack; after a broker reconnect the message belongs to a dead channel and
-    the broker delivers it again, so a failure here is logged and forwarding goes on."""
-    try:
-        await settlement
-    except (AMQPError, RuntimeError, ConnectionError) as exc:
-        log.info("message not settled, the broker will deliver it again error=%r", exc)
-
-
-async def send_frame(websocket: WebSocket, frame: bytes, frame_type: str) -> None:
-    """Frames go out as text: the course's browser client parses text frames only."""
-    await websocket.send_text(frame.decode())
-    metrics.FRAMES_OUT.labels(frame_type).inc()
-
-
-async def send_error(websocket: WebSocket, refusal: FrameError) -> None:
+def reply_error(outgoing: Outgoing, refusal: FrameError) -> None:
     metrics.ERRORS.labels(refusal.code).inc()
-    await send_frame(
-        websocket, wire.error_frame(refusal.code, refusal.message, refusal.request), "error"
+    outgoing.put(Frame(refusal.frame().decode(), "error"))
+
+
+def _about(refusal: FrameError, frame: ClientFrame | None) -> FrameError:
+    """The refusal, naming the request id and trip of the frame it refuses."""
+    if frame is not None:
+        refusal.request = refusal.request or frame.type
+        refusal.request_id = refusal.request_id or frame.request_id
+        refusal.trip_id = refusal.trip_id or frame.trip_id
+    return refusal
+
+
+def _since(websocket: WebSocket) -> int | None:
+    """The `since` of a resuming client: the last notification number it has."""
+    raw = websocket.query_params.get("since")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SEQ:
+        raise FrameError(
+            ErrorCode.INVALID_DATA,
+            "since must be the number of the last notification you have: a whole number, 0 or more",
+        )
+    return int(raw)
+
+
+def _resume_after(since: int | None, point: ResumePoint) -> tuple[int, int | None]:
+    """Where the socket's notifications start (it is sent those numbered after it), and
+    the oldest kept notification if the client must reload its trips instead (resync)."""
+    if since is None:
+        # The course's client: what the user missed since their last socket closed,
+        # or as much of it as is still kept.
+        return max(point.delivered_seq, point.oldest_seq - 1), None
+    if point.oldest_seq > since + 1:
+        return point.last_seq, point.oldest_seq
+    return since, None
+
+
+async def _refuse(websocket: WebSocket, status: int, detail: str, code: str) -> None:
+    await websocket.send_denial_response(
+        OrjsonResponse({"detail": detail, "code": code}, status_code=status)
     )

@@ -73,14 +73,15 @@ async def declare_dispatcher_queue(
     return queue
 
 
-def user_queue_arguments(settings: Settings) -> dict[str, Any]:
-    """Bounds of a per-user queue: it waits for its user, but not forever and not without limit."""
-    return {
-        "x-expires": settings.user_queue_idle_seconds * 1000,
-        "x-max-length": settings.user_queue_max_length,
-        "x-message-ttl": settings.user_queue_message_ttl_seconds * 1000,
-        "x-overflow": "drop-head",
-    }
+# Notifications waiting for one gateway at most; older ones are dropped first (a
+# socket reads a dropped one back from the notification log).
+GATEWAY_BACKLOG = 100_000
+
+
+def gateway_queue_arguments() -> dict[str, Any]:
+    """Bounds of a gateway's own notifications queue: a gateway that stalls costs the
+    broker a bounded amount, and loses nothing that the log does not keep."""
+    return {"x-max-length": GATEWAY_BACKLOG, "x-overflow": "drop-head"}
 
 
 class PublishFailed(Exception):

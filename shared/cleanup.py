@@ -13,7 +13,6 @@ import sys
 import uuid
 
 import aio_pika
-import asyncpg
 import psycopg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import ChannelClosed
@@ -28,26 +27,11 @@ def unique_name(kind: str) -> str:
     return f"taxi_{kind}_{uuid.uuid4().hex[:10]}"
 
 
-async def user_ids(database_url: str) -> list[int]:
-    """Every user of the deployment, or none if its database is gone already."""
-    try:
-        connection = await asyncpg.connect(database_url)
-    except (OSError, asyncpg.InvalidCatalogNameError):
-        return []
-    try:
-        return [row["id"] for row in await connection.fetch("SELECT id FROM users")]
-    except asyncpg.UndefinedTableError:
-        return []
-    finally:
-        await connection.close()
-
-
 async def delete_broker_objects(settings: Settings) -> list[str]:
-    """Delete every exchange and queue this prefix owns, user queues included;
-    return the names of those that existed."""
+    """Delete every exchange and queue this prefix owns (a gateway's own queues go with
+    its connection); return the names of those that existed."""
     topology = Topology(settings.broker_prefix)
-    users = await user_ids(settings.database_url)
-    queues = [*topology.shared_queues, *(topology.user_queue(i) for i in users)]
+    queues = topology.shared_queues
     removed: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:

@@ -15,12 +15,15 @@ from typing import Any
 import orjson
 
 from shared.trips import Status
-from shared.wire import ErrorCode, FrameError
+from shared.wire import REQUEST_ID, ErrorCode, FrameError
 
 CREATE_TRIP = "create.trip"
 UPDATE_TRIP = "update.trip"
 COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP)
 MAX_ADDRESS_LENGTH = 500
+# A command's id is derived from its user and request id when the client gave one:
+# a retried frame then carries the same id, which the dispatcher applies only once.
+REQUEST_ID_NAMESPACE = uuid.UUID("5d0c7a6e-3c1b-4f5e-9a57-7c1f3d2b9e10")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Command:
     user_id: int
     data: CreateTrip | UpdateTrip
     sent_at: float
+    request_id: str | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -51,23 +55,38 @@ class Command:
                 "user_id": self.user_id,
                 "data": _data_fields(self.data),
                 "sent_at": self.sent_at,
+                "request_id": self.request_id,
             }
         )
+
+    @property
+    def trip_id(self) -> str | None:
+        """The trip the command names (an update's), for the error that refuses it."""
+        return str(self.data.trip_id) if isinstance(self.data, UpdateTrip) else None
 
 
 class InvalidCommand(ValueError):
     """A broker message that is not a command this system could have sent."""
 
 
-def new_command(command_type: str, user_id: int, group: str, data: Any) -> Command:
+def new_command(
+    command_type: str, user_id: int, group: str, data: Any, request_id: str | None = None
+) -> Command:
     """Validate a client's frame data as the given command; raise FrameError if unfit."""
     return Command(
-        id=uuid.uuid4(),
+        id=command_id(user_id, request_id),
         type=command_type,
         user_id=user_id,
         data=parse_data(command_type, data, user_id, group),
         sent_at=time.time(),
+        request_id=request_id,
     )
+
+
+def command_id(user_id: int, request_id: str | None) -> uuid.UUID:
+    if request_id is None:
+        return uuid.uuid4()
+    return uuid.uuid5(REQUEST_ID_NAMESPACE, f"{user_id}:{request_id}")
 
 
 def decode_command(body: bytes) -> Command:
@@ -79,12 +98,18 @@ def decode_command(body: bytes) -> Command:
             raise TypeError("user_id must be an integer")
         if not isinstance(fields["id"], str):
             raise TypeError("id must be a string")
+        request_id = fields.get("request_id")
+        if request_id is not None and not (
+            isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)
+        ):
+            raise ValueError("request_id is not one a client could have sent")
         return Command(
             id=uuid.UUID(fields["id"]),
             type=command_type,
             user_id=user_id,
             data=parse_data(command_type, fields["data"], user_id, group=None),
             sent_at=float(fields["sent_at"]),
+            request_id=request_id,
         )
     except (
         orjson.JSONDecodeError,

@@ -5,7 +5,11 @@ deployments or test runs can share one broker without seeing each other.
 
     gateway --command.<type>--> {prefix}.commands (topic) --> {prefix}.dispatcher (queue)
     dispatcher --user.<id> / drivers.offers--> {prefix}.notifications (topic)
-        --> {prefix}.user.<id> (one queue per user, bounded)
+        --> {prefix}.gateway.<id> (one per gateway, bound to the users connected there)
+        --> an offers queue per gateway (bound to drivers.offers)
+
+No queue belongs to a user: Postgres keeps every user's notifications, numbered,
+and a client that was away resumes from there.
 """
 
 from __future__ import annotations
@@ -16,13 +20,11 @@ from dataclasses import dataclass
 DRIVER_OFFERS_KEY = "drivers.offers"
 COMMAND_KEY_PATTERN = "command.#"
 
-# A driver's own notification may tell the gateway to stop or resume their offers
-# (they took a trip, or it ended). The dispatcher decides; the gateway applies it.
-OFFERS_HEADER = "x-offers"
-PAUSE_OFFERS = "pause"
-RESUME_OFFERS = "resume"
 # A broadcast may leave out one user: the driver who took a trip is not told it was taken.
 EXCLUDE_USER_HEADER = "x-exclude-user"
+# A user's notification carries its place in the user's sequence, so a gateway
+# puts each in order without parsing the frame.
+SEQ_HEADER = "x-seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,8 @@ class Topology:
     def dead_letter_queue(self) -> str:
         return f"{self.prefix}.dead-letters"
 
-    def user_queue(self, user_id: int) -> str:
-        return f"{self.prefix}.user.{user_id}"
+    def gateway_queue(self, gateway_id: str) -> str:
+        return f"{self.prefix}.gateway.{gateway_id}"
 
     @property
     def exchanges(self) -> tuple[str, ...]:

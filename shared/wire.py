@@ -6,6 +6,7 @@ says what was wrong and which request it concerns, and keeps the connection open
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ import orjson
 # Real frames nest three levels at most. The limit is what orjson can write back
 # (it reads deeper than it writes), so every accepted frame can be echoed.
 MAX_NESTING = 254
+# A client's own id for a frame: echoed in the error that refuses it, and the key
+# that makes a retry of the frame have no second effect.
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ErrorCode:
@@ -26,6 +30,8 @@ class ErrorCode:
     TRIP_UNAVAILABLE = "trip_unavailable"
     INVALID_TRANSITION = "invalid_transition"
     DRIVER_BUSY = "driver_busy"
+    # A rider asked for a trip while one of theirs is still REQUESTED, STARTED or IN_PROGRESS.
+    TRIP_IN_PROGRESS = "trip_in_progress"
     UNAVAILABLE = "service_unavailable"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"
@@ -37,16 +43,30 @@ class CloseCode:
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
     RATE_LIMITED = 4008
+    # The client read its frames so slowly that its buffer stayed full.
+    TOO_SLOW = 4010
 
 
 class FrameError(Exception):
     """A client frame the server will not act on; becomes an `error` frame."""
 
-    def __init__(self, code: str, message: str, request: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request: str | None = None,
+        request_id: str | None = None,
+        trip_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request = request
+        self.request_id = request_id
+        self.trip_id = trip_id
+
+    def frame(self) -> bytes:
+        return error_frame(self.code, self.message, self.request, self.request_id, self.trip_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,13 @@ class ClientFrame:
     type: str
     data: Any
     raw: dict[str, Any]
+    request_id: str | None = None
+
+    @property
+    def trip_id(self) -> str | None:
+        """The trip the frame is about, as the client named it (for error frames)."""
+        trip_id = self.data.get("id") if isinstance(self.data, dict) else None
+        return trip_id if isinstance(trip_id, str) and len(trip_id) <= 64 else None
 
 
 def decode_frame(text: str | bytes) -> ClientFrame:
@@ -71,13 +98,23 @@ def decode_frame(text: str | bytes) -> ClientFrame:
     frame_type = frame.get("type")
     if not isinstance(frame_type, str) or not frame_type:
         raise FrameError(ErrorCode.INVALID_FRAME, 'frame needs a "type" that is a non-empty string')
+    request_id = frame.get("request_id")
+    if request_id is not None and not (
+        isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)
+    ):
+        raise FrameError(
+            ErrorCode.INVALID_FRAME,
+            '"request_id" must be 1 to 64 letters, digits, "-" or "_"',
+            request=frame_type,
+        )
     if _nested_deeper_than(frame, MAX_NESTING):
         raise FrameError(
             ErrorCode.INVALID_DATA,
             f"frame is nested more than {MAX_NESTING} levels deep",
             request=frame_type,
+            request_id=request_id,
         )
-    return ClientFrame(type=frame_type, data=frame.get("data"), raw=frame)
+    return ClientFrame(type=frame_type, data=frame.get("data"), raw=frame, request_id=request_id)
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:
@@ -102,11 +139,22 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 
 def error_frame(
-    code: str, message: str, request: str | None = None, event_id: str | None = None
+    code: str,
+    message: str,
+    request: str | None = None,
+    request_id: str | None = None,
+    trip_id: str | None = None,
+    event_id: str | None = None,
 ) -> bytes:
     frame: dict[str, Any] = {
         "type": "error",
-        "data": {"code": code, "message": message, "request": request},
+        "data": {
+            "code": code,
+            "message": message,
+            "request": request,
+            "request_id": request_id,
+            "trip_id": trip_id,
+        },
     }
     if event_id is not None:
         frame["event_id"] = event_id
@@ -123,3 +171,17 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return "null"
+
+
+def resync_frame(oldest_seq: int) -> bytes:
+    """What a resuming client gets when notifications after its `since` are gone: it
+    should reload its trips over HTTP."""
+    return encode({"type": "resync", "data": {"oldest_seq": oldest_seq}})
+
+
+def with_seq(body: bytes, seq: int) -> bytes:
+    """The frame with `"seq": N` added at its top level, without decoding it again
+    (every frame is an object that orjson wrote, so it starts with `{"`)."""
+    if not body.startswith(b'{"'):
+        raise ValueError("not a frame: a frame is a JSON object")
+    return b'{"seq":%d,' % seq + body[1:]

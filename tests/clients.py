@@ -61,13 +61,16 @@ async def create_account(http: httpx.AsyncClient, group: str) -> Account:
     return Account(user=user, access=tokens["access"], refresh=tokens["refresh"])
 
 
-def ws_url(base_url: str, token: str | None) -> str:
+def ws_url(base_url: str, token: str | None, since: int | None = None) -> str:
     url = base_url.replace("http://", "ws://") + "/taxi/"
-    return f"{url}?token={token}" if token is not None else url
+    query = [f"token={token}"] if token is not None else []
+    if since is not None:
+        query.append(f"since={since}")
+    return f"{url}?{'&'.join(query)}" if query else url
 
 
-async def connect(base_url: str, token: str | None) -> ClientConnection:
-    return await websockets.connect(ws_url(base_url, token), open_timeout=10)
+async def connect(base_url: str, token: str | None, since: int | None = None) -> ClientConnection:
+    return await websockets.connect(ws_url(base_url, token, since), open_timeout=10)
 
 
 async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:

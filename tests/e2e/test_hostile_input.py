@@ -31,9 +31,12 @@ from websockets.exceptions import ConnectionClosed
 from shared.processes import ServiceProcess
 from shared.settings import Settings
 from shared.trips import Status
-from tests.clients import Account, connect, create_account, receive, receive_until
+from tests.clients import Account, about, connect, create_account, receive, receive_until
 
 T = TypeVar("T")
+
+# The last notification number each account's examples have seen.
+LAST_SEQ: dict[int, int] = {}
 
 # The codes README.md's Protocol section documents (the rate limit's code included).
 DOCUMENTED_ERROR_CODES = {
@@ -48,6 +51,7 @@ DOCUMENTED_ERROR_CODES = {
     "invalid_transition",
     "service_unavailable",
     "rate_limited",
+    "trip_in_progress",
 }
 KNOWN_TYPES = ("echo.message", "create.trip", "update.trip")
 STATUSES = {status.value for status in Status}
@@ -189,12 +193,17 @@ def exchange(
 
 
 def assert_error(
-    answer: dict[str, Any], code: str, says: str, request: str | None = None
+    answer: dict[str, Any],
+    code: str,
+    says: str,
+    request: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """`answer` is the documented error frame, with a message that mentions `says`."""
     assert answer["type"] == "error", answer
     data = answer["data"]
-    assert set(data) == {"code", "message", "request"}, data
+    assert set(data) == {"code", "message", "request", "request_id", "trip_id"}, data
+    assert data["request_id"] == request_id, data
     assert data["code"] in DOCUMENTED_ERROR_CODES, data
     assert data["code"] == code, data
     assert isinstance(data["message"], str), data
@@ -540,14 +549,32 @@ async def _request_trip(
     base_url: str, settings: Settings, account: Account, pick_up: str, drop_off: str
 ) -> None:
     data = {"pick_up_address": pick_up, "drop_off_address": drop_off, "rider": account.id}
-    async with await connect(base_url, account.access) as ws:
+    # Resume after the last example's frames, so none of them is mistaken for this one's.
+    async with await connect(base_url, account.access, LAST_SEQ.get(account.id, 0)) as ws:
         await ws.send(as_text({"type": "create.trip", "data": data}))
         frame = await receive_until(ws, lambda f: f["type"] in ("trip.requested", "error"))
-    assert frame["type"] == "trip.requested", frame
-    trip = frame["data"]
+        assert frame["type"] == "trip.requested", frame
+        trip = frame["data"]
+        try:
+            await _assert_stored_verbatim(base_url, settings, account, trip, pick_up, drop_off)
+        finally:
+            # A rider holds one live trip at a time: end this one for the next example.
+            cancel = {"type": "update.trip", "data": {"id": trip["id"], "status": "CANCELLED"}}
+            await ws.send(as_text(cancel))
+            cancelled = await receive_until(ws, about(trip["id"], "trip.cancelled"))
+            LAST_SEQ[account.id] = cancelled["seq"]
+
+
+async def _assert_stored_verbatim(
+    base_url: str,
+    settings: Settings,
+    account: Account,
+    trip: dict[str, Any],
+    pick_up: str,
+    drop_off: str,
+) -> None:
     assert trip["pick_up_address"] == pick_up
     assert trip["drop_off_address"] == drop_off
-
     connection = await asyncpg.connect(settings.database_url)
     try:
         row = await connection.fetchrow(

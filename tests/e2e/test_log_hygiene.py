@@ -14,15 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aio_pika
 import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from shared.cleanup import delete_broker_objects
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from shared.topology import Topology
 from tests.clients import connect, receive, receive_until, send, ws_url
 
 
@@ -54,20 +53,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
             await asyncio.to_thread(gateway.stop)
     finally:
         await asyncio.to_thread(dispatcher.stop)
-        await delete_prefix(own, user_ids)
-
-
-async def delete_prefix(settings: Settings, user_ids: list[int]) -> None:
-    """Delete the queues and exchanges of this test's own broker prefix."""
-    topology = Topology(settings.broker_prefix)
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        for name in [*topology.shared_queues, *(topology.user_queue(i) for i in user_ids)]:
-            channel = await connection.channel()
-            await channel.queue_delete(name)
-        for name in topology.exchanges:
-            channel = await connection.channel()
-            await channel.exchange_delete(name)
+        await delete_broker_objects(own)
 
 
 async def test_no_password_token_or_secret_appears_in_any_log_line(stack: Stack) -> None:

@@ -116,6 +116,8 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays_open(
             "code": "unknown_type",
             "message": error["data"]["message"],
             "request": "no.such.thing",
+            "request_id": None,
+            "trip_id": None,
         }
         assert "echo.message" in error["data"]["message"]
 

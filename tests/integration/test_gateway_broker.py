@@ -1,7 +1,8 @@
-"""The gateway's broker adapter against the real RabbitMQ: users' inboxes and commands out.
+"""The gateway's broker adapter against the real RabbitMQ: one queue of the gateway's
+own for the notifications of the users connected to it, the offers broadcast, and
+commands out. Nothing in the broker belongs to a user.
 
-Each test's user has a random id no other test uses, so its queue is its own; the
-queues are deleted at the end (the session's clean-up only knows users in the database).
+Each test's user has a random id no other test uses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
+import aiormq
 import pytest
 from aio_pika.abc import (
     AbstractChannel,
@@ -21,10 +23,9 @@ from aio_pika.abc import (
 )
 
 from gateway.broker import GatewayBroker
-from shared.broker import PublishFailed, declare_exchanges, user_queue_arguments
+from shared.broker import PublishFailed, declare_exchanges
 from shared.settings import Settings
 from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
-from shared.users import User
 
 RECEIVE_SECONDS = 10
 
@@ -40,11 +41,8 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayBroker]:
 
 
 @pytest.fixture
-async def driver(amqp: AbstractConnection, settings: Settings) -> AsyncIterator[User]:
-    user_id = 10**9 + random.randrange(10**9)
-    yield User(user_id, f"driver{user_id}@example.com", "Dee", "Driver", "driver", None)
-    channel = await amqp.channel()
-    await channel.queue_delete(Topology(settings.broker_prefix).user_queue(user_id))
+def user_id() -> int:
+    return 10**9 + random.randrange(10**9)
 
 
 @pytest.fixture
@@ -79,105 +77,81 @@ async def receive(messages: AbstractQueueIterator, *bodies: bytes, ack: bool = T
     return arrived
 
 
-async def queued(amqp: AbstractConnection, settings: Settings, user: User) -> int:
-    """How many messages wait in the user's queue (nobody consuming it)."""
-    channel = await amqp.channel()
-    queue = await channel.declare_queue(
-        Topology(settings.broker_prefix).user_queue(user.id), passive=True
-    )
-    count = queue.declaration_result.message_count
-    await channel.close()
-    return count
+async def nothing_arrives(messages: AbstractQueueIterator, seconds: float = 0.5) -> bool:
+    """True if no message comes within `seconds` (a negative check needs a deadline)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await anext(messages)
+    except TimeoutError:
+        return True
+    return False
 
 
-async def test_a_users_queue_is_bounded(
-    gateway: GatewayBroker, driver: User, amqp: AbstractConnection, settings: Settings
-) -> None:
-    expected = user_queue_arguments(settings)
-    name = Topology(settings.broker_prefix).user_queue(driver.id)
-
-    async with gateway.inbox(driver, offers=False):
-        # Redeclaring with other arguments fails, so the queue has exactly these bounds.
-        channel = await amqp.channel()
-        await channel.declare_queue(name, durable=True, arguments=expected)
-        for left_out in expected:
-            channel = await amqp.channel()
-            others = {key: value for key, value in expected.items() if key != left_out}
-            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
-                await channel.declare_queue(name, durable=True, arguments=others)
-
-
-async def test_a_drivers_own_notifications_and_offers_reach_their_inbox(
-    gateway: GatewayBroker, driver: User, notifications: AbstractExchange
+async def test_a_bound_users_notifications_reach_the_gateway_queue_and_offers_do_not(
+    gateway: GatewayBroker, user_id: int, notifications: AbstractExchange
 ) -> None:
     own, offer = unique_body(), unique_body()
-
+    messages = gateway.notifications()
     offers = gateway.offers()
-    async with gateway.inbox(driver, offers=True) as inbox:
-        await publish(notifications, DRIVER_OFFERS_KEY, offer)
-        await publish(notifications, user_key(driver.id), own)
-        # Offers come once per gateway, on its own subscription, not in the user's queue:
-        # published first, the offer would otherwise arrive before the driver's own.
-        assert offer not in await receive(inbox.messages, own)
-        assert offer in await receive(offers, offer, ack=False)
+    await gateway.bind_user(user_id)
+
+    await publish(notifications, DRIVER_OFFERS_KEY, offer)
+    await publish(notifications, user_key(user_id), own)
+
+    # Offers come once per gateway, on their own subscription, not with notifications:
+    # published first, the offer would otherwise arrive before the user's own.
+    assert offer not in await receive(messages, own, ack=False)
+    assert offer in await receive(offers, offer, ack=False)
+    await messages.close()
     await offers.close()
 
 
-async def test_a_busy_driver_starts_with_offers_paused_and_a_free_one_without(
-    gateway: GatewayBroker, driver: User
+async def test_an_unbound_users_notifications_do_not_reach_the_gateway(
+    gateway: GatewayBroker, user_id: int, notifications: AbstractExchange
 ) -> None:
-    # The gateway drops offers while paused; the queue itself stays bound.
-    async with gateway.inbox(driver, offers=False) as busy:
-        assert busy.offers_paused is True
-    async with gateway.inbox(driver, offers=True) as free:
-        assert free.offers_paused is False
+    messages = gateway.notifications()
+    await gateway.bind_user(user_id)
+    await gateway.unbind_user(user_id)
+
+    await publish(notifications, user_key(user_id), unique_body())
+
+    assert await nothing_arrives(messages)
+    await messages.close()
 
 
-async def test_a_riders_queue_never_receives_offers(
-    gateway: GatewayBroker,
-    notifications: AbstractExchange,
-    amqp: AbstractConnection,
-    settings: Settings,
+async def test_two_gateways_each_get_the_notifications_of_a_user_connected_to_both(
+    gateway: GatewayBroker, settings: Settings, user_id: int, notifications: AbstractExchange
 ) -> None:
-    rider = User(
-        id=10**9 + uuid.uuid4().int % 10**8,
-        username="r@x",
-        first_name="R",
-        last_name="X",
-        group="rider",
-        photo=None,
-    )
-    async with gateway.inbox(rider, offers=False):
-        pass
+    other = GatewayBroker(settings)
+    await other.start()
     try:
-        waiting = await queued(amqp, settings, rider)
-        await publish(notifications, DRIVER_OFFERS_KEY, unique_body())
-        assert await queued(amqp, settings, rider) == waiting
-        await publish(notifications, user_key(rider.id), unique_body())
-        assert await queued(amqp, settings, rider) == waiting + 1
+        await gateway.bind_user(user_id)
+        await other.bind_user(user_id)
+        body = unique_body()
+        await publish(notifications, user_key(user_id), body)
+        assert body in await receive(gateway.notifications(), body, ack=False)
+        assert body in await receive(other.notifications(), body, ack=False)
     finally:
-        channel = await amqp.channel()
-        await channel.queue_delete(Topology(settings.broker_prefix).user_queue(rider.id))
+        await other.close()
 
 
-async def test_offers_stop_when_the_driver_leaves_but_their_notifications_wait(
-    gateway: GatewayBroker,
-    driver: User,
-    notifications: AbstractExchange,
-    amqp: AbstractConnection,
-    settings: Settings,
+async def test_the_gateway_queue_goes_with_the_gateway_and_no_user_has_one(
+    settings: Settings, user_id: int, amqp: AbstractConnection
 ) -> None:
-    async with gateway.inbox(driver, offers=True):
-        pass
-    waiting = await queued(amqp, settings, driver)
-    own = unique_body()
+    broker = GatewayBroker(settings)
+    await broker.start()
+    await broker.bind_user(user_id)
+    name = Topology(settings.broker_prefix).gateway_queue(broker.gateway_id)
+    channel = await amqp.channel()
+    # It exists, and is the gateway's alone.
+    with pytest.raises(aiormq.exceptions.ChannelLockedResource):
+        await channel.declare_queue(name, passive=True)
+    await broker.close()
 
-    await publish(notifications, DRIVER_OFFERS_KEY, unique_body())
-    await publish(notifications, user_key(driver.id), own)
-
-    assert await queued(amqp, settings, driver) == waiting + 1
-    async with gateway.inbox(driver, offers=False) as inbox:
-        assert own in await receive(inbox.messages, own)
+    for gone in (name, f"{settings.broker_prefix}.user.{user_id}"):
+        channel = await amqp.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await channel.declare_queue(gone, passive=True)
 
 
 async def test_a_command_is_published_with_its_id_and_confirmed(
@@ -207,15 +181,14 @@ async def test_a_command_is_published_with_its_id_and_confirmed(
     assert message.routing_key == command_key(command_type)
 
 
-async def test_nothing_is_published_before_start(settings: Settings, driver: User) -> None:
+async def test_nothing_is_published_before_start(settings: Settings) -> None:
     broker = GatewayBroker(settings)
 
     assert broker.is_connected is False
     with pytest.raises(PublishFailed):
         await broker.publish_command("create.trip", b"{}", str(uuid.uuid4()))
     with pytest.raises(PublishFailed):
-        async with broker.inbox(driver, offers=True):
-            pass
+        broker.notifications()
 
 
 async def test_publishing_on_a_closed_broker_fails(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from dispatcher.publisher import NotificationPublisher
 from shared.broker import declare_exchanges
 from shared.db import Database
 from shared.settings import Settings
-from shared.topology import OFFERS_HEADER, PAUSE_OFFERS, Topology, user_key
+from shared.topology import EXCLUDE_USER_HEADER, Topology, user_key
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ async def test_a_left_behind_notification_is_published_and_removed(
     body = frame_body()
     ids = await store_committed(
         database,
-        [Notification(routing_key, body, headers={OFFERS_HEADER: PAUSE_OFFERS})],
+        [Notification(routing_key, body, headers={EXCLUDE_USER_HEADER: "3"})],
         exchange=relay.exchange,
         stored_ago=timedelta(0),
     )
@@ -132,7 +132,7 @@ async def test_a_left_behind_notification_is_published_and_removed(
 
     [message] = await drain(queue)
     assert message.body == body
-    assert message.headers == {OFFERS_HEADER: PAUSE_OFFERS}
+    assert message.headers == {EXCLUDE_USER_HEADER: "3"}
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.expiration is None
@@ -222,7 +222,7 @@ async def test_store_keeps_the_notification_as_given(database: Database, routing
         ids = await outbox.store(
             conn,
             [
-                Notification(routing_key, body, headers={OFFERS_HEADER: PAUSE_OFFERS}),
+                Notification(routing_key, body, headers={EXCLUDE_USER_HEADER: "3"}),
                 Notification("drivers.offers", body, ttl_seconds=30),
             ],
             now,
@@ -240,7 +240,7 @@ async def test_store_keeps_the_notification_as_given(database: Database, routing
         (row["routing_key"], bytes(row["body"]), orjson.loads(row["headers"]), row["expires"])
         for row in rows
     ] == [
-        (routing_key, body, {OFFERS_HEADER: PAUSE_OFFERS}, None),
+        (routing_key, body, {EXCLUDE_USER_HEADER: "3"}, None),
         ("drivers.offers", body, {}, now + timedelta(seconds=30)),
     ]
 

@@ -40,7 +40,7 @@ from dispatcher.__main__ import parse_args
 from dispatcher.metrics import health_app
 from dispatcher.worker import SHUTDOWN_GRACE_SECONDS
 from gateway.app import create_app
-from shared.broker import COMMAND_DELIVERY_LIMIT, user_queue_arguments
+from shared.broker import COMMAND_DELIVERY_LIMIT, gateway_queue_arguments
 from shared.settings import Settings, SettingsError, env_name
 from shared.topology import Topology
 
@@ -542,27 +542,23 @@ def policy_for(queue: str) -> str | None:
     return str(best["name"])
 
 
-def test_user_queue_policy_matches_the_user_queues_and_their_bounds() -> None:
+def test_gateway_queue_policy_matches_the_gateway_queues_and_their_bounds() -> None:
     prefix = config_data()["TAXI_BROKER_PREFIX"]
     for topology in (Topology(prefix), Topology("taxi")):
-        assert policy_for(topology.user_queue(1)) == "taxi-user-queues"
-        assert policy_for(topology.user_queue(987654)) == "taxi-user-queues"
-        assert policy_for(topology.dispatcher_queue) != "taxi-user-queues"
-        assert policy_for(topology.dead_letter_queue) != "taxi-user-queues"
-    policy = policies()["taxi-user-queues"]
-    assert policy["pattern"] == r"^taxi\.user\."
-    # The policy repeats the queue arguments the gateway sets: the README defaults, and
-    # the values in config.yaml.
-    for settings in (Settings(), production_settings()):
-        arguments = user_queue_arguments(settings)
-        expected = {key.removeprefix("x-"): value for key, value in arguments.items()}
-        assert policy["definition"] == expected
+        assert policy_for(topology.gateway_queue("0cd57ad118b1")) == "taxi-gateway-queues"
+        assert policy_for(topology.dispatcher_queue) != "taxi-gateway-queues"
+        assert policy_for(topology.dead_letter_queue) != "taxi-gateway-queues"
+    policy = policies()["taxi-gateway-queues"]
+    assert policy["pattern"] == r"^taxi\.gateway\."
+    # The policy repeats the queue arguments the gateway sets.
+    expected = {key.removeprefix("x-"): value for key, value in gateway_queue_arguments().items()}
+    assert policy["definition"] == expected
 
 
 def test_dispatcher_policy_dead_letters_failing_commands() -> None:
     topology = Topology(config_data()["TAXI_BROKER_PREFIX"])
     assert policy_for(topology.dispatcher_queue) == "taxi-dispatcher"
-    assert policy_for(topology.user_queue(1)) != "taxi-dispatcher"
+    assert policy_for(topology.gateway_queue("0cd57ad118b1")) != "taxi-dispatcher"
     assert policy_for(topology.dead_letter_queue) is None, "dead letters are never dropped"
     assert policies()["taxi-dispatcher"]["definition"] == {
         "dead-letter-exchange": topology.dead_letter_exchange,

@@ -249,7 +249,25 @@ def test_the_encoded_body_holds_only_validated_fields() -> None:
         "user_id": RIDER_ID,
         "data": ADDRESSES,
         "sent_at": command.sent_at,
+        "request_id": None,
     }
+
+
+def test_a_request_id_gives_the_same_command_id_for_the_same_user_only() -> None:
+    first = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES), "retry-1")
+    again = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES), "retry-1")
+    other_user = new_command(CREATE_TRIP, RIDER_ID + 1, "rider", dict(ADDRESSES), "retry-1")
+    other_request = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES), "retry-2")
+    without = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES))
+
+    assert first.id == again.id
+    assert len({first.id, other_user.id, other_request.id, without.id}) == 4
+    assert decode_command(first.encode()) == first
+
+
+def test_a_body_with_a_request_id_no_client_could_send_is_refused() -> None:
+    with pytest.raises(InvalidCommand):
+        decode_command(with_field("request_id", "no spaces allowed"))
 
 
 def valid_body() -> dict[str, Any]:

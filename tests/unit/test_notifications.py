@@ -10,13 +10,7 @@ import orjson
 
 from dispatcher.notifications import Notification, for_refusal, for_transition
 from shared import trips
-from shared.topology import (
-    DRIVER_OFFERS_KEY,
-    EXCLUDE_USER_HEADER,
-    OFFERS_HEADER,
-    PAUSE_OFFERS,
-    RESUME_OFFERS,
-)
+from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER
 from shared.trips import Status, Transition, Trip
 from shared.users import User
 
@@ -80,6 +74,9 @@ def test_a_new_trip_is_told_to_its_rider_and_offered_to_drivers() -> None:
     assert frame(offer)["type"] == "trip.requested"
     assert offer.ttl_seconds == OFFER_TTL
     assert offer.headers == {}
+    # For no one in particular: not numbered into anyone's sequence, never kept.
+    assert offer.user_id is None
+    assert told["user.7"].user_id == 7
     assert_frames_describe(notifications, transition.after)
 
 
@@ -89,7 +86,7 @@ def test_the_offer_lives_as_long_as_configured() -> None:
     assert told[DRIVER_OFFERS_KEY].ttl_seconds == 5
 
 
-def test_accepting_tells_both_pauses_the_drivers_offers_and_withdraws_the_offer() -> None:
+def test_accepting_tells_both_and_withdraws_the_offer() -> None:
     transition = accepted()
 
     notifications = for_transition(transition, OFFER_TTL)
@@ -99,7 +96,8 @@ def test_accepting_tells_both_pauses_the_drivers_offers_and_withdraws_the_offer(
     assert frame(told["user.7"])["type"] == "trip.accepted"
     assert told["user.7"].headers == {}
     assert frame(told["user.42"])["type"] == "trip.accepted"
-    assert told["user.42"].headers == {OFFERS_HEADER: PAUSE_OFFERS}
+    assert told["user.42"].headers == {}
+    assert told["user.42"].user_id == 42
     assert told["user.42"].ttl_seconds is None
     taken = told[DRIVER_OFFERS_KEY]
     assert frame(taken)["type"] == "trip.taken"
@@ -122,7 +120,7 @@ def test_the_pick_up_is_told_to_rider_and_driver_only() -> None:
     assert_frames_describe(notifications, transition.after)
 
 
-def test_completing_resumes_the_drivers_offers() -> None:
+def test_completing_is_told_to_rider_and_driver() -> None:
     transition = completed()
 
     notifications = for_transition(transition, OFFER_TTL)
@@ -130,7 +128,7 @@ def test_completing_resumes_the_drivers_offers() -> None:
     told = by_key(notifications)
     assert set(told) == {"user.7", "user.42"}
     assert {frame(n)["type"] for n in notifications} == {"trip.completed"}
-    assert told["user.42"].headers == {OFFERS_HEADER: RESUME_OFFERS}
+    assert told["user.42"].headers == {}
     assert told["user.7"].headers == {}
     assert_frames_describe(notifications, transition.after)
 
@@ -159,7 +157,7 @@ def test_cancelling_an_accepted_trip_tells_its_driver_and_no_other_driver() -> N
     # The offer was withdrawn when the trip was taken; other drivers have nothing to drop.
     assert set(told) == {"user.7", "user.42"}
     assert {frame(n)["type"] for n in notifications} == {"trip.cancelled"}
-    assert told["user.42"].headers == {OFFERS_HEADER: RESUME_OFFERS}
+    assert told["user.42"].headers == {}
     assert_frames_describe(notifications, transition.after)
 
 
@@ -173,9 +171,12 @@ def test_each_transition_has_its_own_event_id() -> None:
 
 
 def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:
-    notification = for_refusal(42, "trip_unavailable", "this trip is no longer available", "x")
+    notification = for_refusal(
+        42, "trip_unavailable", "this trip is no longer available", "x", "retry-7", "t-1"
+    )
 
     assert notification.routing_key == "user.42"
+    assert notification.user_id == 42
     assert notification.ttl_seconds is None
     assert notification.headers == {}
     refusal = frame(notification)
@@ -184,6 +185,8 @@ def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:
         "code": "trip_unavailable",
         "message": "this trip is no longer available",
         "request": "x",
+        "request_id": "retry-7",
+        "trip_id": "t-1",
     }
     uuid.UUID(refusal["event_id"])
 

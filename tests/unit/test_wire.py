@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
-from shared.wire import ClientFrame, ErrorCode, FrameError, decode_frame, error_frame
+from shared.wire import ClientFrame, ErrorCode, FrameError, decode_frame, error_frame, with_seq
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,28 @@ def test_a_valid_frame_keeps_type_data_and_raw() -> None:
         type="create.trip",
         data={"pick_up_address": "A"},
         raw={"type": "create.trip", "data": {"pick_up_address": "A"}, "request_id": "r-1"},
+        request_id="r-1",
     )
+
+
+@pytest.mark.parametrize(
+    "request_id", ["", "x" * 65, "has space", "semi;colon", "é", 7, None, ["r"], {"r": 1}]
+)
+def test_a_request_id_that_is_not_1_to_64_safe_characters_is_refused(request_id: Any) -> None:
+    text = orjson.dumps({"type": "create.trip", "data": {}, "request_id": request_id})
+    if request_id is None:
+        assert decode_frame(text).request_id is None
+        return
+    with pytest.raises(FrameError) as refused:
+        decode_frame(text)
+    assert refused.value.code == "invalid_frame"
+    assert "request_id" in refused.value.message
+
+
+def test_seq_is_added_at_the_top_level_of_a_frame() -> None:
+    body = error_frame(ErrorCode.FORBIDDEN, "no", "create.trip", event_id="e")
+
+    assert orjson.loads(with_seq(body, 12)) == {**orjson.loads(body), "seq": 12}
 
 
 def test_a_valid_frame_may_come_as_bytes() -> None:
@@ -105,7 +128,13 @@ def test_error_frame_shape() -> None:
 
     assert frame == {
         "type": "error",
-        "data": {"code": "unknown_type", "message": "no such type", "request": "no.such.thing"},
+        "data": {
+            "code": "unknown_type",
+            "message": "no such type",
+            "request": "no.such.thing",
+            "request_id": None,
+            "trip_id": None,
+        },
     }
 
 
@@ -114,7 +143,13 @@ def test_error_frame_without_a_request_has_a_null_request() -> None:
 
     assert frame == {
         "type": "error",
-        "data": {"code": "invalid_json", "message": "frame is not valid JSON", "request": None},
+        "data": {
+            "code": "invalid_json",
+            "message": "frame is not valid JSON",
+            "request": None,
+            "request_id": None,
+            "trip_id": None,
+        },
     }
 
 

@@ -1,0 +1,140 @@
+"""The users connected to this gateway, each with all of their sockets.
+
+A user's notifications reach this gateway once, however many sockets the user has
+here: the gateway's queue is bound to `user.<id>` while at least one of them is
+open. Each notification is then put in every one of the user's sockets, in the
+user's order. What belongs to the user, not to a socket, lives here: whether a
+driver is busy (no offers meanwhile) and the last notification seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
+
+from gateway.notification_log import ResumePoint
+from gateway.outgoing import CATCH_UP, Frame, Outgoing
+from shared.topology import SEQ_HEADER
+from shared.trips import EventType
+from shared.users import User
+
+log = logging.getLogger(__name__)
+
+# A driver's own trip notifications say whether they are busy: from accepting a
+# trip until it is completed or cancelled, they get no offers.
+_BUSY_AFTER = {
+    EventType.ACCEPTED.value: True,
+    EventType.PICKED_UP.value: True,
+    EventType.COMPLETED.value: False,
+    EventType.CANCELLED.value: False,
+}
+
+Binding = Callable[[int], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ConnectedUser:
+    user: User
+    sockets: set[Outgoing] = field(default_factory=set)
+    busy: bool = False
+    # The newest notification of the user this gateway has passed on.
+    last_seq: int = 0
+    # Sockets opening or open: the binding goes only when the last one has closed.
+    members: int = 0
+    bound: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def resume_from(self, point: ResumePoint) -> None:
+        """Take the database's view, unless a newer notification already arrived live."""
+        if point.last_seq >= self.last_seq:
+            self.last_seq = point.last_seq
+            self.busy = point.busy
+
+    def notify(self, frame: Frame) -> None:
+        """A notification of the user: every socket gets it, once, in the user's order
+        (an older one arriving late is dropped: each socket fills gaps from the log)."""
+        assert frame.seq is not None
+        if frame.seq <= self.last_seq:
+            return
+        self.last_seq = frame.seq
+        if self.user.is_driver and frame.type in _BUSY_AFTER:
+            self.busy = _BUSY_AFTER[frame.type]
+        for socket in self.sockets:
+            socket.put(frame)
+
+
+class ConnectedUsers:
+    def __init__(self, bind: Binding, unbind: Binding) -> None:
+        self._bind = bind
+        self._unbind = unbind
+        self._users: dict[int, ConnectedUser] = {}
+        # The drivers among them, for the offers fan-out to walk without the riders.
+        self._drivers: dict[int, ConnectedUser] = {}
+
+    async def join(self, user: User) -> ConnectedUser:
+        """The user, with this gateway now receiving their notifications."""
+        connected = self._users.get(user.id)
+        if connected is None:
+            connected = self._users[user.id] = ConnectedUser(user)
+            if user.is_driver:
+                self._drivers[user.id] = connected
+        # Counted before any await, so that a last socket closing meanwhile keeps the binding.
+        connected.members += 1
+        try:
+            async with connected.lock:
+                if not connected.bound:
+                    await self._bind(user.id)
+                    connected.bound = True
+        except BaseException:
+            await self.leave(connected)
+            raise
+        return connected
+
+    async def leave(self, connected: ConnectedUser) -> None:
+        connected.members -= 1
+        async with connected.lock:
+            if connected.members == 0 and connected.bound:
+                await self._unbind(connected.user.id)
+                connected.bound = False
+            if connected.members == 0 and self._users.get(connected.user.id) is connected:
+                del self._users[connected.user.id]
+                self._drivers.pop(connected.user.id, None)
+
+    def get(self, user_id: int) -> ConnectedUser | None:
+        return self._users.get(user_id)
+
+    def __iter__(self) -> Iterator[ConnectedUser]:
+        return iter(list(self._users.values()))
+
+    def drivers(self) -> Iterator[ConnectedUser]:
+        return iter(list(self._drivers.values()))
+
+    def catch_up_all(self) -> None:
+        """After the broker connection came back: notifications published meanwhile never
+        reached this gateway, so every socket reads what it missed from the log."""
+        for connected in self:
+            for socket in connected.sockets:
+                socket.put(CATCH_UP)
+
+
+async def forward(notifications: AbstractQueueIterator, users: ConnectedUsers) -> None:
+    """Every notification that reaches this gateway, to its user's sockets here."""
+    async for message in notifications:
+        try:
+            route(message, users)
+        except Exception:
+            # One bad message must not end notifications for everyone here.
+            log.exception("notification not forwarded routing_key=%s", message.routing_key)
+
+
+def route(message: AbstractIncomingMessage, users: ConnectedUsers) -> None:
+    _, _, user_id = (message.routing_key or "").partition(".")
+    connected = users.get(int(user_id))
+    if connected is None:
+        return  # their last socket here closed after the message was routed
+    seq = int(str((message.headers or {})[SEQ_HEADER]))
+    connected.notify(Frame(message.body.decode(), message.type or "unknown", seq))

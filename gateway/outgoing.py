@@ -1,0 +1,131 @@
+"""Each socket's way out: a bounded buffer and one writer, so no socket waits on another.
+
+Frames meant for a socket are put in its buffer without waiting; the socket's own
+writer sends them in order. A user's notifications are numbered, and the writer
+sends each exactly once and in order: it skips one it has sent already, and fills
+a gap from the notification log before going on. So a notification dropped
+anywhere on the way (a full buffer, a broker restart, two workers publishing out
+of order) is read back from Postgres, never lost and never doubled.
+
+A socket whose buffer stays full for TAXI_SLOW_CLIENT_SECONDS is too slow: it is
+closed with 4010, and its client resumes with `since` when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from gateway import metrics
+from gateway.notification_log import READ_BATCH, Logged
+
+# Frames waiting for one socket at most; a client that falls this far behind is slow.
+BUFFER_FRAMES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    text: str
+    type: str
+    # Its number in the user's sequence; None for what is not kept (offers, replies).
+    seq: int | None = None
+
+
+# Put in a buffer to make its writer read the log for anything it has not sent
+# (after the broker connection was lost, some notifications may never arrive).
+CATCH_UP: Final = Frame("", "catch-up")
+
+SendText = Callable[[str], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+
+
+class LogReader(Protocol):
+    """Where a socket reads back what it missed (`gateway.notification_log`)."""
+
+    async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]: ...
+
+
+class Outgoing:
+    def __init__(
+        self,
+        user_id: int,
+        send_text: SendText,
+        log: LogReader,
+        *,
+        sent_up_to: int,
+        slow_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.user_id = user_id
+        # The number of the last notification this socket was sent.
+        self.sent_up_to = sent_up_to
+        self.too_slow = asyncio.Event()
+        self._send_text = send_text
+        self._log = log
+        self._buffer: asyncio.Queue[Frame] = asyncio.Queue(BUFFER_FRAMES)
+        self._slow_seconds = slow_seconds
+        self._clock = clock
+        self._full_since: float | None = None
+        # Set by `close_after_sending`: the close frame to send once the buffer is empty.
+        self._closing: tuple[int, str] | None = None
+        self._close: Close | None = None
+
+    def put(self, frame: Frame) -> None:
+        """Queue a frame for the socket, never waiting. When the buffer is full the frame
+        is dropped: a numbered one comes back from the log once the writer catches up."""
+        try:
+            self._buffer.put_nowait(frame)
+        except asyncio.QueueFull:
+            now = self._clock()
+            if self._full_since is None:
+                self._full_since = now
+            elif now - self._full_since >= self._slow_seconds:
+                self.too_slow.set()
+        else:
+            self._full_since = None
+
+    def close_after_sending(self, close: Close, code: int, reason: str) -> None:
+        """Close the socket once everything already in its buffer was sent (so a client
+        cut off for flooding still reads the refusals that came first)."""
+        self._close, self._closing = close, (code, reason)
+        self.put(CATCH_UP)  # wakes the writer if it waits on an empty buffer
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
+    async def run(self) -> None:
+        """Send what the socket missed, then everything put in its buffer, until the
+        socket closes (the send raises), it is asked to close, or the task is cancelled."""
+        await self._catch_up()
+        while True:
+            if self._closing is not None and self._close is not None and self._buffer.empty():
+                await self._close(*self._closing)
+                return
+            frame = await self._buffer.get()
+            if frame is CATCH_UP:
+                await self._catch_up()
+            elif frame.seq is None:
+                await self._send(frame.text, frame.type)
+            elif frame.seq > self.sent_up_to:
+                if frame.seq > self.sent_up_to + 1:
+                    await self._catch_up(frame.seq - 1)
+                await self._send(frame.text, frame.type)
+                self.sent_up_to = frame.seq
+
+    async def _catch_up(self, upto: int | None = None) -> None:
+        """Send from the log everything numbered after what this socket was sent."""
+        while True:
+            missed = await self._log.read(self.user_id, self.sent_up_to, upto)
+            for logged in missed:
+                await self._send(logged.body.decode(), logged.frame_type)
+                self.sent_up_to = logged.seq
+            if len(missed) < READ_BATCH:
+                return
+
+    async def _send(self, text: str, frame_type: str) -> None:
+        await self._send_text(text)
+        metrics.FRAMES_OUT.labels(frame_type).inc()

@@ -1,0 +1,266 @@
+"""How the gateway gets frames to sockets, with in-memory sockets and log: every socket
+of a user gets every notification once and in order, gaps are read back from the log,
+offers reach free drivers only, and a slow socket holds up no one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.connected import ConnectedUser, ConnectedUsers
+from gateway.notification_log import READ_BATCH, Logged
+from gateway.offers import OfferFanout
+from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
+from shared.topology import EXCLUDE_USER_HEADER
+from shared.users import User
+
+RIDER = User(7, "ann@example.com", "Ann", "Rider", "rider", None)
+DRIVER = User(42, "dan@example.com", "Dan", "Driver", "driver", None)
+
+
+class Log:
+    """The notification log, in memory."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, list[Logged]] = {}
+
+    def add(self, user_id: int, seq: int, frame_type: str = "trip.updated") -> Frame:
+        text = f'{{"seq":{seq},"type":"{frame_type}"}}'
+        self.kept.setdefault(user_id, []).append(Logged(seq, frame_type, text.encode()))
+        return Frame(text, frame_type, seq)
+
+    async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:
+        wanted = [
+            n
+            for n in self.kept.get(user_id, [])
+            if n.seq > after and (upto is None or n.seq <= upto)
+        ]
+        return wanted[:READ_BATCH]
+
+
+@dataclass
+class Socket:
+    sent: list[str] = field(default_factory=list)
+    stalled: asyncio.Event | None = None  # set: the client reads again
+
+    async def send_text(self, text: str) -> None:
+        if self.stalled is not None:
+            await self.stalled.wait()
+        self.sent.append(text)
+
+    def seqs(self) -> list[int]:
+        return [int(text.split(",")[0].removeprefix('{"seq":')) for text in self.sent]
+
+
+def outgoing(log: Log, socket: Socket, user: User = RIDER, **kwargs: Any) -> Outgoing:
+    kwargs.setdefault("sent_up_to", 0)
+    kwargs.setdefault("slow_seconds", 10)
+    return Outgoing(user.id, socket.send_text, log, **kwargs)
+
+
+async def settle(condition: Callable[[], bool]) -> None:
+    """Let the writers run until `condition` holds (they only wait on in-memory things)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the writers never got there")
+
+
+async def running(*writers: Outgoing) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(writer.run()) for writer in writers]
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_every_socket_of_a_user_gets_every_notification_once_in_order() -> None:
+    log, phone, laptop = Log(), Socket(), Socket()
+    user = ConnectedUser(RIDER)
+    writers = [outgoing(log, phone), outgoing(log, laptop)]
+    user.sockets.update(writers)
+    tasks = await running(*writers)
+    frames = [log.add(RIDER.id, seq) for seq in range(1, 6)]
+
+    for frame in [frames[0], frames[1], frames[1], frames[2], frames[4], frames[3]]:
+        user.notify(frame)
+    await settle(lambda: len(phone.sent) == len(laptop.sent) == 5)
+
+    # 5 came before 4: the writers read 4 back from the log, and 4 itself is dropped.
+    assert phone.seqs() == laptop.seqs() == [1, 2, 3, 4, 5]
+    await stop(tasks)
+
+
+async def test_a_new_socket_first_gets_what_it_missed_from_the_log_then_live() -> None:
+    log, socket = Log(), Socket()
+    for seq in range(1, 4):
+        log.add(RIDER.id, seq)
+    user = ConnectedUser(RIDER, last_seq=3)
+    writer = outgoing(log, socket, sent_up_to=1)
+    user.sockets.add(writer)
+    tasks = await running(writer)
+
+    user.notify(log.add(RIDER.id, 4))
+    await settle(lambda: len(socket.sent) == 3)
+
+    assert socket.seqs() == [2, 3, 4]
+    await stop(tasks)
+
+
+async def test_catching_up_reads_every_batch_of_a_long_absence() -> None:
+    log, socket = Log(), Socket()
+    for seq in range(1, 2 * READ_BATCH + 3):
+        log.add(RIDER.id, seq)
+    tasks = await running(outgoing(log, socket))
+
+    await settle(lambda: len(socket.sent) == 2 * READ_BATCH + 2)
+
+    assert socket.seqs() == list(range(1, 2 * READ_BATCH + 3))
+    await stop(tasks)
+
+
+async def test_after_a_broker_outage_each_socket_reads_what_never_arrived() -> None:
+    log, socket = Log(), Socket()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    user = await users.join(RIDER)
+    writer = outgoing(log, socket)
+    user.sockets.add(writer)
+    tasks = await running(writer)
+    log.add(RIDER.id, 1)  # committed, published while the connection was down: lost
+
+    users.catch_up_all()
+    await settle(lambda: socket.seqs() == [1])
+    await stop(tasks)
+
+
+async def test_a_driver_is_busy_from_accepting_until_the_trip_ends() -> None:
+    log = Log()
+    driver = ConnectedUser(DRIVER)
+
+    driver.notify(log.add(DRIVER.id, 1, "trip.accepted"))
+    assert driver.busy
+    driver.notify(log.add(DRIVER.id, 2, "trip.picked_up"))
+    assert driver.busy
+    driver.notify(log.add(DRIVER.id, 3, "trip.completed"))
+    assert not driver.busy
+    # A late "accepted" (older than what was applied) does not make them busy again.
+    driver.notify(Frame("{}", "trip.accepted", 1))
+    assert not driver.busy
+
+
+@dataclass
+class Offer:
+    body: bytes
+    type: str = "trip.requested"
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
+    log = Log()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    sockets: dict[str, Socket] = {}
+    writers = []
+    for name, user in (
+        ("free-1", User(1, "a", "", "", "driver", None)),
+        ("free-2", User(1, "a", "", "", "driver", None)),
+        ("busy", User(2, "b", "", "", "driver", None)),
+        ("winner", User(3, "c", "", "", "driver", None)),
+        ("rider", RIDER),
+    ):
+        connected = await users.join(user)
+        connected.busy = name == "busy"
+        sockets[name] = Socket()
+        writer = outgoing(log, sockets[name], user)
+        connected.sockets.add(writer)
+        writers.append(writer)
+    tasks = await running(*writers)
+
+    OfferFanout(users).deliver(Offer(b'{"type":"trip.taken"}', headers={EXCLUDE_USER_HEADER: "3"}))  # type: ignore[arg-type]
+    await settle(lambda: len(sockets["free-1"].sent) == len(sockets["free-2"].sent) == 1)
+
+    assert sockets["free-1"].sent == ['{"type":"trip.taken"}']
+    assert sockets["busy"].sent == sockets["winner"].sent == sockets["rider"].sent == []
+    await stop(tasks)
+
+
+async def test_a_stalled_socket_holds_up_no_other_and_is_called_too_slow() -> None:
+    log = Log()
+    now = [0.0]
+    stalled, healthy = Socket(stalled=asyncio.Event()), Socket()
+    user = ConnectedUser(RIDER)
+    slow = outgoing(log, stalled, slow_seconds=10, clock=lambda: now[0])
+    fine = outgoing(log, healthy)
+    user.sockets.update((slow, fine))
+    tasks = await running(slow, fine)
+
+    for seq in range(1, BUFFER_FRAMES + 10):
+        user.notify(log.add(RIDER.id, seq))
+    await settle(lambda: len(healthy.sent) == BUFFER_FRAMES + 9)
+    assert not slow.too_slow.is_set()  # full, but not yet for long
+    now[0] = 10.0
+    user.notify(log.add(RIDER.id, BUFFER_FRAMES + 10))
+
+    assert slow.too_slow.is_set()
+    assert healthy.seqs() == list(range(1, BUFFER_FRAMES + 10))
+    await stop(tasks)
+
+
+async def test_frames_dropped_from_a_full_buffer_come_back_from_the_log() -> None:
+    log = Log()
+    reading = asyncio.Event()
+    socket = Socket(stalled=reading)
+    user = ConnectedUser(RIDER)
+    writer = outgoing(log, socket)
+    user.sockets.add(writer)
+    tasks = await running(writer)
+
+    total = BUFFER_FRAMES + 50
+    for seq in range(1, total + 1):
+        user.notify(log.add(RIDER.id, seq))
+    user.notify(log.add(RIDER.id, total + 1))
+    reading.set()
+    await settle(lambda: len(socket.sent) == total + 1)
+
+    assert socket.seqs() == list(range(1, total + 2))
+    await stop(tasks)
+
+
+async def test_the_binding_stays_while_any_socket_of_the_user_is_open() -> None:
+    calls: list[tuple[str, int]] = []
+
+    async def bind(user_id: int) -> None:
+        calls.append(("bind", user_id))
+
+    async def unbind(user_id: int) -> None:
+        calls.append(("unbind", user_id))
+
+    users = ConnectedUsers(bind, unbind)
+    first = await users.join(RIDER)
+    second = await users.join(RIDER)
+    assert first is second
+    await users.leave(first)
+    assert calls == [("bind", 7)]
+    await users.leave(second)
+    assert calls == [("bind", 7), ("unbind", 7)]
+    assert users.get(RIDER.id) is None
+    await users.join(RIDER)
+    assert calls[-1] == ("bind", 7)
+
+
+async def test_catch_up_is_a_marker_not_a_frame() -> None:
+    log, socket = Log(), Socket()
+    writer = outgoing(log, socket)
+    tasks = await running(writer)
+    writer.put(CATCH_UP)
+    writer.put(Frame("hello", "echo.message"))
+    await settle(lambda: socket.sent == ["hello"])
+    await stop(tasks)
+
+
+async def _nothing(user_id: int) -> None:
+    return None
