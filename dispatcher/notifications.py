@@ -14,11 +14,18 @@ particular and worth nothing later: no number, and never kept.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import wire
-from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER, user_key
-from shared.trips import EventType, Status, Transition
+from shared.topology import (
+    DRIVER_OFFERS_KEY,
+    EXCLUDE_USER_HEADER,
+    TRIP_HEADER,
+    VERSION_HEADER,
+    user_key,
+)
+from shared.trips import EventType, Status, Transition, Trip
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,37 +59,40 @@ def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notif
         notifications.append(
             for_user(trip.driver.id, frame(transition.event), transition.event.value)
         )
+    offer = _offer_of(trip, frame, offer_ttl_seconds)
     withdrawn_offer = transition.before is not None and transition.before.status is Status.REQUESTED
     if transition.event is EventType.REQUESTED:
-        notifications.append(
-            Notification(
-                DRIVER_OFFERS_KEY,
-                frame(EventType.REQUESTED),
-                EventType.REQUESTED.value,
-                offer_ttl_seconds,
-            )
-        )
+        notifications.append(offer(EventType.REQUESTED))
     elif withdrawn_offer and transition.event is EventType.ACCEPTED:
         assert trip.driver is not None
-        notifications.append(
-            Notification(
-                DRIVER_OFFERS_KEY,
-                frame(EventType.TAKEN),
-                EventType.TAKEN.value,
-                offer_ttl_seconds,
-                headers={EXCLUDE_USER_HEADER: str(trip.driver.id)},
-            )
-        )
+        # The driver who took it is not told it was taken.
+        notifications.append(offer(EventType.TAKEN, {EXCLUDE_USER_HEADER: str(trip.driver.id)}))
     elif withdrawn_offer:
-        notifications.append(
-            Notification(
-                DRIVER_OFFERS_KEY,
-                frame(EventType.CANCELLED),
-                EventType.CANCELLED.value,
-                offer_ttl_seconds,
-            )
-        )
+        notifications.append(offer(EventType.CANCELLED))
     return notifications
+
+
+def _offer_of(
+    trip: Trip, frame: Callable[[EventType], bytes], ttl_seconds: int
+) -> Callable[..., Notification]:
+    """Offers and their withdrawals name the trip and its version, so a gateway drops
+    one older than what its drivers were already sent (a late relayed offer must not
+    bring back a trip that was taken)."""
+
+    def offer(event: EventType, headers: dict[str, str] | None = None) -> Notification:
+        return Notification(
+            DRIVER_OFFERS_KEY,
+            frame(event),
+            event.value,
+            ttl_seconds,
+            headers={
+                TRIP_HEADER: str(trip.id),
+                VERSION_HEADER: str(trip.version),
+                **(headers or {}),
+            },
+        )
+
+    return offer
 
 
 def for_refusal(

@@ -11,19 +11,28 @@ Offers are not numbered: they are worth nothing later, and nobody resumes them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
 
 from gateway.connected import ConnectedUsers
 from gateway.outgoing import Frame
-from shared.topology import EXCLUDE_USER_HEADER
+from shared.topology import EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
 
 log = logging.getLogger(__name__)
+
+
+# Trips whose latest offer version is remembered; offers live seconds, so the
+# newest few thousand trips are plenty.
+REMEMBERED_TRIPS = 10_000
 
 
 class OfferFanout:
     def __init__(self, users: ConnectedUsers) -> None:
         self._users = users
+        self._versions: OrderedDict[str, int] = OrderedDict()
 
     async def run(self, offers: AbstractQueueIterator) -> None:
         async for message in offers:
@@ -34,6 +43,8 @@ class OfferFanout:
                 log.exception("offer not delivered message_type=%s", message.type)
 
     def deliver(self, message: AbstractIncomingMessage) -> None:
+        if self._outdated(message.headers or {}):
+            return
         excluded = (message.headers or {}).get(EXCLUDE_USER_HEADER)
         excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
         # The same frame goes to every driver here: decode it once.
@@ -43,3 +54,17 @@ class OfferFanout:
                 continue
             for socket in driver.sockets:
                 socket.put(frame)
+
+    def _outdated(self, headers: Mapping[str, Any]) -> bool:
+        """Whether drivers here were already sent this offer or withdrawal of the trip, or
+        a newer one (a late relayed offer must not bring back a trip that was taken)."""
+        trip, version = headers.get(TRIP_HEADER), headers.get(VERSION_HEADER)
+        if not isinstance(trip, str) or not isinstance(version, str) or not version.isdigit():
+            return False
+        if int(version) <= self._versions.get(trip, 0):
+            return True  # older, or the same one twice (published and relayed)
+        self._versions[trip] = int(version)
+        self._versions.move_to_end(trip)
+        if len(self._versions) > REMEMBERED_TRIPS:
+            self._versions.popitem(last=False)
+        return False

@@ -25,6 +25,10 @@ EXCLUDE_USER_HEADER = "x-exclude-user"
 # A user's notification carries its place in the user's sequence, so a gateway
 # puts each in order without parsing the frame.
 SEQ_HEADER = "x-seq"
+# An offer (or its withdrawal) names its trip and the trip's version, so a gateway
+# drops one older than what it already passed on.
+TRIP_HEADER = "x-trip"
+VERSION_HEADER = "x-trip-version"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import orjson
 
 from dispatcher.notifications import Notification, for_refusal, for_transition
 from shared import trips
-from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER
+from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
 from shared.trips import Status, Transition, Trip
 from shared.users import User
 
@@ -73,7 +73,7 @@ def test_a_new_trip_is_told_to_its_rider_and_offered_to_drivers() -> None:
     offer = told[DRIVER_OFFERS_KEY]
     assert frame(offer)["type"] == "trip.requested"
     assert offer.ttl_seconds == OFFER_TTL
-    assert offer.headers == {}
+    assert offer.headers == {TRIP_HEADER: str(transition.after.id), VERSION_HEADER: "1"}
     # For no one in particular: not numbered into anyone's sequence, never kept.
     assert offer.user_id is None
     assert told["user.7"].user_id == 7
@@ -102,8 +102,12 @@ def test_accepting_tells_both_and_withdraws_the_offer() -> None:
     taken = told[DRIVER_OFFERS_KEY]
     assert frame(taken)["type"] == "trip.taken"
     assert taken.ttl_seconds == OFFER_TTL
-    # The winner's own queue may still be bound to the offers: the gateway drops it there.
-    assert taken.headers == {EXCLUDE_USER_HEADER: "42"}
+    # The winner is left out: the gateway does not tell them their own trip was taken.
+    assert taken.headers == {
+        EXCLUDE_USER_HEADER: "42",
+        TRIP_HEADER: str(transition.after.id),
+        VERSION_HEADER: "2",
+    }
     assert_frames_describe(notifications, transition.after)
 
 
@@ -144,7 +148,7 @@ def test_cancelling_a_requested_trip_withdraws_the_offer() -> None:
     withdrawn = told[DRIVER_OFFERS_KEY]
     assert frame(withdrawn)["type"] == "trip.cancelled"
     assert withdrawn.ttl_seconds == OFFER_TTL
-    assert withdrawn.headers == {}
+    assert withdrawn.headers == {TRIP_HEADER: str(transition.after.id), VERSION_HEADER: "2"}
     assert_frames_describe(notifications, transition.after)
 
 

@@ -13,7 +13,7 @@ from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.notification_log import READ_BATCH, Logged
 from gateway.offers import OfferFanout
 from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
-from shared.topology import EXCLUDE_USER_HEADER
+from shared.topology import EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
 from shared.users import User
 
 RIDER = User(7, "ann@example.com", "Ann", "Rider", "rider", None)
@@ -264,3 +264,32 @@ async def test_catch_up_is_a_marker_not_a_frame() -> None:
 
 async def _nothing(user_id: int) -> None:
     return None
+
+
+async def test_an_offer_older_than_what_drivers_here_were_sent_is_dropped() -> None:
+    log, socket = Log(), Socket()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    driver = await users.join(DRIVER)
+    writer = outgoing(log, socket, DRIVER)
+    driver.sockets.add(writer)
+    tasks = await running(writer)
+    fanout = OfferFanout(users)
+
+    def offer(kind: str, version: int) -> Offer:
+        headers = {TRIP_HEADER: "trip-1", VERSION_HEADER: str(version)}
+        return Offer(f'{{"type":"{kind}","v":{version}}}'.encode(), kind, headers)
+
+    fanout.deliver(offer("trip.requested", 1))  # type: ignore[arg-type]
+    fanout.deliver(offer("trip.taken", 2))  # type: ignore[arg-type]
+    fanout.deliver(offer("trip.requested", 1))  # type: ignore[arg-type]  # relayed late
+    fanout.deliver(offer("trip.taken", 2))  # type: ignore[arg-type]  # published twice
+    await settle(lambda: len(socket.sent) >= 2)
+    writer.put(Frame("end", "echo.message"))
+    await settle(lambda: socket.sent[-1] == "end")
+
+    assert socket.sent == [
+        '{"type":"trip.requested","v":1}',
+        '{"type":"trip.taken","v":2}',
+        "end",
+    ]
+    await stop(tasks)
