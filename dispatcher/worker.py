@@ -119,15 +119,7 @@ class Worker:
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=self._prefetch)
             queue = await broker.declare_dispatcher_queue(consume_channel, self._topology, commands)
-            background = [
-                asyncio.create_task(OutboxRelay(self._database, self._publisher).run()),
-                asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
-                asyncio.create_task(
-                    periodic.every(
-                        _prune_interval(self._settings), self._prune, "notification pruning"
-                    )
-                ),
-            ]
+            background = self._start_background_jobs(self._publisher)
             consumer_tag = await queue.consume(self._on_message)
             self._consuming = True
             gc.freeze()  # what exists now lives as long as the worker; see gateway/app.py
@@ -153,6 +145,18 @@ class Worker:
                 await asyncio.wait_for(connection.close(), STOP_STEP_SECONDS)
             await self._database.close()
         log.info("dispatcher stopped")
+
+    def _start_background_jobs(self, publisher: NotificationPublisher) -> list[asyncio.Task[None]]:
+        """What every worker does beside commands, each a safety net that any number of
+        workers share: publish what a crash left in the outbox, end the requests nobody
+        took in time, and prune the tables that grow with traffic."""
+        return [
+            asyncio.create_task(OutboxRelay(self._database, publisher).run()),
+            asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
+            asyncio.create_task(
+                periodic.every(_prune_interval(self._settings), self._prune, "pruning")
+            ),
+        ]
 
     async def _drain(self, queue: AbstractQueue, consumer_tag: str) -> None:
         """Take no new commands and let those in flight finish. With the broker away
