@@ -13,8 +13,10 @@ import {
   logIn,
   signUp,
 } from "./api.js";
+import { RequestIds } from "./requests.js";
+import { ResumePoint } from "./resume.js";
 import { ReconnectingSocket } from "./socket.js";
-import { ACTIVE, TripStore, personName, statusText } from "./trips.js";
+import { ACTIVE, LIVE, TripStore, cancelReasonText, personName, statusText } from "./trips.js";
 
 // Error frames' codes, in plain words. Anything else shows the server's message.
 const ERROR_TEXT = {
@@ -25,12 +27,20 @@ const ERROR_TEXT = {
   invalid_transition: "That trip has already moved on, so this step is no longer possible.",
   service_unavailable: "The service is busy right now and nothing was changed. Please try again.",
   rate_limited: "You are sending requests too quickly. Wait a moment and try again.",
+  trip_in_progress:
+    "You already have a trip that is not over yet. You can request another once it is completed or cancelled.",
 };
+
+// Refusals after which the same request may still take effect if sent again: it is
+// retried with the same request_id, so it never takes effect twice. After any other
+// refusal the request was answered for good, and trying again is a new request.
+const RETRYABLE = new Set(["service_unavailable", "rate_limited", "internal_error"]);
 
 const CLOSE_TEXT = {
   1001: "The server is restarting.",
   1009: "A message was too large and the connection was closed.",
   4008: "Too many requests were sent and the connection was closed.",
+  4010: "The connection was too slow to keep up and was reset.",
 };
 
 const PAGES = ["log-in-page", "sign-up-page", "rider-page", "driver-page"];
@@ -40,8 +50,10 @@ const state = {
   me: null, // the logged-in user's token claims
   store: null,
   socket: null,
+  resume: null, // this device's place in the user's numbered notifications
   pendingCreate: false,
   pendingTrips: new Map(), // trip id -> status asked for, until the answer arrives
+  requestIds: new RequestIds(), // reused when an unanswered action is tried again
   loadSeq: 0,
 };
 
@@ -142,11 +154,16 @@ function keepFor(me) {
 function startSession(me) {
   state.me = me;
   state.store = new TripStore(keepFor(me));
+  state.resume = new ResumePoint(me.id);
+  state.requestIds.clear();
+  const resume = state.resume;
   state.socket = new ReconnectingSocket({
     token: (force) => accessToken(force),
+    since: () => resume.since,
     onFrame,
     onState: setConnection,
-    onOpen: loadTrips,
+    onOpen,
+    onSinceRefused: () => resume.forget(),
     onSessionExpired: (error) => endSession(error.message),
   });
   setHeader();
@@ -161,8 +178,10 @@ function endSession(message = null) {
   state.socket = null;
   state.me = null;
   state.store = null;
+  state.resume = null;
   state.pendingCreate = false;
   state.pendingTrips.clear();
+  state.requestIds.clear();
   clearTokens();
   setHeader();
   for (const list of ["rider-trips", "offer-list", "driver-history", "current-trip"]) {
@@ -174,7 +193,17 @@ function endSession(message = null) {
   else clearError();
 }
 
-/** Reload the trips over HTTP (on start and after each reconnect). */
+/**
+ * A socket opened. One that resumed (`since`) is sent every notification of the user
+ * it missed, so a rider's page is up to date without a reload. Offers are not kept
+ * for the absent, so a driver's page reloads the open requests; so does a page that
+ * could not say `since`, or whose last reload failed.
+ */
+function onOpen({ resumed }) {
+  if (!resumed || state.me?.group === "driver" || bannerSource === "load") loadTrips();
+}
+
+/** Reload the trips over HTTP (on start, after reconnecting, and on `resync`). */
 async function loadTrips() {
   const store = state.store;
   if (!store) return;
@@ -202,28 +231,60 @@ function currentTrip() {
   return state.store.all().find((t) => t.driver?.id === state.me.id && ACTIVE.has(t.status)) ?? null;
 }
 
+/** The rider's trip that is not over yet (they may have only one), or null. */
+function liveRiderTrip() {
+  if (!state.store || state.me?.group !== "rider") return null;
+  return state.store.all().find((t) => LIVE.has(t.status)) ?? null;
+}
+
 function onFrame(frame) {
   const store = state.store;
-  if (!store || !store.firstSighting(frame.event_id)) return;
+  if (!store) return;
+  if (store.firstSighting(frame.event_id)) handleFrame(store, frame);
+  // Counted once handled, so a reconnect asks only for what comes after it.
+  state.resume?.note(frame.seq);
+}
+
+function handleFrame(store, frame) {
+  if (frame.type === "resync") {
+    // What this page missed is no longer kept: the trips as they are now.
+    loadTrips();
+    return;
+  }
   if (frame.type === "error") {
     onServerError(frame.data ?? {});
     return;
   }
   if (typeof frame.type !== "string" || !frame.type.startsWith("trip.")) return;
   const trip = frame.data;
+  if (!trip || typeof trip !== "object") return;
   const wasBusy = currentTrip() !== null;
-  store.upsert(trip);
-  if (frame.type === "trip.requested" && state.me.group === "rider" && state.pendingCreate) {
-    state.pendingCreate = false;
-    byTestId("request-form").reset();
+  // An older version than the page holds (a late notice) changes nothing.
+  const applied = store.upsert(trip);
+  if (frame.type === "trip.requested" && state.me.group === "rider" && trip.rider?.id === state.me.id) {
+    state.requestIds.settle((action) => isAction(action, "create.trip"));
+    if (state.pendingCreate) {
+      state.pendingCreate = false;
+      byTestId("request-form").reset();
+    }
   }
-  if (trip && state.pendingTrips.has(trip.id)) state.pendingTrips.delete(trip.id);
+  if (applied) {
+    // The step asked for took effect. (One overtaken by another change is still
+    // answered, by the refusal that the page then shows.)
+    state.requestIds.settle((action) => isAction(action, "update.trip", trip.id, trip.status));
+  }
+  if (state.pendingTrips.has(trip.id)) state.pendingTrips.delete(trip.id);
   render();
   // A driver who just became free was sent no offers meanwhile: catch up.
   if (wasBusy && currentTrip() === null) loadTrips();
 }
 
 function onServerError(data) {
+  const hasId = typeof data.request_id === "string";
+  const action = hasId ? state.requestIds.actionOf(data.request_id) : null;
+  // Every device of the user is told of every refusal. One with a request id this
+  // page did not send (or no longer waits for) answers another tab or phone.
+  if (hasId && action === null) return;
   const code = typeof data.code === "string" ? data.code : "";
   const serverMessage = typeof data.message === "string" && data.message ? data.message : "";
   let text = ERROR_TEXT[code];
@@ -233,7 +294,14 @@ function onServerError(data) {
       : "The server refused that request.";
   }
   showError(text);
-  if (data.request === "create.trip") state.pendingCreate = false;
+  if (action !== null && !RETRYABLE.has(code)) {
+    state.requestIds.settle((other) => other === action); // answered: a new try is a new request
+  }
+  if (data.request === "create.trip") {
+    state.pendingCreate = false;
+    // The page did not know of the rider's live trip (another device asked for it, say).
+    if (code === "trip_in_progress") loadTrips();
+  }
   if (data.request === "update.trip" || data.request == null) {
     state.pendingTrips.clear();
     loadTrips(); // the page was out of date: show things as they are now
@@ -243,7 +311,19 @@ function onServerError(data) {
 
 // ---- Actions ------------------------------------------------------------------
 
-function send(frame) {
+/** What an action is, as the key of its request id: the same action, the same key. */
+function actionKey(type, ...about) {
+  return JSON.stringify([type, ...about]);
+}
+
+function isAction(action, type, ...about) {
+  const [actionType, ...actionAbout] = JSON.parse(action);
+  return actionType === type && about.every((value, i) => actionAbout[i] === value);
+}
+
+/** Send a command with the request id of its action (the same as last time while unanswered). */
+function sendCommand(type, data, action) {
+  const frame = { type, request_id: state.requestIds.for(action), data };
   if (state.socket?.send(frame)) return true;
   showError("You are offline right now. Wait until the indicator says Live, then try again.");
   return false;
@@ -258,8 +338,13 @@ function requestTrip(event) {
     showError("Please enter both a pick-up and a drop-off address.");
     return;
   }
+  if (liveRiderTrip()) {
+    showError(ERROR_TEXT.trip_in_progress);
+    return;
+  }
   clearError();
-  if (send({ type: "create.trip", data: { pick_up_address: pickUp, drop_off_address: dropOff } })) {
+  const data = { pick_up_address: pickUp, drop_off_address: dropOff };
+  if (sendCommand("create.trip", data, actionKey("create.trip", pickUp, dropOff))) {
     state.pendingCreate = true;
     render();
   }
@@ -277,7 +362,7 @@ function updateTrip(trip, status) {
       rider: trip.rider?.id,
     });
   }
-  if (send({ type: "update.trip", data })) {
+  if (sendCommand("update.trip", data, actionKey("update.trip", trip.id, status))) {
     state.pendingTrips.set(trip.id, status);
     render();
   }
@@ -309,6 +394,8 @@ function tripItem(trip, testid, viewer, actions = []) {
       text: statusText(trip.status, viewer),
     }),
   ]);
+  const reason = cancelReasonText(trip, viewer);
+  if (reason) status.append(element("span", { className: "reason", testid: "trip-cancel-reason", text: reason }));
   const people = [];
   if (viewer === "rider" && trip.driver) {
     people.push(element("p", { className: "person", testid: "trip-driver", text: `Driver: ${personName(trip.driver)}` }));
@@ -333,9 +420,12 @@ function render() {
 
 function renderRider() {
   const trips = state.store.all();
+  const live = liveRiderTrip();
   const button = byTestId("request-trip");
-  button.disabled = state.pendingCreate;
+  button.disabled = state.pendingCreate || live !== null;
   button.textContent = state.pendingCreate ? "Requesting…" : "Request a taxi";
+  // The server would refuse a second trip (trip_in_progress): say why before it has to.
+  byTestId("request-blocked").hidden = live === null;
   byTestId("rider-no-trips").hidden = trips.length > 0;
   byTestId("rider-trips").replaceChildren(
     ...trips.map((trip) => {

@@ -1,8 +1,13 @@
 // The `/taxi/` WebSocket, reconnecting by itself with backoff (1 s, 2 s, 4 s ... 10 s).
 //
-// A handshake the server refuses (401 for an expired access token) looks to a
-// browser like any failed connection, so after a connection that never opened the
-// next attempt first refreshes the access token.
+// A handshake the server refuses looks to a browser like any failed connection.
+// After a connection that never opened, the next attempt first refreshes the access
+// token (401: an expired token); that refresh is an HTTP request, so while the server
+// or the network is away no socket is even tried. A resuming connection (`since=N`)
+// that fails to open although its token was just refreshed was most likely refused
+// for its `since` (400: ahead of what the server has, after a database reset say):
+// the next attempt goes once without `since`, and if that one opens, `since` is
+// dropped (`onSinceRefused`).
 
 import { SessionExpired } from "./api.js";
 
@@ -15,7 +20,11 @@ export class ReconnectingSocket {
    * @param {(frame: object) => void} hooks.onFrame           each frame received
    * @param {(state: string, detail?: object) => void} hooks.onState
    *        "connecting" | "live" | "reconnecting" (detail.seconds) | "stopped"
-   * @param {() => void} hooks.onOpen          each time the socket opens
+   * @param {() => number | null} hooks.since  the `since` to resume from, or null
+   * @param {(detail: {resumed: boolean}) => void} hooks.onOpen
+   *        each time the socket opens; `resumed` when it asked for what it missed (`since`)
+   * @param {() => void} hooks.onSinceRefused  a connection without `since` opened where
+   *        one with it kept failing: the stored `since` is no good
    * @param {(error: Error) => void} hooks.onSessionExpired
    */
   constructor(hooks) {
@@ -23,6 +32,7 @@ export class ReconnectingSocket {
     this.ws = null;
     this.failures = 0;
     this.forceRefresh = false;
+    this.withoutSince = false; // the next attempt leaves `since` out, once
     this.stopped = true;
     this.timer = null;
     this.onOnline = () => this.reconnectNow();
@@ -81,16 +91,23 @@ export class ReconnectingSocket {
       return;
     }
     if (this.stopped) return;
+    const refreshed = this.forceRefresh;
     this.forceRefresh = false;
+    const droppingSince = this.withoutSince;
+    this.withoutSince = false;
+    const since = droppingSince ? null : this.hooks.since();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/taxi/?token=${encodeURIComponent(token)}`);
+    let url = `${scheme}://${location.host}/taxi/?token=${encodeURIComponent(token)}`;
+    if (since !== null) url += `&since=${since}`;
+    const ws = new WebSocket(url);
     this.ws = ws;
     let opened = false;
     ws.onopen = () => {
       opened = true;
       this.failures = 0;
+      if (droppingSince) this.hooks.onSinceRefused();
       this.hooks.onState("live");
-      this.hooks.onOpen();
+      this.hooks.onOpen({ resumed: since !== null });
     };
     ws.onmessage = (event) => {
       let frame;
@@ -104,8 +121,11 @@ export class ReconnectingSocket {
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      // A connection that never opened may have been refused for its token.
-      if (!opened) this.forceRefresh = true;
+      if (!opened) {
+        // Refused for its token, or (with a fresh token) for its `since`.
+        this.forceRefresh = true;
+        if (since !== null && refreshed) this.withoutSince = true;
+      }
       this.retry(event.code);
     };
   }

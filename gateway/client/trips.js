@@ -1,11 +1,16 @@
 // What the client knows about trips, merged from HTTP snapshots and WebSocket frames.
 //
-// Frames may arrive twice (delivery is at least once) and may race an HTTP reload,
-// so a trip is only ever replaced by a version at least as far along: statuses
-// only move forward (REQUESTED -> STARTED -> IN_PROGRESS -> COMPLETED, or CANCELLED).
+// Frames may arrive twice, a replay after a reconnect may repeat what an HTTP reload
+// already showed, and a late notice may be relayed after a newer one, so a trip is
+// only ever replaced by a newer version of itself: every change adds one to the
+// trip's `version`. For trips without one (an older server) statuses only move
+// forward (REQUESTED -> STARTED -> IN_PROGRESS -> COMPLETED, or CANCELLED).
 
 export const STATUS_RANK = { REQUESTED: 0, STARTED: 1, IN_PROGRESS: 2, COMPLETED: 3, CANCELLED: 3 };
+// A driver's trip under way.
 export const ACTIVE = new Set(["STARTED", "IN_PROGRESS"]);
+// A rider's trip that is not over yet: they cannot request another meanwhile.
+export const LIVE = new Set(["REQUESTED", "STARTED", "IN_PROGRESS"]);
 const SEEN_EVENTS_KEPT = 1000;
 
 function isTrip(value) {
@@ -18,11 +23,17 @@ function isTrip(value) {
   );
 }
 
-function isNewer(next, current) {
-  const a = STATUS_RANK[next.status];
-  const b = STATUS_RANK[current.status];
-  if (a !== b) return a > b;
-  return String(next.updated ?? "") >= String(current.updated ?? "");
+/**
+ * Above 0 if `next` is a later state of the trip than `current`, 0 if the same,
+ * below 0 if older. Compared by `version` when both carry one.
+ */
+export function compareTrips(next, current) {
+  if (Number.isSafeInteger(next.version) && Number.isSafeInteger(current.version)) {
+    return next.version - current.version;
+  }
+  const rank = STATUS_RANK[next.status] - STATUS_RANK[current.status];
+  if (rank !== 0) return rank;
+  return String(next.updated ?? "").localeCompare(String(current.updated ?? ""));
 }
 
 export class TripStore {
@@ -30,7 +41,7 @@ export class TripStore {
   constructor(keep) {
     this.keep = keep;
     this.trips = new Map(); // id -> {trip, seq}
-    this.gone = new Map(); // id -> rank of the version that made us drop it
+    this.gone = new Map(); // id -> the version of the trip that made us drop it
     this.seq = 0;
     this.seenEvents = new Set();
   }
@@ -52,19 +63,23 @@ export class TripStore {
     return true;
   }
 
-  /** Insert or update a trip; returns true if what the page shows may have changed. */
+  /**
+   * Insert a trip, or replace the one held if this is a newer version of it; an
+   * older or the same version changes nothing. Returns true if it was applied.
+   */
   upsert(trip) {
     if (!isTrip(trip)) return false;
     const current = this.trips.get(trip.id);
-    if (current && !isNewer(trip, current.trip)) return false;
-    const goneRank = this.gone.get(trip.id);
-    if (goneRank !== undefined && STATUS_RANK[trip.status] <= goneRank) return false;
+    if (current && compareTrips(trip, current.trip) <= 0) return false;
+    const gone = this.gone.get(trip.id);
+    if (gone && compareTrips(trip, gone) <= 0) return false;
     this.seq += 1;
     if (this.keep(trip)) {
       this.trips.set(trip.id, { trip, seq: this.seq });
+      this.gone.delete(trip.id);
     } else {
       this.trips.delete(trip.id);
-      this.gone.set(trip.id, STATUS_RANK[trip.status]);
+      this.gone.set(trip.id, trip);
     }
     return true;
   }
@@ -128,4 +143,16 @@ const DRIVER_STATUS = {
 export function statusText(status, group) {
   const table = group === "driver" ? DRIVER_STATUS : RIDER_STATUS;
   return table[status] ?? status;
+}
+
+const CANCEL_REASON = {
+  rider: { rider: "You cancelled", driver: "The rider cancelled" },
+  no_driver: { rider: "No driver accepted in time", driver: "No driver accepted in time" },
+};
+
+/** Why a cancelled trip was cancelled, in plain words; null when the server did not say. */
+export function cancelReasonText(trip, group) {
+  if (trip.status !== "CANCELLED" || typeof trip.cancel_reason !== "string") return null;
+  const words = CANCEL_REASON[trip.cancel_reason];
+  return words ? words[group === "driver" ? "driver" : "rider"] : null;
 }

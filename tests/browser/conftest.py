@@ -1,14 +1,16 @@
 """Browser fixtures: Debian's Chromium driven by Playwright, against the real gateway.
 
 The gateway and the dispatcher workers are the end-to-end session fixtures; pages
-open in fresh browser contexts (separate storage, as separate people's phones).
+open in fresh browser contexts (separate storage, as separate people's phones), and
+`open_tab` opens another tab in a page's context (shared storage, as one person's
+second tab).
 Playwright never downloads a browser here: it drives /usr/bin/chromium, and the
 tests fail, rather than skip, when that is missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ DESKTOP = {"viewport": {"width": 1100, "height": 800}}
 expect.set_options(timeout=TIMEOUT_MS)
 
 OpenPage = Callable[..., Awaitable[Page]]
+OpenTab = Callable[[Page], Awaitable[Page]]
 Screenshot = Callable[[Page, str], Awaitable[Path]]
 
 
@@ -56,13 +59,19 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def open_page(browser: Browser, base_url: str) -> AsyncIterator[OpenPage]:
-    """Open the client in a new browser context: `await open_page(phone=True)`.
+def page_errors() -> Iterator[list[str]]:
+    """Uncaught JavaScript errors of the test's pages: any fails the test."""
+    errors: list[str] = []
+    yield errors
+    assert errors == [], errors
 
-    Uncaught JavaScript errors on any page fail the test.
-    """
+
+@pytest.fixture
+async def open_page(
+    browser: Browser, base_url: str, page_errors: list[str]
+) -> AsyncIterator[OpenPage]:
+    """Open the client in a new browser context: `await open_page(phone=True)`."""
     contexts: list[BrowserContext] = []
-    page_errors: list[str] = []
 
     async def open_(
         *,
@@ -85,7 +94,20 @@ async def open_page(browser: Browser, base_url: str) -> AsyncIterator[OpenPage]:
     yield open_
     for context in contexts:
         await context.close()
-    assert page_errors == [], page_errors
+
+
+@pytest.fixture
+def open_tab(page_errors: list[str]) -> OpenTab:
+    """Open the client in another tab of `page`'s browser context (the same storage,
+    so the same logged-in user): `await open_tab(page)`."""
+
+    async def open_(page: Page) -> Page:
+        tab = await page.context.new_page()
+        tab.on("pageerror", lambda error: page_errors.append(str(error)))
+        await tab.goto("/")
+        return tab
+
+    return open_
 
 
 @pytest.fixture
