@@ -16,7 +16,8 @@ from shared.cleanup import delete_broker_objects, unique_name
 from shared.migrate import drop_database, migrate, with_database
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.services import service_urls
+from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, shared_server_identities
+from tests.services import docker_engine_available, service_urls
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +117,66 @@ def dispatchers(settings: Settings, log_dir: Path) -> Iterator[list[ServiceProce
     yield workers
     for worker in workers:
         assert worker.stop() == 0, worker.log()
+
+
+# Fault tests that stop, kill or restart Postgres or RabbitMQ do it to private servers
+# the session starts and removes itself (tests/chaos/services.py), never to the
+# machine's shared ones, which must keep running untouched through a whole run.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_services_left_alone() -> Iterator[None]:
+    """Fail the run if the shared Postgres's or RabbitMQ's server process changed
+    (stopped, restarted, killed) between its start and its end. Only reads."""
+    if docker_engine_available():  # the run's services are containers of its own
+        yield
+        return
+    with service_urls() as urls:
+        before = shared_server_identities(urls.database_server, urls.amqp)
+        yield
+        after = shared_server_identities(urls.database_server, urls.amqp)
+    changed = [
+        f"{name}: was {was}; now {after[name] or 'not running'}"
+        for name, was in before.items()
+        if was is not None and after[name] != was
+    ]
+    if changed:
+        pytest.fail(
+            "the run stopped or restarted a shared service:\n" + "\n".join(changed), pytrace=False
+        )
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    with PrivatePostgres() as postgres:
+        yield postgres
+
+
+@pytest.fixture(scope="session")
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    with PrivateRabbitMQ() as rabbitmq:
+        yield rabbitmq
+
+
+@pytest.fixture(scope="session")
+def private_database(private_postgres: PrivatePostgres) -> str:
+    database_url = private_postgres.url(unique_name("test"))
+    migrate(database_url)
+    return database_url
+
+
+@pytest.fixture
+def private_settings(
+    settings: Settings, private_database: str, private_rabbitmq: PrivateRabbitMQ
+) -> Iterator[Settings]:
+    """The run's settings on the private servers, with a broker prefix of the test's own:
+    for tests that stop the database or the broker under their own gateway and workers."""
+    private = replace(
+        settings,
+        database_url=private_database,
+        amqp_url=private_rabbitmq.url,
+        broker_prefix=unique_name("private").replace("_", "-"),
+        log_level="INFO",
+    )
+    yield private
+    asyncio.run(delete_broker_objects(private))

@@ -1,4 +1,8 @@
-"""The broker and the database restart in the middle of a burst; nothing is lost or doubled."""
+"""The broker and the database restart in the middle of a burst; nothing is lost or doubled.
+
+The gateway and workers here run on the session's private Postgres and RabbitMQ
+(`private_settings`), and only those are stopped: never the machine's shared ones.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,27 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.chaos.services import postgres_stopped, rabbitmq_stopped
+from tests.chaos.services import (
+    PrivatePostgres,
+    PrivateRabbitMQ,
+    postgres_stopped,
+    rabbitmq_stopped,
+)
 from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive_until, send
+
+# The first test to ask for a private server waits for its start, on a slow machine
+# tens of seconds (pytest-timeout counts fixture set-up).
+pytestmark = pytest.mark.timeout(300)
 
 PAIRS = 10
 TRIPS_PER_PAIR = 6
@@ -40,7 +55,15 @@ async def assert_all_trips_completed_and_notified(traffic: Traffic, db: asyncpg.
     assert delivery.missing == []
     assert all(delivery.received[(t, e)] >= 1 for t in trip_ids for e in RIDER_EVENTS)
     # Refusals are only ever "try again": never a trip given twice or a wrong state.
+    # A resent step has no second effect, not even a refusal (tests/chaos/traffic.py).
     assert {e["data"]["code"] for e in delivery.errors} <= {"service_unavailable"}
+    riders = [pair.rider.account.id for pair in traffic.pairs]
+    doubled = await db.fetch(
+        "SELECT rider_id, pick_up_address FROM trips WHERE rider_id = ANY($1::bigint[])"
+        " GROUP BY 1, 2 HAVING count(*) > 1",
+        riders,
+    )
+    assert doubled == [], "a resent request made a second trip"
     print(
         f"\n{len(trip_ids)} trips: duplicates={delivery.duplicates} resends={traffic.resends}"
         f" errors={len(delivery.errors)}"
@@ -88,14 +111,19 @@ async def burst_through(
 
 
 async def test_broker_restart_mid_burst(
-    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
+    private_settings: Settings, private_rabbitmq: PrivateRabbitMQ, tmp_path: Path
 ) -> None:
-    processes, base_url = start_system(isolated_settings, tmp_path)
+    processes, base_url = start_system(private_settings, tmp_path)
     try:
-        async with burst_through(rabbitmq_stopped, base_url) as (traffic, http, burst):
+        outage = partial(rabbitmq_stopped, private_rabbitmq)
+        async with burst_through(outage, base_url) as (traffic, http, burst):
             recovery = await time_until_a_trip_flows(base_url, http)
             await burst
-            await assert_all_trips_completed_and_notified(traffic, db)
+            db = await asyncpg.connect(private_settings.database_url)
+            try:
+                await assert_all_trips_completed_and_notified(traffic, db)
+            finally:
+                await db.close()
         assert recovery < 10, f"trips flowed again only after {recovery:.1f}s"
         print(f"trips flowed again {recovery:.2f}s after the broker was back")
         assert all(process.poll() is None for process in processes)
@@ -104,13 +132,15 @@ async def test_broker_restart_mid_burst(
             process.stop()
 
 
-async def test_database_restart_mid_burst(isolated_settings: Settings, tmp_path: Path) -> None:
-    processes, base_url = start_system(isolated_settings, tmp_path)
+async def test_database_restart_mid_burst(
+    private_settings: Settings, private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    processes, base_url = start_system(private_settings, tmp_path)
     try:
-        async with burst_through(postgres_stopped, base_url) as (traffic, _, burst):
+        outage = partial(postgres_stopped, private_postgres)
+        async with burst_through(outage, base_url) as (traffic, _, burst):
             await burst
-            # The run's own connection died with the database; this one is new.
-            db = await asyncpg.connect(isolated_settings.database_url)
+            db = await asyncpg.connect(private_settings.database_url)
             try:
                 await assert_all_trips_completed_and_notified(traffic, db)
             finally:

@@ -5,6 +5,13 @@ the driver accepts each and moves it to COMPLETED. Clients behave as a careful a
 would during an outage: sockets reconnect by themselves, and a step that got no
 answer is checked over HTTP and sent again only if it did not happen. Every frame
 is recorded, so a test can check what each user received, duplicates included.
+
+Each step carries a `request_id`, the same on every resend, as the protocol asks. A
+step that got no answer may have been in flight all along: a worker retrying it
+until the database is back, or a publish whose confirm was lost with the broker.
+Both copies then reach the workers, and the request id makes the later one a
+duplicate with no effect. Without it the later copy is a new command: a second trip
+for a request, or a step refused as one the trip already took (`invalid_transition`).
 """
 
 from __future__ import annotations
@@ -164,16 +171,17 @@ class Traffic:
     async def _drive(self, pair: Pair, trips: int) -> None:
         for number in range(trips):
             label = f"pair {pair.index} trip {number}"
-            trip_id = await self._request(pair, label)
+            trip_id = await self._request(pair, label, f"pair-{pair.index}-trip-{number}")
             pair.trips[label] = trip_id
             for status, event in LIFECYCLE:
                 await self._advance(pair, trip_id, status, event)
             self.completed += 1
             self.progress.set()
 
-    async def _request(self, pair: Pair, label: str) -> str:
+    async def _request(self, pair: Pair, label: str, request_id: str) -> str:
         frame = {
             "type": "create.trip",
+            "request_id": request_id,
             "data": {"pick_up_address": label, "drop_off_address": "Station"},
         }
 
@@ -196,7 +204,11 @@ class Traffic:
             self.resends += 1
 
     async def _advance(self, pair: Pair, trip_id: str, status: str, event: str) -> None:
-        frame = {"type": "update.trip", "data": {"id": trip_id, "status": status}}
+        frame = {
+            "type": "update.trip",
+            "request_id": f"{trip_id}-{status}",
+            "data": {"id": trip_id, "status": status},
+        }
 
         def done(f: dict[str, Any]) -> bool:
             return f.get("type") == event and f.get("data", {}).get("id") == trip_id

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.processes import (
@@ -17,7 +18,7 @@ from shared.processes import (
     start_gateway,
 )
 from shared.settings import Settings
-from tests.chaos.services import rabbitmq_stopped
+from tests.chaos.services import PrivateRabbitMQ, rabbitmq_stopped
 from tests.chaos.traffic import Traffic
 from tests.clients import about, connect, create_account, receive_until, send
 
@@ -122,10 +123,14 @@ async def wait_for_status(url: str, status: int, within: float = 30) -> dict[str
             await asyncio.sleep(0.2)
 
 
-async def test_readiness_follows_the_broker(isolated_settings: Settings, tmp_path: Path) -> None:
-    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+@pytest.mark.timeout(300)  # may be the first to start the private broker
+async def test_readiness_follows_the_broker(
+    private_settings: Settings, private_rabbitmq: PrivateRabbitMQ, tmp_path: Path
+) -> None:
+    """On the session's private broker: it is stopped here, never the shared one."""
+    gateway, base_url = start_gateway(private_settings, tmp_path)
     worker_port = free_port()
-    worker = start_worker(isolated_settings, tmp_path / "worker.log", worker_port)
+    worker = start_worker(private_settings, tmp_path / "worker.log", worker_port)
     try:
         worker_ready = f"http://127.0.0.1:{worker_port}/readyz"
         assert await wait_for_status(f"{base_url}/readyz", 200) == {
@@ -137,7 +142,7 @@ async def test_readiness_follows_the_broker(isolated_settings: Settings, tmp_pat
             "broker": True,
             "consuming": True,
         }
-        with rabbitmq_stopped():
+        with rabbitmq_stopped(private_rabbitmq):
             assert (await wait_for_status(f"{base_url}/readyz", 503))["broker"] is False
             assert (await wait_for_status(worker_ready, 503))["broker"] is False
             async with httpx.AsyncClient(timeout=5) as client:
