@@ -1,7 +1,9 @@
 """The README's walk-through as a reader follows it, against the live test system:
 its sign-up block pasted into an interactive bash (history expansion on, so a `!`
 in double quotes would fail as it does for a reader), its trip typed into
-`python -m websockets`, and its example frames compared with what the system sends.
+`python -m websockets`, and its example frames compared with what the system sends:
+the numbered trip frame, a worker's and the gateway's error frames, the `resync`
+frame and the refusal of a `since` ahead of the user's notifications.
 
 The only change made to the README's text is the gateway's address: the README
 speaks of `localhost:8000`, the test gateway listens elsewhere. The README's users
@@ -28,11 +30,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from shared.commands import COMMAND_TYPES
 from shared.trips import EVENT_FOR_STATUS, EventType, Status
-from shared.wire import ErrorCode
+from shared.wire import ErrorCode, resync_frame
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESSES = ("localhost:8000", "127.0.0.1:8000")
@@ -40,7 +45,8 @@ WAIT_SECONDS = 20
 # The gateway answers this frame type itself (gateway/websocket.py).
 ECHO = "echo.message"
 CLIENT_TYPES = frozenset({*COMMAND_TYPES, ECHO})
-SERVER_TYPES = frozenset({*(event.value for event in EventType), ECHO, "error"})
+RESYNC = "resync"
+SERVER_TYPES = frozenset({*(event.value for event in EventType), ECHO, "error", RESYNC})
 ERROR_CODES = frozenset(
     value for name, value in vars(ErrorCode).items() if not name.startswith("_")
 )
@@ -319,26 +325,70 @@ def test_the_trip_walk_through_works_typed_into_python_m_websockets(
         assert len({frame["event_id"] for frame in told}) == 1, told
     assert steps["trip.completed"][0]["data"]["status"] == "COMPLETED"
     assert trip_id is not None
+    # As the README says: Ann's frames are numbered 1 to 4; Dan's offer carries no
+    # number, his own notifications 1 to 3.
+    ann, dan = ([told[n] for told in steps.values()] for n in range(2))
+    assert [frame.get("seq") for frame in ann] == [1, 2, 3, 4], ann
+    assert [frame.get("seq") for frame in dan] == [None, 1, 2, 3], dan
 
-    # Dan accepting the finished trip again is refused with an error frame like the
-    # README's.
-    accept = next(line for line in sessions[1].lines if '"STARTED"' in line)
-    clients[1].type(accept.replace("<trip id>", trip_id))
+    # Dan accepting the finished trip again, with a request id, is refused by a
+    # worker with an error frame like the README's, naming his request id and trip.
+    accept = json.loads(next(line for line in sessions[1].lines if '"STARTED"' in line))
+    accept["data"]["id"] = trip_id
+    clients[1].type(json.dumps({**accept, "request_id": "dan-again-1"}))
     refusal = clients[1].receive(of_type("error"))
-    assert_like_the_readme_error(refusal)
+    assert_like_the_readme_error(refusal, numbered=True)
+    assert (refusal["data"]["request_id"], refusal["data"]["trip_id"]) == ("dan-again-1", trip_id)
+    assert refusal["seq"] == dan[-1]["seq"] + 1, refusal
+
+    # The gateway's own refusal of the README's bad frame, as the README shows it.
+    gateway_error = readme_example("error", numbered=False)
+    bad = {
+        "type": gateway_error["data"]["request"],
+        "request_id": gateway_error["data"]["request_id"],
+        "data": {"id": trip_id, "status": "LOST"},
+    }
+    clients[0].type(json.dumps(bad))
+    reply = clients[0].receive(of_type("error"))
+    assert_like_the_readme_error(reply, numbered=False)
+    assert {**reply["data"], "trip_id": None} == {**gateway_error["data"], "trip_id": None}
 
     assert_like_the_readme_trip_frame(steps["trip.accepted"][0])
     for client in clients:
         assert client.end() == 0, client.output()
         assert "Connection closed: 1000 (OK)" in client.output(), client.output()
 
+    # A `since` ahead of Ann's notifications is refused before the upgrade, as the
+    # README's example is (the README's Ann had more notifications than this one).
+    assert_like_the_readme_since_refusal(
+        at_the_test_gateway(sessions[0].argv[-1], base_url).replace(
+            "<ann's access>", readme_accounts.access("ann")
+        ),
+        latest=ann[-1]["seq"],
+    )
 
-def readme_frame(start: str) -> dict[str, Any]:
-    """The README's example frame (one block) that starts with `start`."""
-    found = [block for block in code_blocks() if block.startswith(start)]
-    assert len(found) == 1, f"expected one README example starting {start!r}"
-    frame: dict[str, Any] = json.loads(found[0])
-    return frame
+
+def example_frames() -> list[dict[str, Any]]:
+    """The README's example frames: blocks holding one frame, or one frame a line."""
+    frames: list[dict[str, Any]] = []
+    for block in code_blocks():
+        if block.startswith("{"):
+            try:
+                frames.append(json.loads(block))
+            except json.JSONDecodeError:
+                frames.extend(json.loads(line) for line in block.splitlines() if line.strip())
+    return frames
+
+
+def readme_example(frame_type: str, *, numbered: bool) -> dict[str, Any]:
+    """The README's one example frame of this type, with a `seq` or without."""
+    found = [
+        frame
+        for frame in example_frames()
+        if frame["type"] == frame_type and ("seq" in frame) == numbered
+    ]
+    assert len(found) == 1, f"expected one README example of {frame_type} (seq: {numbered})"
+    return found[0]
 
 
 def shape(value: Any) -> Any:
@@ -349,8 +399,13 @@ def shape(value: Any) -> Any:
 
 
 def assert_like_the_readme_trip_frame(received: dict[str, Any]) -> None:
-    example = readme_frame('{"type": "trip.accepted"')
+    example = readme_example("trip.accepted", numbered=True)
     assert shape(example) == shape(received), (example, received)
+    # Ann's second notification, the trip's second version, in both.
+    for key in ("seq", "type"):
+        assert example[key] == received[key], key
+    for key in ("version", "cancel_reason"):
+        assert example["data"][key] == received["data"][key], key
     # The names are those the README's own sign-up gives; the ids depend on the
     # database (the README's are those of a fresh one), the times on the clock.
     for role in ("rider", "driver"):
@@ -366,26 +421,52 @@ def assert_like_the_readme_trip_frame(received: dict[str, Any]) -> None:
     assert example["data"]["created"] <= example["data"]["updated"]
 
 
-def assert_like_the_readme_error(received: dict[str, Any]) -> None:
-    """Shaped like the README's error example (whose code is another refusal's)."""
-    example = readme_frame('{"type": "error"')
+def assert_like_the_readme_error(received: dict[str, Any], *, numbered: bool) -> None:
+    """Shaped like the README's error example from a worker (numbered) or from the
+    gateway (not), whose code may be another refusal's."""
+    example = readme_example("error", numbered=numbered)
     assert shape(example) == shape(received), (example, received)
     assert example["data"]["request"] == received["data"]["request"]
     assert {example["data"]["code"], received["data"]["code"]} <= ERROR_CODES
     assert received["data"]["message"]
 
 
+def test_the_resync_example_is_the_frame_the_gateway_sends() -> None:
+    example = readme_example(RESYNC, numbered=False)
+    assert example == orjson.loads(resync_frame(example["data"]["oldest_seq"]))
+
+
+def readme_since_refusal() -> tuple[int, dict[str, Any]]:
+    """The README's example of a refused `since`: its HTTP status and JSON body."""
+    found = [block for block in code_blocks() if block.startswith("HTTP/1.1 400")]
+    assert len(found) == 1, "expected one README example of a refused handshake"
+    status_line, body = found[0].strip().split("\n")
+    return int(status_line.split()[1]), json.loads(body)
+
+
+def assert_like_the_readme_since_refusal(url: str, latest: int) -> None:
+    status, example = readme_since_refusal()
+    since = re.fullmatch(
+        r"since=(\d+) is ahead of your latest notification \((\d+)\)", example["detail"]
+    )
+    assert since, example
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{url}&since={since.group(1)}", open_timeout=WAIT_SECONDS).close()
+    response = refused.value.response
+    assert response.status_code == status
+    body = json.loads(response.body)
+    assert body == {
+        **example,
+        "detail": example["detail"].replace(f"({since.group(2)})", f"({latest})"),
+    }
+
+
 def test_every_example_frame_parses_and_uses_real_types() -> None:
     """Frames typed after `>` are client frames; the Protocol section's examples are
     client or server frames; every status and error code is one the system uses."""
     typed: list[dict[str, Any]] = []
-    shown: list[dict[str, Any]] = []
+    shown = example_frames()
     for block in code_blocks():
-        if block.startswith("{"):
-            try:
-                shown.append(json.loads(block))
-            except json.JSONDecodeError:
-                shown.extend(json.loads(line) for line in block.splitlines() if line.strip())
         typed.extend(
             json.loads(line.removeprefix("> "))
             for line in block.splitlines()
@@ -403,3 +484,10 @@ def test_every_example_frame_parses_and_uses_real_types() -> None:
             assert data["status"] in statuses, frame
         if frame["type"] == "error":
             assert isinstance(data, dict) and data["code"] in ERROR_CODES, frame
+        request_id = frame.get("request_id")
+        if frame["type"] == "error":
+            request_id = frame["data"]["request_id"]
+        assert request_id is None or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request_id), frame
+    # Only a user's own notifications are numbered: never an echo or a client frame.
+    for frame in typed:
+        assert "seq" not in frame, frame
