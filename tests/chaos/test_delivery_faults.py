@@ -177,6 +177,8 @@ async def wait_until_due(db: asyncpg.Connection, trip_id: str, timeout_seconds: 
 
 DRIVERS = 100
 ROUNDS = 100  # each round is an offer and its withdrawal to every driver
+# 60 KB echoes that a stalled driver asks for: more than the kernel's socket buffers hold.
+STALL_BACKLOG_FRAMES = 150
 
 
 async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
@@ -196,7 +198,7 @@ async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
                 # Free of the stall before and after it, so drift over the test shows up
                 # on both sides of the comparison.
                 before = await offer_latencies(rider_ws, listeners, ROUNDS)
-                stalled.transport.pause_reading()  # from here on the driver reads nothing
+                await stop_reading(stalled)
                 during = await offer_latencies(rider_ws, listeners, 2 * ROUNDS)
                 stalled.transport.abort()
                 after = await offer_latencies(rider_ws, listeners, ROUNDS)
@@ -214,6 +216,15 @@ async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
     )
     # It did stall: the gateway gave up on it for reading too slowly.
     assert f"socket closed for reading too slowly user_id={drivers[0].id}" in gateway.log()
+
+
+async def stop_reading(ws: ClientConnection) -> None:
+    """The driver's app stops reading, with a backlog: echoes of large frames fill the
+    socket's kernel buffers, so the gateway's writes to it block from here on."""
+    ws.transport.pause_reading()
+    filler = {"type": "echo.message", "data": "x" * 60_000}
+    for _ in range(STALL_BACKLOG_FRAMES):
+        await send(ws, filler)
 
 
 def p99(samples: list[float]) -> float:
