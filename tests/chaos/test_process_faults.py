@@ -117,14 +117,16 @@ async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             rider = await create_account(http, "rider")
+            poisoner = await create_account(http, "rider")
         # A trip already holds this id, so applying the command fails every time
-        # (the database refuses the second row), whichever worker takes it.
-        poison = Command(uuid.uuid4(), CREATE_TRIP, rider.id, CreateTrip("A", "B"), time.time())
+        # (the database refuses the second row), whichever worker takes it. That trip
+        # is over, so its rider has no live trip that would get the command refused.
+        poison = Command(uuid.uuid4(), CREATE_TRIP, poisoner.id, CreateTrip("A", "B"), time.time())
         await db.execute(
-            "INSERT INTO trips (id, pick_up_address, drop_off_address, rider_id)"
-            " VALUES ($1, 'x', 'y', $2)",
+            "INSERT INTO trips (id, pick_up_address, drop_off_address, rider_id, status)"
+            " VALUES ($1, 'x', 'y', $2, 'CANCELLED')",
             poison.id,
-            rider.id,
+            poisoner.id,
         )
         amqp = await aio_pika.connect(isolated_settings.amqp_url)
         async with amqp:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,13 +47,19 @@ TRIP_DEADLINE_SECONDS = 120.0
 
 
 class LiveSocket:
-    """A client socket that reconnects by itself and records every frame it receives."""
+    """A client socket that reconnects by itself and records every frame it receives.
 
-    def __init__(self, base_url: str, account: Account) -> None:
-        self.base_url = base_url
+    It reconnects with `since` (the last notification number it got), to the next of
+    its gateways when one is given more than one, as a client of several nodes does.
+    """
+
+    def __init__(self, base_url: str | list[str], account: Account) -> None:
+        self.base_urls = [base_url] if isinstance(base_url, str) else base_url
         self.account = account
         self.frames: list[dict[str, Any]] = []
         self.reconnects = 0
+        self.last_seq: int | None = None
+        self.connected_to: list[str] = []
         self._ws: ClientConnection | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -103,21 +110,26 @@ class LiveSocket:
 
     async def _run(self) -> None:
         backoff = 0.2
+        gateways = itertools.cycle(self.base_urls)
+        base_url = next(gateways)
         while True:
             try:
-                async with websockets.connect(
-                    ws_url(self.base_url, self.account.access), open_timeout=5
-                ) as ws:
+                url = ws_url(base_url, self.account.access, self.last_seq)
+                async with websockets.connect(url, open_timeout=5) as ws:
                     self._ws = ws
+                    self.connected_to.append(base_url)
                     self._connected.set()
                     backoff = 0.2
                     async for raw in ws:
                         frame = orjson.loads(raw)
                         async with self._changed:
                             self.frames.append(frame)
+                            if "seq" in frame:
+                                self.last_seq = frame["seq"]
                             self._changed.notify_all()
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                 log.debug("socket of user %s down: %r", self.account.id, exc)
+                base_url = next(gateways)
             self._connected.clear()
             self._ws = None
             self.reconnects += 1
