@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from functools import partial
@@ -16,9 +17,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection
 
+from gateway.tokens import TokenService
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
+from shared.users import USER_COLUMNS, User, user_from_row
 from tests.chaos.services import (
     PrivatePostgres,
     PrivateRabbitMQ,
@@ -26,7 +30,7 @@ from tests.chaos.services import (
     rabbitmq_stopped,
 )
 from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
-from tests.clients import about, connect, create_account, receive_until, send
+from tests.clients import about, connect, create_account, receive, receive_until, send
 
 # The first test to ask for a private server waits for its start, on a slow machine
 # tens of seconds (pytest-timeout counts fixture set-up).
@@ -110,14 +114,60 @@ async def burst_through(
             await traffic.close()
 
 
-async def test_broker_restart_mid_burst(
+KNOWN_USERS = 50_000
+CONNECTED_USERS = 1_000
+
+
+async def add_known_users(database_url: str, count: int) -> list[User]:
+    """Users who signed up once: the broker must hold nothing for them while away."""
+    batch = uuid.uuid4().hex[:8]
+    db = await asyncpg.connect(database_url)
+    try:
+        rows = await db.fetch(
+            f"""
+            INSERT INTO users (username, password_hash, user_group)
+            SELECT 'known-{batch}-' || n || '@example.com', 'not a hash',
+                   CASE WHEN n % 2 = 0 THEN 'rider' ELSE 'driver' END
+            FROM generate_series(1, $1) AS n
+            RETURNING {USER_COLUMNS}
+            """,
+            count,
+        )
+    finally:
+        await db.close()
+    return [user_from_row(row) for row in rows]
+
+
+@asynccontextmanager
+async def connected(
+    base_url: str, settings: Settings, users: list[User]
+) -> AsyncIterator[list[ClientConnection]]:
+    tokens = TokenService(settings.jwt_secret, access_seconds=3600, refresh_seconds=3600)
+    sockets: list[ClientConnection] = []
+    try:
+        for user in users:
+            sockets.append(await connect(base_url, tokens.issue(user, "access")))
+        yield sockets
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_broker_restart_mid_burst_with_50000_known_users_and_1000_connected(
     private_settings: Settings, private_rabbitmq: PrivateRabbitMQ, tmp_path: Path
 ) -> None:
     processes, base_url = start_system(private_settings, tmp_path)
     try:
+        known = await add_known_users(private_settings.database_url, KNOWN_USERS)
         outage = partial(rabbitmq_stopped, private_rabbitmq)
-        async with burst_through(outage, base_url) as (traffic, http, burst):
+        async with (
+            connected(base_url, private_settings, known[:CONNECTED_USERS]) as idle,
+            burst_through(outage, base_url) as (traffic, http, burst),
+        ):
             recovery = await time_until_a_trip_flows(base_url, http)
+            # The idle sockets stayed up through the outage, and are still served.
+            await send(idle[-1], {"type": "echo.message", "data": "still here"})
+            assert (await receive(idle[-1]))["data"] == "still here"
             await burst
             db = await asyncpg.connect(private_settings.database_url)
             try:
@@ -125,7 +175,10 @@ async def test_broker_restart_mid_burst(
             finally:
                 await db.close()
         assert recovery < 10, f"trips flowed again only after {recovery:.1f}s"
-        print(f"trips flowed again {recovery:.2f}s after the broker was back")
+        print(
+            f"trips flowed again {recovery:.2f}s after the broker was back, with"
+            f" {KNOWN_USERS} known users and {CONNECTED_USERS} connected"
+        )
         assert all(process.poll() is None for process in processes)
     finally:
         for process in processes:
