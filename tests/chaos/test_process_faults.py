@@ -21,7 +21,7 @@ from shared.processes import free_port, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from tests.chaos.relay import Relay
-from tests.chaos.traffic import LiveSocket, Traffic
+from tests.chaos.traffic import LiveSocket, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive, receive_until, send
 
 
@@ -245,3 +245,37 @@ async def test_sigterm_to_a_worker_whose_broker_is_unreachable_stops_it_at_once(
     # A supervisor (honcho, the kubelet) kills what takes longer than about 5 s.
     assert stopped_in < 5, f"stopped {stopped_in:.1f}s after SIGTERM:\n{worker.log()}"
     assert "broker unreachable" in worker.log() and "dispatcher stopped" in worker.log()
+
+
+async def test_clients_of_a_gateway_killed_mid_burst_resume_on_the_other_and_miss_nothing(
+    isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    doomed, url_a = start_gateway(isolated_settings, tmp_path)
+    survivor, url_b = start_gateway(isolated_settings, tmp_path)
+    workers = [start_dispatcher(isolated_settings, tmp_path / f"w{n}.log") for n in range(2)]
+    try:
+        # Every client starts on gateway A and falls back to B, as behind a balancer.
+        async with httpx.AsyncClient(base_url=url_b, timeout=10) as http:
+            traffic = await Traffic.open(http, [url_a, url_b], 10)
+            try:
+                burst = asyncio.create_task(traffic.run(6))
+                await traffic.wait_until_completed(15)
+                doomed.signal(signal.SIGKILL)
+                assert doomed.wait(10) == -signal.SIGKILL
+                await burst
+                delivery = await rider_deliveries(traffic, wait_seconds=60)
+            finally:
+                await traffic.close()
+    finally:
+        for process in [*workers, survivor, doomed]:
+            process.stop()
+    trip_ids = [t for pair in traffic.pairs for t in pair.trips.values()]
+    statuses = await db.fetch("SELECT status FROM trips WHERE id = ANY($1::uuid[])", trip_ids)
+    assert [row["status"] for row in statuses] == ["COMPLETED"] * 60
+    assert delivery.missing == []
+    assert delivery.duplicates == 0
+    for pair in traffic.pairs:
+        for client in (pair.rider, pair.driver):
+            assert client.connected_to[0] == url_a and client.connected_to[-1] == url_b
+            numbered = [f["seq"] for f in client.frames if "seq" in f]
+            assert numbered == list(range(1, len(numbered) + 1)), "a gap or a repeat"

@@ -154,7 +154,7 @@ class Traffic:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, http: httpx.AsyncClient, base_url: str, pairs: int) -> Traffic:
+    async def open(cls, http: httpx.AsyncClient, base_url: str | list[str], pairs: int) -> Traffic:
         opened = []
         for index in range(pairs):
             rider = LiveSocket(base_url, await create_account(http, "rider"))
