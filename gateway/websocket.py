@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from aio_pika.exceptions import AMQPError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import metrics
@@ -41,6 +42,8 @@ FrameHandler = Callable[[Outgoing, User, ClientFrame], Awaitable[None]]
 
 # Failures that end the connection rather than one frame.
 _CONNECTION_LEVEL: tuple[type[BaseException], ...] = (WebSocketDisconnect, *DATABASE_OUTAGE)
+# What an unreachable or restarting RabbitMQ looks like to a broker call.
+BROKER_OUTAGE: tuple[type[BaseException], ...] = (AMQPError, ConnectionError, RuntimeError)
 # How a socket that went away shows itself to its writer.
 _SOCKET_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnect, RuntimeError, OSError)
 
@@ -104,7 +107,14 @@ class TaxiSocket:
             return
         # This gateway receives the user's notifications from before the resume point
         # is read: whatever is committed later arrives live, the rest is in the log.
-        connected = await self._connected.join(user)
+        try:
+            connected = await self._connected.join(user)
+        except BROKER_OUTAGE as exc:
+            log.warning("handshake refused, broker unavailable error=%r", exc)
+            await _refuse(
+                websocket, 503, "broker unavailable, retry shortly", ErrorCode.UNAVAILABLE
+            )
+            return
         try:
             point = await self._log.resume_point(user.id)
             if since is not None and since > point.last_seq:

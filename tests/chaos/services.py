@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import psycopg
@@ -90,23 +90,17 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-class PrivatePostgres:
-    """A Postgres cluster of its own: initdb into a temporary directory, served by
-    pg_ctl on a free port on 127.0.0.1 only, trust authentication, removed on exit.
+class PrivateServer:
+    """A throwaway server of the test session's own: started on entry, and stopped and
+    removed with its data on exit, even when starting it failed halfway."""
 
-    initdb and postgres refuse to run as root: as root, they run as the `postgres`
-    system user, which owns the directory."""
+    def start(self) -> None:
+        raise NotImplementedError
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="taxi-test-postgres-"))
-        self.data = self.base / "data"
-        self.log = self.base / "server.log"
-        self._bin = _postgres_bindir()
-        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-        self._initialised = False
+    def remove(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> PrivatePostgres:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -121,6 +115,23 @@ class PrivatePostgres:
         traceback: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+class PrivatePostgres(PrivateServer):
+    """A Postgres cluster of its own: initdb into a temporary directory, served by
+    pg_ctl on a free port on 127.0.0.1 only, trust authentication, removed on exit.
+
+    initdb and postgres refuse to run as root: as root, they run as the `postgres`
+    system user, which owns the directory."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="taxi-test-postgres-"))
+        self.data = self.base / "data"
+        self.log = self.base / "server.log"
+        self._bin = _postgres_bindir()
+        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self._initialised = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -214,7 +225,7 @@ def _postgres_bindir() -> Path:
     return Path(installed[-1]).parent
 
 
-class PrivateRabbitMQ:
+class PrivateRabbitMQ(PrivateServer):
     """A RabbitMQ node of its own, `taxi-test-<random>@localhost`: its own AMQP,
     distribution and epmd ports on 127.0.0.1, its own Erlang cookie (HOME is its
     directory), data, logs and an empty plugin list, all in a temporary directory
@@ -237,22 +248,6 @@ class PrivateRabbitMQ:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> PrivateRabbitMQ:
-        try:
-            self.start()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def start(self) -> None:
         """Serve again: start the application if the node runs, else boot the node."""

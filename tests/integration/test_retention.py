@@ -7,7 +7,7 @@ and would take these tests' old rows first.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,9 +16,7 @@ import asyncpg
 import pytest
 
 from dispatcher.retention import prune
-from shared.cleanup import unique_name
 from shared.db import Database
-from shared.migrate import drop_database, migrate, with_database
 from shared.settings import Settings
 from tests.integration.test_repository import create_user
 
@@ -28,17 +26,9 @@ DAY = timedelta(days=1)
 TABLES = ("notifications", "processed_commands", "outbox")
 
 
-@pytest.fixture(scope="module")
-def retention_database_url(settings: Settings) -> Iterator[str]:
-    database_url = with_database(settings.database_url, unique_name("retention"))
-    migrate(database_url)
-    yield database_url
-    drop_database(database_url)
-
-
 @pytest.fixture
-async def conn(retention_database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(retention_database_url)
+async def conn(module_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(module_database_url)
     yield connection
     await connection.execute(f"TRUNCATE {', '.join(TABLES)}")
     await connection.close()
@@ -185,11 +175,11 @@ async def test_old_rows_go_in_batches_until_a_batch_comes_back_short(
 
 
 async def test_prune_runs_on_the_pool_of_a_database(
-    retention_database_url: str, settings: Settings, rows: Rows
+    module_database_url: str, settings: Settings, rows: Rows
 ) -> None:
     await rows.notification(NOW - DAY)
     await rows.outbox(NOW - DAY)
-    database = Database(replace(settings, database_url=retention_database_url, db_pool_size=2))
+    database = Database(replace(settings, database_url=module_database_url, db_pool_size=2))
     await database.start()
     try:
         pruned = await prune(database, NOW, retention_seconds=3600, batch=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -18,9 +18,6 @@ import pytest
 from dispatcher import repository
 from dispatcher.timeouts import expire_due
 from shared import trips
-from shared.cleanup import unique_name
-from shared.migrate import drop_database, migrate, with_database
-from shared.settings import Settings
 from shared.trips import EventType, Status, Transition, Trip
 from shared.users import User
 from tests.integration.test_repository import create_user, wait_until
@@ -30,17 +27,9 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DUE = NOW - timedelta(seconds=TIMEOUT + 1)
 
 
-@pytest.fixture(scope="module")
-def sweep_database_url(settings: Settings) -> Iterator[str]:
-    database_url = with_database(settings.database_url, unique_name("timeouts"))
-    migrate(database_url)
-    yield database_url
-    drop_database(database_url)
-
-
 @pytest.fixture
-async def conn(sweep_database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(sweep_database_url)
+async def conn(module_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(module_database_url)
     yield connection
     # Each test starts with nothing due: what one left REQUESTED ends here.
     await connection.execute("UPDATE trips SET status = 'CANCELLED' WHERE status = 'REQUESTED'")
@@ -127,11 +116,11 @@ async def test_the_oldest_requests_go_first_a_batch_at_a_time(conn: asyncpg.Conn
 
 
 async def test_a_request_accepted_while_being_swept_is_skipped(
-    conn: asyncpg.Connection, sweep_database_url: str
+    conn: asyncpg.Connection, module_database_url: str
 ) -> None:
     trip = await requested(conn, DUE)
     driver = await create_user(conn, "driver")
-    accepting = await asyncpg.connect(sweep_database_url)
+    accepting = await asyncpg.connect(module_database_url)
     try:
         async with accepting.transaction():
             assert await repository.save_transition(accepting, trips.accept(trip, driver, NOW))
@@ -144,11 +133,11 @@ async def test_a_request_accepted_while_being_swept_is_skipped(
 
 
 async def test_an_accept_racing_the_sweep_loses_once_the_sweep_commits(
-    conn: asyncpg.Connection, sweep_database_url: str
+    conn: asyncpg.Connection, module_database_url: str
 ) -> None:
     trip = await requested(conn, DUE)
     driver = await create_user(conn, "driver")
-    accepting = await asyncpg.connect(sweep_database_url)
+    accepting = await asyncpg.connect(module_database_url)
     try:
         transaction = conn.transaction()
         await transaction.start()
@@ -162,7 +151,7 @@ async def test_an_accept_racing_the_sweep_loses_once_the_sweep_commits(
         accepting_pid = accepting.get_server_pid()
 
         async def accept_waits_for_the_sweep() -> bool:
-            wait = await asyncpg.connect(sweep_database_url)
+            wait = await asyncpg.connect(module_database_url)
             try:
                 state = await wait.fetchval(
                     "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", accepting_pid
@@ -183,10 +172,10 @@ async def test_an_accept_racing_the_sweep_loses_once_the_sweep_commits(
 
 
 async def test_concurrent_sweeps_never_expire_one_trip_twice(
-    conn: asyncpg.Connection, sweep_database_url: str
+    conn: asyncpg.Connection, module_database_url: str
 ) -> None:
     due = [await requested(conn, DUE - timedelta(seconds=n)) for n in range(30)]
-    sweepers = [await asyncpg.connect(sweep_database_url) for _ in range(3)]
+    sweepers = [await asyncpg.connect(module_database_url) for _ in range(3)]
     try:
         # While the first holds its batch, the others take other trips at once.
         holding = [sweeper.transaction() for sweeper in sweepers]
