@@ -69,6 +69,9 @@ class Outgoing:
         self._slow_seconds = slow_seconds
         self._clock = clock
         self._full_since: float | None = None
+        # A numbered frame was dropped: read the log once the buffer has drained, even
+        # if no later notification comes to reveal the gap.
+        self._dropped = False
         # Set by `close_after_sending`: the close frame to send once the buffer is empty.
         self._closing: tuple[int, str] | None = None
         self._close: Close | None = None
@@ -79,6 +82,7 @@ class Outgoing:
         try:
             self._buffer.put_nowait(frame)
         except asyncio.QueueFull:
+            self._dropped = self._dropped or frame.seq is not None
             now = self._clock()
             if self._full_since is None:
                 self._full_since = now
@@ -105,6 +109,9 @@ class Outgoing:
             if self._closing is not None and self._close is not None and self._buffer.empty():
                 await self._close(*self._closing)
                 return
+            if self._dropped and self._buffer.empty():
+                self._dropped = False
+                await self._catch_up()
             frame = await self._buffer.get()
             if frame is CATCH_UP:
                 await self._catch_up()

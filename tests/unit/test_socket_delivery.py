@@ -293,3 +293,22 @@ async def test_an_offer_older_than_what_drivers_here_were_sent_is_dropped() -> N
         "end",
     ]
     await stop(tasks)
+
+
+async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_later_one() -> None:
+    log = Log()
+    reading = asyncio.Event()
+    socket = Socket(stalled=reading)
+    user = ConnectedUser(RIDER)
+    writer = outgoing(log, socket)
+    user.sockets.add(writer)
+    tasks = await running(writer)
+
+    total = BUFFER_FRAMES + 50  # the last 49 or so find the buffer full
+    for seq in range(1, total + 1):
+        user.notify(log.add(RIDER.id, seq))
+    reading.set()
+    await settle(lambda: len(socket.sent) == total)
+
+    assert socket.seqs() == list(range(1, total + 1))
+    await stop(tasks)
