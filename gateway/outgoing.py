@@ -98,6 +98,11 @@ class Outgoing:
         self.put(CATCH_UP)  # wakes the writer if it waits on an empty buffer
 
     @property
+    def waiting(self) -> int:
+        """Frames in the buffer, not yet taken by the writer."""
+        return self._buffer.qsize()
+
+    @property
     def closing(self) -> bool:
         return self._closing is not None
 

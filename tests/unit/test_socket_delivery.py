@@ -63,10 +63,15 @@ def outgoing(log: Log, socket: Socket, user: User = RIDER, **kwargs: Any) -> Out
 async def settle(condition: Callable[[], bool]) -> None:
     """Let the writers run until `condition` holds (they only wait on in-memory things)."""
     for _ in range(1000):
+        await asyncio.sleep(0)
         if condition():
             return
-        await asyncio.sleep(0)
     raise AssertionError("the writers never got there")
+
+
+def writer_waits_on(writer: Outgoing) -> bool:
+    """Its buffer is empty: the writer took the last frame and is sending it."""
+    return writer.waiting == 0
 
 
 async def running(*writers: Outgoing) -> list[asyncio.Task[None]]:
@@ -304,8 +309,11 @@ async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_la
     user.sockets.add(writer)
     tasks = await running(writer)
 
-    total = BUFFER_FRAMES + 50  # the last 49 or so find the buffer full
-    for seq in range(1, total + 1):
+    await settle(lambda: True)  # the writer has caught up with the (empty) log
+    user.notify(log.add(RIDER.id, 1))
+    await settle(lambda: writer_waits_on(writer))  # it holds frame 1, blocked on the socket
+    total = BUFFER_FRAMES + 50  # the last 49 find the buffer full
+    for seq in range(2, total + 1):
         user.notify(log.add(RIDER.id, seq))
     reading.set()
     await settle(lambda: len(socket.sent) == total)
