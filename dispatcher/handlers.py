@@ -37,6 +37,8 @@ async def create_trip(conn: Connection, command: Command, now: datetime) -> Tran
         command.data.drop_off_address,
         now,
         live_trip=live_trip,
+        pick_up=command.data.pick_up,
+        drop_off=command.data.drop_off,
     )
     await repository.insert_trip(conn, transition.after)
     return transition

@@ -67,8 +67,8 @@ async def insert_trip(conn: Connection, trip: Trip) -> None:
         """
         INSERT INTO trips
             (id, created, updated, pick_up_address, drop_off_address, status, rider_id,
-             version, cancel_reason)
-        VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8)
+             version, cancel_reason, pick_up_lat, pick_up_lng, drop_off_lat, drop_off_lng)
+        VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         """,
         trip.id,
         trip.created,
@@ -78,6 +78,10 @@ async def insert_trip(conn: Connection, trip: Trip) -> None:
         trip.rider.id,
         trip.version,
         trip.cancel_reason,
+        trip.pick_up.lat if trip.pick_up else None,
+        trip.pick_up.lng if trip.pick_up else None,
+        trip.drop_off.lat if trip.drop_off else None,
+        trip.drop_off.lng if trip.drop_off else None,
     )
 
 

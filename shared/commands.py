@@ -3,6 +3,10 @@
 The gateway checks a frame's `data`, stamps it with the authenticated user and a
 fresh message id, and publishes the result. The dispatcher decodes the same shape
 and never trusts a body it did not check.
+
+A driver's `update.location` is validated here too, but it is no command: locations
+come often and matter only while fresh, so the gateway acts on them itself and never
+publishes them to the dispatcher.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from typing import Any
 
 import orjson
 
+from shared import locations
+from shared.locations import Location, Point
 from shared.trips import Status
 from shared.wire import REQUEST_ID, ErrorCode, FrameError
 
 CREATE_TRIP = "create.trip"
 UPDATE_TRIP = "update.trip"
+# The frame types published to the dispatcher.
 COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP)
+UPDATE_LOCATION = "update.location"
 MAX_ADDRESS_LENGTH = 500
 # A command's id is derived from its user and request id when the client gave one:
 # a retried frame then carries the same id, which the dispatcher applies only once.
@@ -30,6 +38,9 @@ REQUEST_ID_NAMESPACE = uuid.UUID("5d0c7a6e-3c1b-4f5e-9a57-7c1f3d2b9e10")
 class CreateTrip:
     pick_up_address: str
     drop_off_address: str
+    # Where the rider wants to be picked up and dropped off, when their app knows.
+    pick_up: Point | None = None
+    drop_off: Point | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +160,26 @@ def _parse_create(data: dict[str, Any], user_id: int, group: str | None) -> Crea
     return CreateTrip(
         pick_up_address=_address(data, "pick_up_address", CREATE_TRIP),
         drop_off_address=_address(data, "drop_off_address", CREATE_TRIP),
+        pick_up=locations.optional_point_from(data, "pick_up", CREATE_TRIP),
+        drop_off=locations.optional_point_from(data, "drop_off", CREATE_TRIP),
     )
+
+
+def check_reports_location(group: str) -> None:
+    """Raise FrameError unless a user of `group` may send `update.location`."""
+    if group != "driver":
+        raise FrameError(ErrorCode.FORBIDDEN, "only drivers report their location", UPDATE_LOCATION)
+
+
+def parse_location(data: Any, request: str = UPDATE_LOCATION) -> Location:
+    """Validate an `update.location` frame's data; raise FrameError naming a bad field."""
+    return locations.location_from(data, request)
+
+
+def new_location(group: str, data: Any) -> Location:
+    """A driver's `update.location` as the gateway accepts it: who, then what."""
+    check_reports_location(group)
+    return parse_location(data)
 
 
 def _parse_update(data: dict[str, Any], user_id: int, group: str | None) -> UpdateTrip:
@@ -212,5 +242,14 @@ def _user_id(value: Any) -> int | None:
 
 def _data_fields(data: CreateTrip | UpdateTrip) -> dict[str, Any]:
     if isinstance(data, CreateTrip):
-        return {"pick_up_address": data.pick_up_address, "drop_off_address": data.drop_off_address}
+        fields: dict[str, Any] = {
+            "pick_up_address": data.pick_up_address,
+            "drop_off_address": data.drop_off_address,
+        }
+        # Left out when absent, so a trip without points has the body it always had.
+        if data.pick_up is not None:
+            fields["pick_up"] = data.pick_up.payload()
+        if data.drop_off is not None:
+            fields["drop_off"] = data.drop_off.payload()
+        return fields
     return {"id": str(data.trip_id), "status": data.status.value}

@@ -9,12 +9,13 @@ from datetime import datetime
 import asyncpg
 
 from shared.db import Connection
+from shared.locations import Point
 from shared.trips import Status, Trip
 from shared.users import User, user_from_row
 
 TRIP_SELECT = """
 SELECT t.id, t.created, t.updated, t.pick_up_address, t.drop_off_address, t.status,
-       t.version, t.cancel_reason,
+       t.version, t.cancel_reason, t.pick_up_lat, t.pick_up_lng, t.drop_off_lat, t.drop_off_lng,
        r.id AS r_id, r.username AS r_username, r.first_name AS r_first_name,
        r.last_name AS r_last_name, r.user_group AS r_user_group, r.photo AS r_photo,
        r.is_active AS r_is_active,
@@ -42,7 +43,16 @@ def trip_from_row(row: asyncpg.Record) -> Trip:
         driver=user_from_row(row, "d_") if row["d_id"] is not None else None,
         version=row["version"],
         cancel_reason=row["cancel_reason"],
+        pick_up=_point(row, "pick_up_"),
+        drop_off=_point(row, "drop_off_"),
     )
+
+
+def _point(row: asyncpg.Record, prefix: str) -> Point | None:
+    """The point stored in the `<prefix>lat` and `<prefix>lng` columns; the schema
+    keeps both or neither."""
+    lat, lng = row[f"{prefix}lat"], row[f"{prefix}lng"]
+    return None if lat is None or lng is None else Point(lat, lng)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from shared.locations import Point
 from shared.users import User
 from shared.wire import ErrorCode
 
@@ -90,6 +91,10 @@ class Trip:
     version: int = 1
     # A `CancelReason` value once CANCELLED, otherwise None.
     cancel_reason: str | None = None
+    # The rider's points, when their app gave them; a trip with a pick-up point is
+    # offered to the nearest drivers first.
+    pick_up: Point | None = None
+    drop_off: Point | None = None
 
     def payload(self) -> dict[str, Any]:
         """The course's nested trip, as clients receive it."""
@@ -99,6 +104,8 @@ class Trip:
             "updated": _iso(self.updated),
             "pick_up_address": self.pick_up_address,
             "drop_off_address": self.drop_off_address,
+            "pick_up": self.pick_up.payload() if self.pick_up else None,
+            "drop_off": self.drop_off.payload() if self.drop_off else None,
             "status": self.status.value,
             "version": self.version,
             "cancel_reason": self.cancel_reason,
@@ -123,6 +130,8 @@ def request(
     drop_off_address: str,
     now: datetime,
     live_trip: Trip | None = None,
+    pick_up: Point | None = None,
+    drop_off: Point | None = None,
 ) -> Transition:
     """`live_trip` is the rider's trip that is not over yet, if they have one."""
     if rider.group != "rider":
@@ -140,6 +149,8 @@ def request(
         drop_off_address=drop_off_address,
         status=Status.REQUESTED,
         rider=rider,
+        pick_up=pick_up,
+        drop_off=drop_off,
     )
     return Transition(None, trip, EventType.REQUESTED)
 

@@ -14,6 +14,7 @@ import pytest
 from dispatcher import handlers, repository
 from shared import trips
 from shared.commands import CREATE_TRIP, Command, CreateTrip
+from shared.locations import Point
 from shared.settings import Settings
 from shared.trips import RuleViolation, Status, Trip
 from shared.users import USER_COLUMNS, User, user_from_row
@@ -253,6 +254,81 @@ async def test_a_change_decided_on_an_older_version_saves_nothing(
     stored = await repository.get_trip(db, trip.id)
     assert stored is not None
     assert (stored.status, stored.version) == (Status.IN_PROGRESS, 3)
+
+
+# A trip's pick-up and drop-off points
+
+CENTRAAL = Point(52.378901, 4.900581)
+DAM = Point(52.37308, 4.892453)
+
+
+async def test_a_trips_points_read_back_as_written(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    driver = await create_user(db, "driver")
+    now = datetime.now(UTC)
+    trip = trips.request(uuid.uuid4(), rider, "A St", "B St", now, pick_up=CENTRAAL).after
+    await repository.insert_trip(db, trip)
+
+    assert await repository.get_trip(db, trip.id) == trip
+    accepted = trips.accept(trip, driver, datetime.now(UTC))
+    assert await repository.save_transition(db, accepted)
+    stored = await repository.get_trip(db, trip.id)
+    assert stored is not None
+    assert (stored.pick_up, stored.drop_off) == (CENTRAAL, None)
+    assert stored.payload()["pick_up"] == {"lat": 52.378901, "lng": 4.900581}
+    assert stored.payload()["drop_off"] is None
+
+
+@pytest.mark.parametrize(
+    ("pick_up", "drop_off"),
+    [(None, None), (CENTRAAL, DAM), (None, DAM), (Point(-90, -180), Point(90, 180))],
+)
+async def test_any_combination_of_points_round_trips(
+    db: asyncpg.Connection, pick_up: Point | None, drop_off: Point | None
+) -> None:
+    rider = await create_user(db, "rider")
+    trip = trips.request(
+        uuid.uuid4(), rider, "A St", "B St", datetime.now(UTC), pick_up=pick_up, drop_off=drop_off
+    ).after
+
+    await repository.insert_trip(db, trip)
+
+    assert await repository.live_trip_of(db, rider.id) == trip
+
+
+async def test_create_trip_stores_the_commands_points(db: asyncpg.Connection) -> None:
+    rider = await create_user(db, "rider")
+    data = CreateTrip("A St", "B St", pick_up=CENTRAAL, drop_off=DAM)
+    command = Command(uuid.uuid4(), CREATE_TRIP, rider.id, data, time.time())
+
+    async with db.transaction():
+        created = await handlers.create_trip(db, command, datetime.now(UTC))
+
+    assert (created.after.pick_up, created.after.drop_off) == (CENTRAAL, DAM)
+    assert await repository.get_trip(db, command.id) == created.after
+
+
+@pytest.mark.parametrize(
+    ("columns", "values"),
+    [
+        ("pick_up_lat", "52.37"),
+        ("drop_off_lng", "4.89"),
+        ("pick_up_lat, pick_up_lng", "91, 4.89"),
+        ("pick_up_lat, pick_up_lng", "52.37, -181"),
+        ("drop_off_lat, drop_off_lng", "'NaN', 4.89"),
+        ("drop_off_lat, drop_off_lng", "52.37, 'Infinity'"),
+    ],
+    ids=["half-a-pick-up", "half-a-drop-off", "lat-91", "lng-181", "nan", "infinity"],
+)
+async def test_the_schema_refuses_a_point_off_the_map_or_half_a_point(
+    db: asyncpg.Connection, columns: str, values: str
+) -> None:
+    trip = await create_requested_trip(db, await create_user(db, "rider"))
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(f"UPDATE trips SET ({columns}) = ROW({values}) WHERE id = $1", trip.id)
+
+    assert await repository.get_trip(db, trip.id) == trip
 
 
 # One live trip per rider

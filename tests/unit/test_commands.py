@@ -8,18 +8,26 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.commands import (
+    COMMAND_TYPES,
     CREATE_TRIP,
     MAX_ADDRESS_LENGTH,
+    UPDATE_LOCATION,
     UPDATE_TRIP,
     Command,
     CreateTrip,
     InvalidCommand,
     UpdateTrip,
+    check_reports_location,
     decode_command,
     new_command,
+    new_location,
+    parse_location,
 )
+from shared.locations import Location, Point
 from shared.trips import Status
 from shared.wire import ErrorCode, FrameError
 
@@ -27,6 +35,8 @@ RIDER_ID = 7
 DRIVER_ID = 42
 ADDRESSES = {"pick_up_address": "123 Main Street", "drop_off_address": "456 South Street"}
 TRIP_ID = "6f1b7a43-1d0c-4e38-9a3e-1df27d7f2b0a"
+PICK_UP = {"lat": 52.378901, "lng": 4.900581}
+DROP_OFF = {"lat": 52.37308, "lng": 4.892453}
 
 
 def refused(command_type: str, user_id: int, group: str, data: Any) -> FrameError:
@@ -147,6 +157,147 @@ def test_an_unknown_command_type_is_refused() -> None:
     assert refusal.request == "delete.trip"
 
 
+# create.trip with points
+
+
+def test_a_rider_may_give_pick_up_and_drop_off_points() -> None:
+    data = {**ADDRESSES, "pick_up": PICK_UP, "drop_off": DROP_OFF}
+
+    command = new_command(CREATE_TRIP, RIDER_ID, "rider", data)
+
+    assert command.data == CreateTrip(
+        "123 Main Street",
+        "456 South Street",
+        pick_up=Point(52.378901, 4.900581),
+        drop_off=Point(52.37308, 4.892453),
+    )
+
+
+@pytest.mark.parametrize("given_as", ["absent", "null"])
+def test_points_are_optional(given_as: str) -> None:
+    data = dict(ADDRESSES) if given_as == "absent" else {**ADDRESSES, "pick_up": None}
+
+    command = new_command(CREATE_TRIP, RIDER_ID, "rider", {**data, "drop_off": DROP_OFF})
+
+    assert isinstance(command.data, CreateTrip)
+    assert command.data.pick_up is None
+    assert command.data.drop_off == Point(52.37308, 4.892453)
+
+
+@pytest.mark.parametrize("field", ["pick_up", "drop_off"])
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({"lat": 91, "lng": 4.9}, "lat"),
+        ({"lat": 52.3, "lng": -181}, "lng"),
+        ({"lat": "52.3", "lng": 4.9}, "lat"),
+        ({"lat": True, "lng": 4.9}, "lat"),
+        ({"lat": 52.3, "lng": {}}, "lng"),
+        ({"lat": float("inf"), "lng": 4.9}, "lat"),
+        ({"lat": 52.3}, "lng"),
+        ({}, "lat"),
+        ("52.3,4.9", None),
+        ([52.3, 4.9], None),
+        (True, None),
+    ],
+)
+def test_a_bad_point_is_refused_naming_the_field(field: str, value: Any, named: str | None) -> None:
+    refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, field: value})
+
+    assert refusal.code == ErrorCode.INVALID_DATA
+    assert refusal.request == "create.trip"
+    assert (f'"{field}.{named}"' if named else f'"{field}"') in refusal.message
+
+
+hostile = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.lists(st.floats(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["lat", "lng", "x"]),
+        st.one_of(st.floats(), st.integers(), st.text(max_size=3), st.booleans(), st.none()),
+    ),
+)
+
+
+@given(pick_up=hostile)
+def test_whatever_a_client_sends_as_a_point_is_a_point_on_the_map_or_refused(
+    pick_up: Any,
+) -> None:
+    try:
+        command = new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "pick_up": pick_up})
+    except FrameError as refusal:
+        assert refusal.code == ErrorCode.INVALID_DATA
+        assert '"pick_up' in refusal.message
+        return
+    assert isinstance(command.data, CreateTrip)
+    point = command.data.pick_up
+    assert point is None or (-90 <= point.lat <= 90 and -180 <= point.lng <= 180)
+    assert decode_command(command.encode()) == command
+
+
+# update.location: validated by the gateway, never published to the dispatcher
+
+
+def test_update_location_is_no_command_for_the_dispatcher() -> None:
+    assert UPDATE_LOCATION == "update.location"
+    assert UPDATE_LOCATION not in COMMAND_TYPES
+
+
+def test_a_driver_reports_their_location() -> None:
+    data = {"lat": 52.37, "lng": 4.89, "heading": 90, "speed_mps": 8.5}
+
+    assert new_location("driver", data) == Location(Point(52.37, 4.89), 90.0, 8.5)
+    assert parse_location({"lat": 52.37, "lng": 4.89}) == Location(Point(52.37, 4.89))
+
+
+def test_a_rider_may_not_report_a_location() -> None:
+    with pytest.raises(FrameError) as refusal:
+        new_location("rider", {"lat": 52.37, "lng": 4.89})
+
+    assert refusal.value.code == ErrorCode.FORBIDDEN
+    assert refusal.value.message == "only drivers report their location"
+    assert refusal.value.request == "update.location"
+
+
+def test_only_drivers_pass_the_location_check() -> None:
+    check_reports_location("driver")
+    for group in ("rider", "", "admin"):
+        with pytest.raises(FrameError):
+            check_reports_location(group)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"lat": 91, "lng": 4.89}, "lat"),
+        ({"lat": 52.37, "lng": "4.89"}, "lng"),
+        ({"lat": 52.37, "lng": 4.89, "heading": 361}, "heading"),
+        ({"lat": 52.37, "lng": 4.89, "speed_mps": -0.5}, "speed_mps"),
+        ({"lng": 4.89}, "lat"),
+        (None, "data"),
+        ([52.37, 4.89], "data"),
+    ],
+)
+def test_a_bad_location_is_refused_naming_the_field(data: Any, named: str) -> None:
+    with pytest.raises(FrameError) as refusal:
+        new_location("driver", data)
+
+    assert refusal.value.code == ErrorCode.INVALID_DATA
+    assert refusal.value.request == "update.location"
+    assert f'"{named}"' in refusal.value.message
+
+
+def test_the_location_parser_names_the_request_it_is_given() -> None:
+    with pytest.raises(FrameError) as refusal:
+        parse_location({"lat": 100, "lng": 0}, request="driver.location")
+
+    assert refusal.value.request == "driver.location"
+
+
 # update.trip
 
 
@@ -227,10 +378,14 @@ def test_a_trip_cannot_be_sent_back_to_requested() -> None:
     "command",
     [
         new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": RIDER_ID}),
+        new_command(
+            CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "pick_up": PICK_UP, "drop_off": DROP_OFF}
+        ),
+        new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "drop_off": DROP_OFF}),
         new_command(UPDATE_TRIP, DRIVER_ID, "driver", update_data("STARTED", driver=DRIVER_ID)),
         new_command(UPDATE_TRIP, RIDER_ID, "rider", update_data("CANCELLED")),
     ],
-    ids=["create", "accept", "cancel"],
+    ids=["create", "create-with-points", "create-with-drop-off", "accept", "cancel"],
 )
 def test_a_command_survives_the_trip_through_the_broker(command: Command) -> None:
     assert decode_command(command.encode()) == command
@@ -251,6 +406,30 @@ def test_the_encoded_body_holds_only_validated_fields() -> None:
         "sent_at": command.sent_at,
         "request_id": None,
     }
+
+
+def test_the_encoded_body_carries_the_points_under_their_names() -> None:
+    command = new_command(
+        CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "pick_up": PICK_UP, "drop_off": None}
+    )
+
+    assert orjson.loads(command.encode())["data"] == {**ADDRESSES, "pick_up": PICK_UP}
+
+
+def test_a_body_from_before_points_still_decodes() -> None:
+    body = orjson.dumps(
+        {
+            "id": str(uuid.uuid4()),
+            "type": "create.trip",
+            "user_id": RIDER_ID,
+            "data": ADDRESSES,
+            "sent_at": 1714564800.0,
+        }
+    )
+
+    command = decode_command(body)
+
+    assert command.data == CreateTrip("123 Main Street", "456 South Street")
 
 
 def test_a_request_id_gives_the_same_command_id_for_the_same_user_only() -> None:
@@ -312,6 +491,9 @@ def without_field(name: str) -> bytes:
         with_field("data", "123 Main Street"),
         with_field("data", {"pick_up_address": "1 Main St"}),
         with_field("data", {**ADDRESSES, "drop_off_address": ""}),
+        with_field("data", {**ADDRESSES, "pick_up": {"lat": 91, "lng": 0}}),
+        with_field("data", {**ADDRESSES, "drop_off": {"lat": 0}}),
+        with_field("data", {**ADDRESSES, "pick_up": [52.3, 4.9]}),
         with_field("sent_at", "yesterday"),
         with_field("sent_at", None),
         with_field("sent_at", [1]),

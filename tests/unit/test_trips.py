@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared import trips
+from shared.locations import Point
 from shared.trips import EventType, RuleViolation, Status, Trip
 from shared.users import User
 from shared.wire import ErrorCode
@@ -342,6 +343,8 @@ def test_payload_of_a_requested_trip() -> None:
         "updated": "2024-05-01T12:00:00Z",
         "pick_up_address": "1 Main St",
         "drop_off_address": "2 South St",
+        "pick_up": None,
+        "drop_off": None,
         "status": "REQUESTED",
         "version": 1,
         "cancel_reason": None,
@@ -355,6 +358,38 @@ def test_payload_of_a_requested_trip() -> None:
             "photo": None,
         },
     }
+
+
+def test_a_trip_carries_the_riders_points_in_its_payload() -> None:
+    pick_up, drop_off = Point(52.378901, 4.900581), Point(52.37308, 4.892453)
+
+    trip = trips.request(
+        uuid.uuid4(),
+        RIDER,
+        "1 Main St",
+        "2 South St",
+        REQUESTED_AT,
+        pick_up=pick_up,
+        drop_off=drop_off,
+    ).after
+
+    assert (trip.pick_up, trip.drop_off) == (pick_up, drop_off)
+    assert trip.payload()["pick_up"] == {"lat": 52.378901, "lng": 4.900581}
+    assert trip.payload()["drop_off"] == {"lat": 52.37308, "lng": 4.892453}
+
+
+def test_a_trip_keeps_its_points_through_every_change() -> None:
+    pick_up = Point(-33.8568, 151.2153)
+    trip = trips.request(
+        uuid.uuid4(), RIDER, "1 Main St", "2 South St", REQUESTED_AT, pick_up=pick_up
+    ).after
+
+    accepted = trips.accept(trip, DRIVER, LATER).after
+    cancelled = trips.cancel(accepted, RIDER, LATER).after
+
+    for changed in (accepted, cancelled):
+        assert changed.payload()["pick_up"] == {"lat": -33.8568, "lng": 151.2153}
+        assert changed.payload()["drop_off"] is None
 
 
 def test_payload_of_an_accepted_trip_names_its_driver() -> None:
