@@ -4,6 +4,11 @@ By default it starts the system itself (a fresh database and broker prefix on th
 local Postgres and RabbitMQ, the gateway and N dispatcher workers), runs the
 scenario and tears everything down; `--url` targets a running system instead.
 Results go to `<out>/<scenario>.json` and `<out>/<scenario>.md`.
+
+`--compare-with REV` runs the scenario against this working tree and against REV
+(a temporary git worktree) in the same run: steady and smoke alternate rounds
+between the two systems (results in `<scenario>-compare.*`), idle measures REV
+then this tree at each size (in `idle.*`). See `bench.compare` and `bench.idle`.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 
 import psutil
 
-from bench.idle import idle
+from bench.compare import compare_markdown, compare_traffic
+from bench.idle import idle, idle_markdown
 from bench.load import Load
-from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb
+from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb, rabbitmq_pids
 from bench.stats import markdown_table, percentiles
 from bench.system import LocalSystem
 
@@ -30,7 +36,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "steady": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 60, "racers": 3},
     "saturation": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
     "workers": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
-    "idle": {"drivers": 2500, "riders": 2500, "rate": 0, "seconds": 60, "racers": 0},
+    "idle": {"connections": [5000, 20000], "rate": 0, "seconds": 60, "racers": 0},
     "smoke": {"drivers": 6, "riders": 3, "rate": 5, "seconds": 2, "racers": 2},
 }
 SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
@@ -47,12 +53,48 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="trip requests per second")
     parser.add_argument("--seconds", type=float, help="how long to send requests")
     parser.add_argument("--racers", type=int, help="drivers racing to accept each trip (K)")
+    parser.add_argument(
+        "--connections",
+        type=_sizes,
+        help="idle: connected users per run, comma-separated (default 5000,20000)",
+    )
+    parser.add_argument(
+        "--memory-samples",
+        type=int,
+        default=5,
+        help="idle: broker memory samples per measurement, a second apart (median; default 5)",
+    )
+    parser.add_argument(
+        "--compare-with",
+        metavar="REV",
+        help="also run the scenario against git revision REV, side by side (steady, smoke, idle)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="with --compare-with: rounds per system, alternating (default 4)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
+    if args.compare_with and args.scenario in ("saturation", "workers"):
+        parser.error("--compare-with applies to steady, smoke and idle")
+    if args.compare_with and args.url:
+        parser.error("--compare-with starts both systems itself: leave out --url")
     for name, default in SCENARIOS[args.scenario].items():
         if getattr(args, name) is None:
             setattr(args, name, default)
     return args
+
+
+def _sizes(raw: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("whole numbers, comma-separated") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("at least one size, each at least 1")
+    return sizes
 
 
 async def measure(
@@ -82,7 +124,10 @@ async def measure(
 def summarise(
     args: argparse.Namespace, load: Load, elapsed: float, processes: dict[str, Any]
 ) -> dict[str, Any]:
-    trips = list(load.trips.values())
+    # A request the server refused (trip_in_progress: its rider's last trip was still
+    # live) offers nothing to anyone: it counts as requested, not in the offer figures.
+    refused = sum(1 for trip in load.trips.values() if trip.refused)
+    trips = [trip for trip in load.trips.values() if not trip.refused]
     expected = sum(len(load.expected_offers(trip)) for trip in trips)
     received = sum(len(trip.offered_to & load.expected_offers(trip)) for trip in trips)
     offers_total = len(load.seen.offer_ms)
@@ -99,12 +144,13 @@ def summarise(
         },
         "latency_ms": {
             "offer": percentiles([ms for _, ms in load.seen.offer_ms]),
+            "notified": percentiles(load.seen.notified_ms),
             "assign": percentiles(load.seen.assign_ms),
             "full_trip": percentiles(load.seen.full_trip_ms),
         },
         "requests_per_second": {
             "offered": args.rate,
-            "achieved": round(len(trips) / args.seconds, 2) if args.seconds else 0,
+            "achieved": round(len(load.trips) / args.seconds, 2) if args.seconds else 0,
         },
         "offers": {
             "expected": expected,
@@ -112,7 +158,7 @@ def summarise(
             "missing": expected - received,
             "delivered_per_second": round(offers_total / elapsed, 1) if elapsed else 0,
         },
-        "trips": {"requested": len(trips), "completed": completed},
+        "trips": {"requested": len(load.trips), "completed": completed, "refused": refused},
         "double_assignments": sum(1 for trip in trips if len(trip.winners) > 1),
         "error_frames": dict(load.seen.errors),
         "lost_races": load.seen.lost_races,
@@ -165,6 +211,10 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return {"scenario": "workers", "by_workers": runs, "machine": machine()}
     if args.scenario == "idle":
         return await idle(args)
+    if args.compare_with:
+        return await compare_traffic(
+            args, summarise, lambda: {**broker_and_database(), "load generator": [os.getpid()]}
+        )
     return await once(args, args.workers)
 
 
@@ -198,12 +248,25 @@ async def saturation(args: argparse.Namespace, workers: int) -> dict[str, Any]:
 
 
 def broker_and_database() -> dict[str, list[int]]:
-    return {"rabbitmq": pids_named("beam.smp"), "postgres": pids_named("postgres")}
+    return {"rabbitmq": rabbitmq_pids(), "postgres": pids_named("postgres")}
+
+
+def results_name(args: argparse.Namespace) -> str:
+    """`steady`, or `steady-compare` for a side-by-side run (idle holds both either way)."""
+    if args.compare_with and args.scenario != "idle":
+        return f"{args.scenario}-compare"
+    return str(args.scenario)
 
 
 def write(result: dict[str, Any], out: Path, scenario: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{scenario}.json").write_text(json.dumps(result, indent=2))
+    if "compare" in result:
+        (out / f"{scenario}.md").write_text(compare_markdown(result))
+        return
+    if "runs" in result:
+        (out / f"{scenario}.md").write_text(idle_markdown(result))
+        return
     tables = [markdown_table(step) for step in result.get("steps", [])] if "steps" in result else []
     if "by_workers" in result:
         tables = [
@@ -214,12 +277,6 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         ]
     elif "latency_ms" in result:
         tables = [markdown_table(result)]
-    elif "idle" in result:
-        tables = [
-            "| measure | value |\n|---|---|\n"
-            + "\n".join(f"| {k} | {v} |" for k, v in result["idle"].items())
-            + "\n"
-        ]
     (out / f"{scenario}.md").write_text("\n".join(tables))
     if scenario == "steady" and "timeline" in result:
         from bench.plot import plot_timeline
@@ -230,9 +287,10 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
 def main() -> None:
     args = parse_args()
     result = asyncio.run(run_scenario(args))
-    write(result, args.out, args.scenario)
-    print((args.out / f"{args.scenario}.md").read_text())
-    print(f"results: {args.out / (args.scenario + '.json')}")
+    name = results_name(args)
+    write(result, args.out, name)
+    print((args.out / f"{name}.md").read_text())
+    print(f"results: {args.out / (name + '.json')}")
 
 
 if __name__ == "__main__":

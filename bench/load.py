@@ -3,8 +3,10 @@
 Requests arrive open-loop: the n-th request is sent at start + n/rate whether or
 not earlier ones were answered. Every free driver who receives an offer is timed;
 the first K of them race to accept it; the winner takes the trip through its
-lifecycle. All times are the load generator's own monotonic clock, so latencies
-include both directions of the loopback network and both event loops.
+lifecycle. The rider's own notification of the request (`trip.requested`, which
+the server stores before sending) is timed too. All times are the load generator's
+own monotonic clock, so latencies include both directions of the loopback network
+and both event loops.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +41,7 @@ class Trip:
     sent_at: float
     idle_at_send: frozenset[int]
     id: str | None = None
+    notified_at: float | None = None
     first_offer_at: float | None = None
     offered_to: set[int] = field(default_factory=set)
     racers: int = 0
@@ -45,6 +49,7 @@ class Trip:
     winners: set[int] = field(default_factory=set)
     assigned_at: float | None = None
     completed_at: float | None = None
+    refused: bool = False
 
 
 @dataclass
@@ -53,11 +58,15 @@ class User:
     id: int
     token: str
     ws: ClientConnection | None = None
+    # A rider's trips not yet completed, oldest first: the server allows one live trip
+    # per rider, so a rider with one is passed over while another rider is free.
+    live: list[Trip] = field(default_factory=list)
 
 
 @dataclass
 class Observations:
     offer_ms: list[tuple[float, float]] = field(default_factory=list)  # (at, latency)
+    notified_ms: list[float] = field(default_factory=list)
     assign_ms: list[float] = field(default_factory=list)
     full_trip_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -81,13 +90,20 @@ class Load:
         self.seen = Observations()
         self.started_at = time.perf_counter()
         self._readers: list[asyncio.Task[None]] = []
+        self._sent = 0
         self._completed = 0
+        self._refused = 0
         self._scheduled = False
         self._drained = asyncio.Event()
 
     # --- setting up ---------------------------------------------------------
 
     async def prepare(self) -> None:
+        await self.sign_up()
+        await self.connect()
+
+    async def sign_up(self) -> None:
+        """Sign every user up and log them in (their access tokens)."""
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as http:
             gate = asyncio.Semaphore(SIGN_UP_CONCURRENCY)
             self.drivers = await asyncio.gather(
@@ -96,6 +112,9 @@ class Load:
             self.riders = await asyncio.gather(
                 *(self._account(http, gate, "rider", i) for i in range(self.rider_count))
             )
+
+    async def connect(self) -> None:
+        """One WebSocket per user, each with a task reading it."""
         for user in [*self.drivers, *self.riders]:
             user.ws = await websockets.connect(
                 f"{self.base_url.replace('http', 'ws', 1)}/taxi/?token={user.token}",
@@ -144,8 +163,11 @@ class Load:
     # --- traffic --------------------------------------------------------------
 
     async def run(self, rate: float, seconds: float, progress: bool = True) -> None:
-        """Send `rate` requests per second for `seconds`, open loop, then let them finish."""
+        """Send `rate` requests per second for `seconds`, open loop, then let them finish.
+        Runs may follow one another on the same sockets; what they measure adds up."""
         count = int(rate * seconds)
+        self._scheduled = False
+        self._drained = asyncio.Event()
         # What exists now (users, sockets) lives for the whole run: keep the collector
         # from walking it again and again, or its pauses show up as latency.
         gc.collect()
@@ -157,7 +179,8 @@ class Load:
             delay = start + number / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self._request(next(riders), number)
+            await self._request(self._free_rider(riders), self._sent)
+            self._sent += 1
         self._scheduled = True
         self._check_drained()
         with contextlib.suppress(TimeoutError):
@@ -165,10 +188,20 @@ class Load:
         if reporter is not None:
             reporter.cancel()
 
+    def _free_rider(self, riders: Iterator[User]) -> User:
+        """The next rider in turn without a live trip; the next in turn if none is free
+        (the server may then refuse the request with trip_in_progress)."""
+        for _ in range(len(self.riders)):
+            rider = next(riders)
+            if not rider.live:
+                return rider
+        return next(riders)
+
     async def _request(self, rider: User, number: int) -> None:
         label = f"bench {self.run_id} {number}"
         trip = Trip(label, time.perf_counter(), frozenset(self.idle))
         self.trips[label] = trip
+        rider.live.append(trip)
         await self._send(
             rider,
             {"type": "create.trip", "data": {"pick_up_address": label, "drop_off_address": "B"}},
@@ -239,22 +272,33 @@ class Load:
     async def _on_rider_frame(self, rider: User, frame: dict[str, Any], now: float) -> None:
         kind = frame.get("type")
         if kind == "error":
-            self.seen.errors[frame["data"]["code"]] += 1
+            code = frame["data"]["code"]
+            self.seen.errors[code] += 1
+            if code == "trip_in_progress" and rider.live and rider.live[-1].id is None:
+                refused = rider.live.pop()  # the newest request is the one refused
+                refused.refused = True
+                self._refused += 1
+                self._check_drained()
             return
         trip = self._trip_of(frame)
         if trip is None:
             return
-        if kind == "trip.accepted" and trip.assigned_at is None and trip.first_accept_at:
+        if kind == "trip.requested" and trip.notified_at is None:
+            trip.notified_at = now
+            self.seen.notified_ms.append((now - trip.sent_at) * 1000)
+        elif kind == "trip.accepted" and trip.assigned_at is None and trip.first_accept_at:
             trip.assigned_at = now
             self.seen.assign_ms.append((now - trip.first_accept_at) * 1000)
         elif kind == "trip.completed" and trip.completed_at is None:
             trip.completed_at = now
             self.seen.full_trip_ms.append((now - trip.sent_at) * 1000)
+            if trip in rider.live:
+                rider.live.remove(trip)
             self._completed += 1
             self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._scheduled and self._completed == len(self.trips):
+        if self._scheduled and self._completed + self._refused == len(self.trips):
             self._drained.set()
 
     # --- accounting -------------------------------------------------------
@@ -271,7 +315,7 @@ class Load:
         return expected
 
     async def _report(self, start: float) -> None:
-        reported = 0
+        reported = len(self.seen.offer_ms)
         while True:
             await asyncio.sleep(1)
             recent = sorted(ms for _, ms in self.seen.offer_ms[reported:])

@@ -46,6 +46,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"{offers['expected']} / {offers['received']} / {offers['missing']} |",
         f"| offers delivered per second | {offers['delivered_per_second']} |",
         f"| trips completed | {result['trips']['completed']} of {result['trips']['requested']} |",
+        f"| trips refused (trip_in_progress) | {result['trips'].get('refused', 0)} |",
         f"| double assignments | {result['double_assignments']} |",
         "| error frames (lost races excluded) | "
         f"{sum(result['error_frames'].values())} {result['error_frames'] or ''} |",

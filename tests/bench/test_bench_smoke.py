@@ -1,4 +1,5 @@
-"""A tiny run of the load generator, so the benchmark tool cannot rot unnoticed."""
+"""Tiny runs of the load generator, so the benchmark tool cannot rot unnoticed: the
+traffic scenario, the same side by side with another revision, and the idle one."""
 
 from __future__ import annotations
 
@@ -8,31 +9,45 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shared.settings import Settings
 
 LATENCY_FIELDS = {"count", "p50", "p90", "p99", "max"}
+LATENCIES = ("offer", "notified", "assign", "full_trip")
 
 
-def test_a_smoke_run_measures_everything_and_loses_nothing(
-    settings: Settings, tmp_path: Path, project_root: Path
-) -> None:
+def bench(settings: Settings, project_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "TAXI_DATABASE_URL": settings.database_url,
         "TAXI_AMQP_URL": settings.amqp_url,
     }
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", *args],
         cwd=project_root,
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def worktrees(project_root: Path) -> str:
+    return subprocess.run(
+        ["git", "worktree", "list"], cwd=project_root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_smoke_run_measures_everything_and_loses_nothing(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    run = bench(settings, project_root, "smoke", "--out", str(tmp_path))
     result = json.loads((tmp_path / "smoke.json").read_text())
 
-    for name in ("offer", "assign", "full_trip"):
+    for name in LATENCIES:
         assert set(result["latency_ms"][name]) == LATENCY_FIELDS
         assert result["latency_ms"][name]["count"] > 0
         assert result["latency_ms"][name]["p50"] <= result["latency_ms"][name]["p99"]
@@ -56,3 +71,61 @@ def test_a_smoke_run_measures_everything_and_loses_nothing(
     assert result["socket_closes"] == 0
     assert "| offer |" in (tmp_path / "smoke.md").read_text()
     assert "offers" in run.stderr  # progress was shown while it ran
+
+
+def test_a_side_by_side_run_measures_both_revisions_in_alternating_rounds(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    if not (project_root / ".git").exists():
+        pytest.skip("--compare-with checks a revision out of the git repository")
+    before = worktrees(project_root)
+
+    # HEAD stands in for an older revision: the path is what is under test.
+    bench(
+        settings,
+        project_root,
+        *("smoke", "--compare-with", "HEAD", "--rounds", "2", "--workers", "1"),
+        *("--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "smoke-compare.json").read_text())
+
+    assert result["compare"]["order"] == ["before", "after", "after", "before"]
+    assert len(result["compare"]["before"]["commit"]) == 40
+    for side in ("before", "after"):
+        assert result[side]["trips"]["requested"] > 0
+        assert result[side]["latency_ms"]["offer"]["count"] > 0
+        assert result[side]["latency_ms"]["notified"]["count"] > 0
+        processes = set(result[side]["processes"])
+        assert {"gateway", "dispatcher-0", "postgres", "postgres backends of this system"} <= (
+            processes
+        )
+        assert result[side]["notifications_stored"] > 0  # HEAD keeps a notification log
+    assert set(result["difference_ms"]) == set(LATENCIES)
+    assert "side by side" in (tmp_path / "smoke-compare.md").read_text()
+    assert worktrees(project_root) == before  # the checkout is gone again
+
+
+def test_an_idle_run_measures_what_each_connection_costs(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("idle", "--connections", "20", "--seconds", "1", "--memory-samples", "1"),
+        *("--workers", "1", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "idle.json").read_text())
+
+    [run] = result["runs"]
+    assert run["users"] == run["sockets_opened"] == 20
+    assert run["sockets_failed"] == 0
+    assert run["socket_closes_while_idle"] == 0
+    assert run["gateway_released_all_sockets"]
+    assert run["gateway"]["rss_mb"]["connected"] > 0
+    queues = run["rabbitmq"]["queues"]
+    if queues["connected"] is not None:  # rabbitmqctl reaches this broker
+        # No queue per user: the gateway's own queue is bound to each user's key.
+        assert queues["connected"]["per_user"] == queues["disconnected"]["per_user"] == 0
+        assert queues["connected"]["bindings"] - queues["disconnected"]["bindings"] == 20
+        assert run["rabbitmq"]["queues_left_after_clean_up"] == 0
+    assert "KB per connection" in (tmp_path / "idle.md").read_text()

@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from shared.commands import CREATE_TRIP, Command, CreateTrip
-from shared.processes import free_port, start_dispatcher, start_gateway
+from shared.processes import ServiceProcess, free_port, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from tests.chaos.relay import Relay
@@ -250,10 +250,14 @@ async def test_sigterm_to_a_worker_whose_broker_is_unreachable_stops_it_at_once(
 async def test_clients_of_a_gateway_killed_mid_burst_resume_on_the_other_and_miss_nothing(
     isolated_settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    doomed, url_a = start_gateway(isolated_settings, tmp_path)
-    survivor, url_b = start_gateway(isolated_settings, tmp_path)
-    workers = [start_dispatcher(isolated_settings, tmp_path / f"w{n}.log") for n in range(2)]
+    processes: list[ServiceProcess] = []
     try:
+        doomed, url_a = start_gateway(isolated_settings, tmp_path)
+        processes.append(doomed)
+        survivor, url_b = start_gateway(isolated_settings, tmp_path)
+        processes.append(survivor)
+        for n in range(2):
+            processes.append(start_dispatcher(isolated_settings, tmp_path / f"w{n}.log"))
         # Every client starts on gateway A and falls back to B, as behind a balancer.
         async with httpx.AsyncClient(base_url=url_b, timeout=10) as http:
             traffic = await Traffic.open(http, [url_a, url_b], 10)
@@ -267,7 +271,7 @@ async def test_clients_of_a_gateway_killed_mid_burst_resume_on_the_other_and_mis
             finally:
                 await traffic.close()
     finally:
-        for process in [*workers, survivor, doomed]:
+        for process in processes:
             process.stop()
     trip_ids = [t for pair in traffic.pairs for t in pair.trips.values()]
     statuses = await db.fetch("SELECT status FROM trips WHERE id = ANY($1::uuid[])", trip_ids)
