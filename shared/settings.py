@@ -58,9 +58,6 @@ class Settings:
     # A socket whose outgoing buffer stays full this long is closed: one slow client
     # must not hold notifications, or memory, for everyone else on its gateway.
     slow_client_seconds: int = 10
-    # A driver's last reported location older than this counts as unknown: they may
-    # have driven on, or lost their signal, since.
-    location_stale_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -171,7 +168,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "request_timeout_seconds": _positive_int,
     "notification_retention_seconds": _positive_int,
     "slow_client_seconds": _positive_int,
-    "location_stale_seconds": _positive_int,
 }
 
 

@@ -32,7 +32,6 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.request_timeout_seconds == 120
     assert settings.notification_retention_seconds == 86400
     assert settings.slow_client_seconds == 10
-    assert settings.location_stale_seconds == 30
 
 
 def test_empty_and_blank_variables_mean_the_default() -> None:
@@ -66,7 +65,6 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "45", 45),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "3600", 3600),
         ("TAXI_SLOW_CLIENT_SECONDS", "3", 3),
-        ("TAXI_LOCATION_STALE_SECONDS", "60", 60),
         ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
         ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
         ("TAXI_PORT", " 9000 ", 9000),
@@ -114,8 +112,6 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "1.5"),
         ("TAXI_SLOW_CLIENT_SECONDS", "0"),
         ("TAXI_SLOW_CLIENT_SECONDS", "ten"),
-        ("TAXI_LOCATION_STALE_SECONDS", "0"),
-        ("TAXI_LOCATION_STALE_SECONDS", "half a minute"),
         ("TAXI_BROKER_PREFIX", "taxi.eu"),
         ("TAXI_BROKER_PREFIX", "taxi eu"),
         ("TAXI_BROKER_PREFIX", "taxi#"),
@@ -206,7 +202,6 @@ def test_to_env_round_trips_through_from_env() -> None:
         request_timeout_seconds=30,
         notification_retention_seconds=600,
         slow_client_seconds=2,
-        location_stale_seconds=45,
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()
