@@ -107,11 +107,13 @@ class ConnectedUsers:
     def get(self, user_id: int) -> ConnectedUser | None:
         return self._users.get(user_id)
 
+    # No copies: callers only put frames in buffers, which never waits, so the
+    # dictionaries cannot change while they walk them.
     def __iter__(self) -> Iterator[ConnectedUser]:
-        return iter(list(self._users.values()))
+        return iter(self._users.values())
 
     def drivers(self) -> Iterator[ConnectedUser]:
-        return iter(list(self._drivers.values()))
+        return iter(self._drivers.values())
 
     def catch_up_all(self) -> None:
         """After the broker connection came back: notifications published meanwhile never

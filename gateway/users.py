@@ -54,21 +54,6 @@ class UserRepository:
         )
         return user_from_row(row) if row else None
 
-    async def connecting(self, user_id: int) -> tuple[User, bool] | None:
-        """An active user opening a socket, and whether they are busy with a trip (a
-        busy driver gets no offers until it is over), in one round trip."""
-        row = await self._database.pool.fetchrow(
-            f"""
-            SELECT {_COLUMNS}, EXISTS (
-                SELECT 1 FROM trips
-                WHERE driver_id = users.id AND status IN ('STARTED', 'IN_PROGRESS')
-            ) AS busy
-            FROM users WHERE id = $1 AND is_active
-            """,
-            user_id,
-        )
-        return (user_from_row(row), bool(row["busy"])) if row else None
-
     async def find_with_password_hash(self, username: str) -> tuple[User, str] | None:
         row = await self._database.pool.fetchrow(
             f"SELECT {_COLUMNS}, password_hash FROM users WHERE lower(username) = lower($1)",
