@@ -63,6 +63,15 @@ class GatewayBroker:
         )
         await broker.declare_dispatcher_queue(publish_channel, self.topology, self._commands)
         self._inbox_channel = await self._connection.channel(publisher_confirms=False)
+        # One subscription to the offers broadcast per gateway, fanned out here to the
+        # drivers connected to it: the broker delivers each offer once per gateway, not
+        # once per driver. Declared first, so that after a reconnect aio-pika restores it
+        # before the notifications queue and its binding per connected user: offers,
+        # which nothing replays, flow again at once.
+        self._offers = await self._inbox_channel.declare_queue(
+            exclusive=True, auto_delete=True, arguments={"x-max-length": OFFERS_BACKLOG}
+        )
+        await self._offers.bind(self._notifications, DRIVER_OFFERS_KEY)
         # Exclusive: it lives and dies with this gateway's connection, and after a
         # reconnect aio-pika declares it again with the bindings of the users here.
         self._notifications_queue = await self._inbox_channel.declare_queue(
@@ -70,13 +79,6 @@ class GatewayBroker:
             exclusive=True,
             arguments=broker.gateway_queue_arguments(),
         )
-        # One subscription to the offers broadcast per gateway, fanned out here to the
-        # drivers connected to it: the broker delivers each offer once per gateway, not
-        # once per driver.
-        self._offers = await self._inbox_channel.declare_queue(
-            exclusive=True, auto_delete=True, arguments={"x-max-length": OFFERS_BACKLOG}
-        )
-        await self._offers.bind(self._notifications, DRIVER_OFFERS_KEY)
 
     def offers(self) -> AbstractQueueIterator:
         """The offers broadcast, unacknowledged: an offer is worth nothing a moment later."""

@@ -7,6 +7,7 @@ The gateway and workers here run on the session's private Postgres and RabbitMQ
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -80,27 +81,37 @@ async def time_until_a_trip_flows(base_url: str, http: httpx.AsyncClient) -> flo
     started = time.monotonic()
     rider = await create_account(http, "rider")
     driver = await create_account(http, "driver")
-    while True:
+    for attempt in itertools.count():
         try:
             async with (
                 await connect(base_url, rider.access) as rider_ws,
                 await connect(base_url, driver.access) as driver_ws,
             ):
-                # One request id for every try: a retry never makes a second trip.
+                # One request id per attempt: a resend never makes a second trip.
                 await send(
                     rider_ws,
                     {
                         "type": "create.trip",
-                        "request_id": "recovery-probe",
+                        "request_id": f"recovery-probe-{attempt}",
                         "data": {"pick_up_address": "X", "drop_off_address": "Y"},
                     },
                 )
                 first = await receive_until(
                     rider_ws, lambda f: f["type"] in ("trip.requested", "error")
                 )
-                if first["type"] == "trip.requested":
-                    await receive_until(driver_ws, about(first["data"]["id"], "trip.requested"))
-                    return time.monotonic() - started
+                if first["type"] != "trip.requested":
+                    continue
+                trip_id = first["data"]["id"]
+                try:
+                    await receive_until(driver_ws, about(trip_id, "trip.requested"), 5)
+                except TimeoutError:
+                    # Not flowing yet: the offer went out before this gateway was bound
+                    # again. End the request and try once more.
+                    cancel = {"type": "update.trip", "data": {"id": trip_id, "status": "CANCELLED"}}
+                    await send(rider_ws, cancel)
+                    await receive_until(rider_ws, about(trip_id, "trip.cancelled"))
+                    continue
+                return time.monotonic() - started
         except websockets.InvalidStatus as refused:
             # The gateway refuses sockets (503) until its broker connection is back.
             assert refused.response.status_code == 503, refused
