@@ -1,27 +1,33 @@
 """Who is told what: the notifications a trip's change causes, as pure functions.
 
 - the rider gets every change of their trip;
-- available drivers are offered a new trip through the offers broadcast (it expires);
-- when an offered trip is taken or cancelled, the same broadcast withdraws it;
+- drivers are offered a new trip: by name, the nearest free ones dispatch chose
+  (`dispatcher.dispatch`), each told their distance to the pick-up; by broadcast,
+  every free driver when the trip has no pick-up point, or else those whose location
+  dispatch does not know. Offers expire;
+- when an offered trip is taken or cancelled, the same audience is told it is gone;
 - the assigned driver gets every change of their trip (the gateway pauses their
   offers while they are busy with it).
 
-A notification for one user names them: it is numbered in their sequence and kept
-for resume when stored (`dispatcher.notification_log`). Offers are for nobody in
-particular and worth nothing later: no number, and never kept.
+A notification for one user's sequence names them: it is numbered and kept for
+resume when stored (`dispatcher.notification_log`). Offers are worth nothing later:
+no number, and never kept, whether sent by name or broadcast.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from shared import wire
 from shared.topology import (
+    AUDIENCE_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
+    UNLOCATED,
     VERSION_HEADER,
     user_key,
 )
@@ -37,8 +43,8 @@ class Notification:
     # Seconds after which the notification is worth nothing (offers); None: never.
     ttl_seconds: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    # The one user it is for (None for the offers broadcast), and its number in that
-    # user's sequence once stored.
+    # The user whose sequence it joins (None for offers, which are not kept), and its
+    # number in that sequence once stored.
     user_id: int | None = None
     seq: int | None = None
 
@@ -47,52 +53,91 @@ def for_user(user_id: int, body: bytes, frame_type: str) -> Notification:
     return Notification(user_key(user_id), body, frame_type, user_id=user_id)
 
 
-def for_transition(transition: Transition, offer_ttl_seconds: int) -> list[Notification]:
+class Broadcast(Enum):
+    """Which free drivers an offer's broadcast reaches, beside those offered by name."""
+
+    NOBODY = "nobody"
+    # Every free driver: the trip has no pick-up point to measure from.
+    EVERYONE = "everyone"
+    # The free drivers whose location dispatch does not know.
+    UNLOCATED = UNLOCATED
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """The drivers who hear of a trip's offer, or of its withdrawal: some by name (with
+    their distance to the pick-up, when it is an offer), the rest by broadcast."""
+
+    named: Sequence[tuple[int, float | None]] = ()
+    broadcast: Broadcast = Broadcast.NOBODY
+
+
+NOBODY = Audience()
+
+
+def for_transition(
+    transition: Transition, audience: Audience, offer_ttl_seconds: int
+) -> list[Notification]:
     trip = transition.after
     event_id = str(uuid.uuid4())
-
-    def frame(event: EventType) -> bytes:
-        return wire.encode({"type": event.value, "event_id": event_id, "data": trip.payload()})
-
-    notifications = [for_user(trip.rider.id, frame(transition.event), transition.event.value)]
+    frame = wire.encode(
+        {"type": transition.event.value, "event_id": event_id, "data": trip.payload()}
+    )
+    notifications = [for_user(trip.rider.id, frame, transition.event.value)]
     if trip.driver is not None:
-        notifications.append(
-            for_user(trip.driver.id, frame(transition.event), transition.event.value)
-        )
-    offer = _offer_of(trip, frame, offer_ttl_seconds)
+        notifications.append(for_user(trip.driver.id, frame, transition.event.value))
     withdrawn_offer = transition.before is not None and transition.before.status is Status.REQUESTED
     if transition.event is EventType.REQUESTED:
-        notifications.append(offer(EventType.REQUESTED))
+        notifications += offers(trip, EventType.REQUESTED, audience, offer_ttl_seconds, event_id)
     elif withdrawn_offer and transition.event is EventType.ACCEPTED:
         assert trip.driver is not None
         # The driver who took it is not told it was taken.
-        notifications.append(offer(EventType.TAKEN, {EXCLUDE_USER_HEADER: str(trip.driver.id)}))
+        notifications += offers(
+            trip, EventType.TAKEN, audience, offer_ttl_seconds, event_id, trip.driver.id
+        )
     elif withdrawn_offer:
-        notifications.append(offer(EventType.CANCELLED))
+        notifications += offers(trip, EventType.CANCELLED, audience, offer_ttl_seconds, event_id)
     return notifications
 
 
-def _offer_of(
-    trip: Trip, frame: Callable[[EventType], bytes], ttl_seconds: int
-) -> Callable[..., Notification]:
-    """Offers and their withdrawals name the trip and its version, so a gateway drops
-    one older than what its drivers were already sent (a late relayed offer must not
-    bring back a trip that was taken)."""
+def offers(
+    trip: Trip,
+    event: EventType,
+    audience: Audience,
+    ttl_seconds: int,
+    event_id: str | None = None,
+    excluded: int | None = None,
+) -> list[Notification]:
+    """The trip's offer (or withdrawal, by `event`) to `audience`, leaving out `excluded`.
 
-    def offer(event: EventType, headers: dict[str, str] | None = None) -> Notification:
+    They name the trip and its version, so a gateway drops one older than what its
+    drivers were already sent (a late relayed offer must not bring back a trip that
+    was taken)."""
+    event_id = event_id or str(uuid.uuid4())
+    headers = {TRIP_HEADER: str(trip.id), VERSION_HEADER: str(trip.version)}
+    payload = trip.payload()
+
+    def offer(routing_key: str, data: dict[str, object], extra: dict[str, str]) -> Notification:
+        body = wire.encode({"type": event.value, "event_id": event_id, "data": data})
         return Notification(
-            DRIVER_OFFERS_KEY,
-            frame(event),
-            event.value,
-            ttl_seconds,
-            headers={
-                TRIP_HEADER: str(trip.id),
-                VERSION_HEADER: str(trip.version),
-                **(headers or {}),
-            },
+            routing_key, body, event.value, ttl_seconds, headers={**headers, **extra}
         )
 
-    return offer
+    sent = [
+        offer(
+            user_key(driver_id),
+            payload if distance is None else {**payload, "distance_m": round(distance, 1)},
+            {},
+        )
+        for driver_id, distance in audience.named
+        if driver_id != excluded
+    ]
+    if audience.broadcast is not Broadcast.NOBODY:
+        extra = {} if excluded is None else {EXCLUDE_USER_HEADER: str(excluded)}
+        if audience.broadcast is Broadcast.UNLOCATED:
+            extra[AUDIENCE_HEADER] = UNLOCATED
+        sent.append(offer(DRIVER_OFFERS_KEY, payload, extra))
+    return sent
 
 
 def for_refusal(

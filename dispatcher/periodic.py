@@ -21,9 +21,13 @@ _RECOVERABLE: tuple[type[BaseException], ...] = (
 )
 
 
-async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-    """Run `job` every `seconds` until cancelled. A failed round is logged and the
-    next one comes as usual: these jobs are safety nets, and must stay alive."""
+async def every(
+    seconds: float, job: Callable[[], Awaitable[object]], name: str, *, first_after: float = 0
+) -> None:
+    """Run `job` every `seconds` until cancelled, the first time after `first_after`.
+    A failed round is logged and the next one comes as usual: these jobs are safety
+    nets, and must stay alive."""
+    await asyncio.sleep(first_after)
     while True:
         try:
             await job()

@@ -119,3 +119,75 @@ async def save_transition(conn: Connection, transition: Transition) -> bool:
         before.version,
     )
     return bool(updated)
+
+
+async def busy_among(conn: Connection, driver_ids: list[int]) -> set[int]:
+    """The drivers among `driver_ids` who are on a trip now (not free for offers)."""
+    rows = await conn.fetch(
+        """
+        SELECT driver_id FROM trips
+        WHERE driver_id = ANY($1::bigint[]) AND status IN ('STARTED', 'IN_PROGRESS')
+        """,
+        driver_ids,
+    )
+    return {row["driver_id"] for row in rows}
+
+
+async def record_ring(
+    conn: Connection,
+    trip_id: uuid.UUID,
+    ring: int,
+    offered: list[tuple[int, float]],
+    radius_m: float,
+    next_ring_at: datetime | None,
+) -> None:
+    """Record who this ring offers the trip to, its radius, and when the next is due."""
+    await conn.execute(
+        """
+        WITH offered AS (
+            INSERT INTO trip_offers (trip_id, driver_id, distance_m, ring)
+            SELECT $1, driver_id, distance_m, $2
+            FROM unnest($3::bigint[], $4::double precision[]) AS o(driver_id, distance_m)
+        )
+        UPDATE trips SET offer_radius_m = $5, widen_at = $6 WHERE id = $1
+        """,
+        trip_id,
+        ring,
+        [driver_id for driver_id, _ in offered],
+        [distance for _, distance in offered],
+        radius_m,
+        next_ring_at,
+    )
+
+
+async def offered(conn: Connection, trip_id: uuid.UUID) -> dict[int, int]:
+    """Every driver the open trip was offered to so far, with the ring that did."""
+    rows = await conn.fetch("SELECT driver_id, ring FROM trip_offers WHERE trip_id = $1", trip_id)
+    return {row["driver_id"]: row["ring"] for row in rows}
+
+
+async def withdraw_offers(conn: Connection, trip_id: uuid.UUID) -> list[int]:
+    """Forget who the trip was offered to, now that it is no longer open; return them."""
+    rows = await conn.fetch(
+        "DELETE FROM trip_offers WHERE trip_id = $1 RETURNING driver_id", trip_id
+    )
+    return sorted(row["driver_id"] for row in rows)
+
+
+async def due_for_widening(conn: Connection, now: datetime, limit: int) -> list[tuple[Trip, float]]:
+    """Open requests whose next ring is due, with their last ring's radius, locked for
+    this transaction (SKIP LOCKED: workers sweeping at once take different trips)."""
+    due = await conn.fetch(
+        """
+        SELECT id, offer_radius_m FROM trips
+        WHERE status = 'REQUESTED' AND widen_at <= $1
+        ORDER BY widen_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        """,
+        now,
+        limit,
+    )
+    radius = {row["id"]: row["offer_radius_m"] for row in due}
+    rows = await conn.fetch(f"{TRIP_SELECT} WHERE t.id = ANY($1::uuid[])", list(radius))
+    return [(trip, radius[trip.id]) for trip in map(trip_from_row, rows)]

@@ -4,7 +4,8 @@ Workers are stateless competing consumers of one durable queue; run as many as
 the load needs. For each command:
 
 1. one Postgres transaction records the command id (a redelivery stops here),
-   applies the handler's change and stores the notifications it causes (outbox);
+   applies the handler's change, chooses the drivers to offer a new trip to
+   (`dispatcher.dispatch`) and stores the notifications it causes (outbox);
 2. after commit, the notifications are published with confirms and their outbox
    rows deleted (the relay publishes whatever this step did not);
 3. only then is the command acknowledged to the broker.
@@ -26,6 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from aio_pika.exceptions import AMQPError
 
 from dispatcher import (
+    driver_locations,
     metrics,
     notification_log,
     outbox,
@@ -34,7 +36,9 @@ from dispatcher import (
     retention,
     timeouts,
 )
-from dispatcher.notifications import Notification, for_refusal, for_transition
+from dispatcher.dispatch import Dispatch, DispatchPolicy
+from dispatcher.nearby import NearbyDrivers
+from dispatcher.notifications import Notification, for_refusal, for_transition, offers
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
@@ -43,7 +47,7 @@ from shared.commands import Command, InvalidCommand, decode_command
 from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
 from shared.topology import Topology
-from shared.trips import RuleViolation
+from shared.trips import EventType, RuleViolation
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,11 @@ MAX_BACKOFF_SECONDS = 5.0
 # Commands in flight at a stop get this long to finish; a supervisor (honcho, the
 # kubelet) kills a process that takes longer than about 5 s to stop.
 SHUTDOWN_GRACE_SECONDS = 3
-# Requests expired in one transaction; more wait for the next round at once.
+# Requests expired, or widened, in one transaction; more wait for the next round at once.
 EXPIRY_BATCH = 100
+WIDEN_BATCH = 100
+# Drivers whose location went stale leave the index this often.
+SWEEP_SECONDS = 5
 # Each broker call made while stopping gets this long: during an outage it would
 # otherwise wait for a reconnection that is not coming.
 STOP_STEP_SECONDS = 1
@@ -91,6 +98,9 @@ class Worker:
         self._prefetch = prefetch
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: NotificationPublisher | None = None
+        drivers = NearbyDrivers()
+        self._dispatch = Dispatch(drivers, DispatchPolicy.from_settings(settings))
+        self._locations = driver_locations.LocationFeed(drivers, settings.location_stale_seconds)
 
     async def run(self, stopping: asyncio.Event) -> None:
         # Bound first, so that a port in use stops the worker at once with a clear error.
@@ -119,6 +129,8 @@ class Worker:
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=self._prefetch)
             queue = await broker.declare_dispatcher_queue(consume_channel, self._topology, commands)
+            # Drivers' locations first: the first trips are then offered by distance.
+            await self._locations.start(await connection.channel(), self._topology, notifications)
             background = self._start_background_jobs(self._publisher)
             consumer_tag = await queue.consume(self._on_message)
             self._consuming = True
@@ -148,11 +160,19 @@ class Worker:
 
     def _start_background_jobs(self, publisher: NotificationPublisher) -> list[asyncio.Task[None]]:
         """What every worker does beside commands, each a safety net that any number of
-        workers share: publish what a crash left in the outbox, end the requests nobody
-        took in time, and prune the tables that grow with traffic."""
+        workers share: publish what a crash left in the outbox, offer requests nobody took
+        to a wider ring, end those nobody took in time, and prune the tables that grow
+        with traffic. Beside them, each keeps its own index of drivers fresh."""
         return [
             asyncio.create_task(OutboxRelay(self._database, publisher).run()),
+            # After a second, so the index holds what the gateways sent on request.
+            asyncio.create_task(
+                periodic.every(1, self._widen_rings, "widening rings", first_after=1)
+            ),
             asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
+            asyncio.create_task(
+                periodic.every(SWEEP_SECONDS, self._locations.sweep, "stale locations")
+            ),
             asyncio.create_task(
                 periodic.every(_prune_interval(self._settings), self._prune, "pruning")
             ),
@@ -274,7 +294,10 @@ class Worker:
                     transition.event.value,
                 )
                 kind = "applied"
-                notifications = for_transition(transition, self._settings.offer_ttl_seconds)
+                audience = await self._dispatch.audience(conn, transition, now)
+                notifications = for_transition(
+                    transition, audience, self._settings.offer_ttl_seconds
+                )
             return await self._record(conn, kind, notifications, now)
 
     async def _record(
@@ -298,14 +321,35 @@ class Worker:
                 expired = await timeouts.expire_due(
                     conn, now, self._settings.request_timeout_seconds, EXPIRY_BATCH
                 )
-                notifications = [
-                    n
-                    for transition in expired
-                    for n in for_transition(transition, self._settings.offer_ttl_seconds)
-                ]
+                notifications = []
+                for transition in expired:
+                    audience = await self._dispatch.audience(conn, transition, now)
+                    notifications += for_transition(
+                        transition, audience, self._settings.offer_ttl_seconds
+                    )
                 outcome = await self._record(conn, "expired", notifications, now)
             await self._publish(outcome)
             if len(expired) < EXPIRY_BATCH:
+                return
+
+    async def _widen_rings(self) -> None:
+        """Requests nobody accepted within a ring's time are offered to the next
+        nearest drivers, within twice the radius. Due rings are found in the database,
+        so one that fell due while no worker ran fires when one starts."""
+        while True:
+            async with self._database.pool.acquire() as conn, conn.transaction():
+                now = datetime.now(UTC)
+                widened = await self._dispatch.widen_due(conn, now, WIDEN_BATCH)
+                notifications = [
+                    n
+                    for trip, audience in widened
+                    for n in offers(
+                        trip, EventType.REQUESTED, audience, self._settings.offer_ttl_seconds
+                    )
+                ]
+                outcome = await self._record(conn, "widened", notifications, now)
+            await self._publish(outcome)
+            if len(widened) < WIDEN_BATCH:
                 return
 
     async def _prune(self) -> None:

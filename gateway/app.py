@@ -16,8 +16,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway.broker import GatewayBroker
-from gateway.connected import ConnectedUsers, forward
+from gateway.connected import ConnectedUsers
 from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
+from gateway.inbox import Inbox, forward
+from gateway.locations import DriverLocations
 from gateway.media import MEDIA_URL, PhotoStore
 from gateway.notification_log import NotificationLog
 from gateway.offers import OfferFanout
@@ -49,12 +51,15 @@ def create_app(settings: Settings) -> Starlette:
     notification_log = NotificationLog(database)
     connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
     offers = OfferFanout(connected)
+    locations = DriverLocations(connected, broker.publish_location)
+    inbox = Inbox(connected, offers, locations)
     taxi_socket = TaxiSocket(
         tokens,
         users,
         broker,
         connected,
         notification_log,
+        locations,
         rate_limit=(settings.rate_limit_per_second, settings.rate_limit_burst),
         slow_client_seconds=settings.slow_client_seconds,
     )
@@ -77,8 +82,11 @@ def create_app(settings: Settings) -> Starlette:
             # Consume before the tasks start, so cancelling one never interrupts a broker call.
             await offer_messages.consume()
             await notifications.consume()
-            fanout = asyncio.create_task(offers.run(offer_messages))
-            forwarding = asyncio.create_task(forward(notifications, connected))
+            tasks = [
+                asyncio.create_task(forward(offer_messages, offers.broadcast)),
+                asyncio.create_task(forward(notifications, inbox.route)),
+                asyncio.create_task(locations.run()),
+            ]
             broker.on_reconnect(connected.catch_up_all)
             # Modules, pools and routes live as long as the process: keep the cyclic
             # collector from walking them on every full collection (its pauses
@@ -88,8 +96,8 @@ def create_app(settings: Settings) -> Starlette:
                 log.info("gateway ready on http://%s:%s", settings.host, settings.port)
                 yield
             finally:
-                fanout.cancel()
-                forwarding.cancel()
+                for task in tasks:
+                    task.cancel()
                 await broker.close()
         finally:
             await database.close()

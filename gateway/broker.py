@@ -4,7 +4,9 @@ connected here are sent.
 One connection per gateway process. Commands go out on a channel with publisher
 confirms. Notifications arrive on one queue of this gateway's own, bound to
 `user.<id>` for each user connected here and unbound when their last socket here
-closes; offers on a second one, bound to the offers broadcast. Both live and die
+closes (offers to a driver by name come that way too); broadcast offers on a second
+one. Drivers' locations go out to the workers on a channel without confirms: one
+lost is replaced by the next. Both live and die
 with the gateway's connection: nothing in the broker waits for a user who is away
 (Postgres keeps their notifications), so the broker's cost follows the sockets
 open now, not the users who ever connected.
@@ -27,7 +29,13 @@ from aio_pika.abc import (
 from shared import broker
 from shared.broker import PublishFailed
 from shared.settings import Settings
-from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
+from shared.topology import (
+    DRIVER_OFFERS_KEY,
+    LOCATIONS_WANTED_KEY,
+    Topology,
+    command_key,
+    user_key,
+)
 
 __all__ = ["GatewayBroker", "PublishFailed"]
 
@@ -42,6 +50,7 @@ class GatewayBroker:
         self._connection: AbstractRobustConnection | None = None
         self._commands: AbstractExchange | None = None
         self._notifications: AbstractExchange | None = None
+        self._locations: AbstractExchange | None = None
         self._inbox_channel: AbstractChannel | None = None
         self._offers: AbstractQueue | None = None
         self._notifications_queue: AbstractQueue | None = None
@@ -63,6 +72,9 @@ class GatewayBroker:
         )
         await broker.declare_dispatcher_queue(publish_channel, self.topology, self._commands)
         self._inbox_channel = await self._connection.channel(publisher_confirms=False)
+        self._locations = await broker.declare_locations_exchange(
+            self._inbox_channel, self.topology
+        )
         # One subscription to the offers broadcast per gateway, fanned out here to the
         # drivers connected to it: the broker delivers each offer once per gateway, not
         # once per driver. Declared first, so that after a reconnect aio-pika restores it
@@ -79,6 +91,7 @@ class GatewayBroker:
             exclusive=True,
             arguments=broker.gateway_queue_arguments(),
         )
+        await self._notifications_queue.bind(self._notifications, LOCATIONS_WANTED_KEY)
 
     def offers(self) -> AbstractQueueIterator:
         """The offers broadcast, unacknowledged: an offer is worth nothing a moment later."""
@@ -110,6 +123,13 @@ class GatewayBroker:
         await broker.publish_confirmed(
             self._commands, message, command_key(command_type), mandatory=True
         )
+
+    async def publish_location(self, body: bytes) -> None:
+        """A driver's report to every worker: unconfirmed, and never written to disk."""
+        if self._locations is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
+        await self._locations.publish(message, "")
 
     def notifications(self) -> AbstractQueueIterator:
         """The notifications of the users connected here, unacknowledged: Postgres keeps

@@ -10,19 +10,14 @@ driver is busy (no offers meanwhile) and the last notification seen.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
-
 from gateway.notification_log import ResumePoint
 from gateway.outgoing import CATCH_UP, Frame, Outgoing
-from shared.topology import SEQ_HEADER
+from shared.locations import Location
 from shared.trips import EventType
 from shared.users import User
-
-log = logging.getLogger(__name__)
 
 # A driver's own trip notifications say whether they are busy: from accepting a
 # trip until it is completed or cancelled, they get no offers.
@@ -41,6 +36,11 @@ class ConnectedUser:
     user: User
     sockets: set[Outgoing] = field(default_factory=set)
     busy: bool = False
+    # A driver's last location acted on (`gateway.locations`), when (seconds since the
+    # epoch), and when the next report may be acted on (monotonic seconds).
+    location: Location | None = None
+    located_at: float = 0.0
+    next_report_at: float = 0.0
     # The newest notification of the user this gateway has passed on.
     last_seq: int = 0
     # Sockets opening or open: the binding goes only when the last one has closed.
@@ -72,8 +72,10 @@ class ConnectedUsers:
         self._bind = bind
         self._unbind = unbind
         self._users: dict[int, ConnectedUser] = {}
-        # The drivers among them, for the offers fan-out to walk without the riders.
+        # The drivers among them, for the offers fan-out to walk without the riders, and
+        # those of them who have not reported a location (offered every trip by broadcast).
         self._drivers: dict[int, ConnectedUser] = {}
+        self._unlocated: dict[int, ConnectedUser] = {}
 
     async def join(self, user: User) -> ConnectedUser:
         """The user, with this gateway now receiving their notifications."""
@@ -81,7 +83,7 @@ class ConnectedUsers:
         if connected is None:
             connected = self._users[user.id] = ConnectedUser(user)
             if user.is_driver:
-                self._drivers[user.id] = connected
+                self._drivers[user.id] = self._unlocated[user.id] = connected
         # Counted before any await, so that a last socket closing meanwhile keeps the binding.
         connected.members += 1
         try:
@@ -94,7 +96,8 @@ class ConnectedUsers:
             raise
         return connected
 
-    async def leave(self, connected: ConnectedUser) -> None:
+    async def leave(self, connected: ConnectedUser) -> bool:
+        """One socket of the user closed; True if it was their last one here."""
         connected.members -= 1
         async with connected.lock:
             if connected.members == 0 and connected.bound:
@@ -103,6 +106,13 @@ class ConnectedUsers:
             if connected.members == 0 and self._users.get(connected.user.id) is connected:
                 del self._users[connected.user.id]
                 self._drivers.pop(connected.user.id, None)
+                self._unlocated.pop(connected.user.id, None)
+                return True
+        return False
+
+    def located(self, driver: ConnectedUser) -> None:
+        """The driver reported a location: dispatch offers them trips by distance now."""
+        self._unlocated.pop(driver.user.id, None)
 
     def get(self, user_id: int) -> ConnectedUser | None:
         return self._users.get(user_id)
@@ -115,28 +125,12 @@ class ConnectedUsers:
     def drivers(self) -> Iterator[ConnectedUser]:
         return iter(self._drivers.values())
 
+    def unlocated_drivers(self) -> Iterator[ConnectedUser]:
+        return iter(self._unlocated.values())
+
     def catch_up_all(self) -> None:
         """After the broker connection came back: notifications published meanwhile never
         reached this gateway, so every socket reads what it missed from the log."""
         for connected in self:
             for socket in connected.sockets:
                 socket.put(CATCH_UP)
-
-
-async def forward(notifications: AbstractQueueIterator, users: ConnectedUsers) -> None:
-    """Every notification that reaches this gateway, to its user's sockets here."""
-    async for message in notifications:
-        try:
-            route(message, users)
-        except Exception:
-            # One bad message must not end notifications for everyone here.
-            log.exception("notification not forwarded routing_key=%s", message.routing_key)
-
-
-def route(message: AbstractIncomingMessage, users: ConnectedUsers) -> None:
-    _, _, user_id = (message.routing_key or "").partition(".")
-    connected = users.get(int(user_id))
-    if connected is None:
-        return  # their last socket here closed after the message was routed
-    seq = int(str((message.headers or {})[SEQ_HEADER]))
-    connected.notify(Frame(message.body.decode(), message.type or "unknown", seq))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.commands import COMMAND_TYPES
+from shared.commands import COMMAND_TYPES, UPDATE_LOCATION
 
 OPEN_CONNECTIONS = Gauge(
     "taxi_gateway_open_connections", "WebSockets open now, by the user's group.", ["role"]
@@ -24,7 +24,16 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-KNOWN_FRAME_TYPES = frozenset({"echo.message", *COMMAND_TYPES})
+LOCATIONS_THINNED = Counter(
+    "taxi_gateway_locations_thinned_total",
+    "Driver location reports dropped for coming within a second of the driver's last one.",
+)
+LOCATIONS_DROPPED = Counter(
+    "taxi_gateway_locations_dropped_total",
+    "Driver location reports not passed on to dispatch (the broker was away or behind).",
+)
+
+KNOWN_FRAME_TYPES = frozenset({"echo.message", UPDATE_LOCATION, *COMMAND_TYPES})
 
 
 def frame_in(frame_type: str | None) -> None:

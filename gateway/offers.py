@@ -1,28 +1,34 @@
-"""Offers fanned out to the drivers connected to this gateway.
+"""Offers to the drivers connected to this gateway, by broadcast or by name.
 
-The gateway holds one subscription to the offers broadcast and puts each offer (and
-each withdrawal: `trip.taken`, `trip.cancelled`) in the buffer of every socket of
-every driver connected here who is free, except the one a broadcast leaves out.
-Putting never waits, so a driver who reads slowly delays nobody else. A driver who
-is offline is connected nowhere, so gets nothing, and sees no stale offer on return.
-Offers are not numbered: they are worth nothing later, and nobody resumes them.
+A trip without a pick-up point is offered to every free driver by broadcast: the
+gateway holds one subscription to it and puts each offer (and each withdrawal:
+`trip.taken`, `trip.cancelled`) in the buffer of every socket of every free driver
+connected here, except the one a broadcast leaves out. A trip with a pick-up point
+is offered by name to the nearest drivers dispatch chose (`user.<id>`, unnumbered,
+each with their own distance), and by broadcast only to drivers who have not
+reported a location. Putting never waits, so a driver who reads slowly delays
+nobody else. A driver who is offline is connected nowhere, so gets nothing, and
+sees no stale offer on return. Offers are not numbered: they are worth nothing
+later, and nobody resumes them.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
+from aio_pika.abc import AbstractIncomingMessage
 
-from gateway.connected import ConnectedUsers
+from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.outgoing import Frame
-from shared.topology import EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
-
-log = logging.getLogger(__name__)
-
+from shared.topology import (
+    AUDIENCE_HEADER,
+    EXCLUDE_USER_HEADER,
+    TRIP_HEADER,
+    UNLOCATED,
+    VERSION_HEADER,
+)
 
 # Trips whose latest offer version is remembered; offers live seconds, so the
 # newest few thousand trips are plenty.
@@ -34,37 +40,51 @@ class OfferFanout:
         self._users = users
         self._versions: OrderedDict[str, int] = OrderedDict()
 
-    async def run(self, offers: AbstractQueueIterator) -> None:
-        async for message in offers:
-            try:
-                self.deliver(message)
-            except Exception:
-                # One bad message must not end offers for every driver here.
-                log.exception("offer not delivered message_type=%s", message.type)
-
-    def deliver(self, message: AbstractIncomingMessage) -> None:
-        if self._outdated(message.headers or {}):
+    def broadcast(self, message: AbstractIncomingMessage) -> None:
+        """An offer or withdrawal for every free driver here, or for the unlocated ones."""
+        headers = message.headers or {}
+        # The same message reaches a gateway once: a second copy was relayed.
+        if self._outdated(headers, again=False):
             return
-        excluded = (message.headers or {}).get(EXCLUDE_USER_HEADER)
+        excluded = headers.get(EXCLUDE_USER_HEADER)
         excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
+        drivers: Iterator[ConnectedUser] = (
+            self._users.unlocated_drivers()
+            if headers.get(AUDIENCE_HEADER) == UNLOCATED
+            else self._users.drivers()
+        )
         # The same frame goes to every driver here: decode it once.
-        frame = Frame(message.body.decode(), message.type or "unknown")
-        for driver in self._users.drivers():
-            if driver.busy or driver.user.id == excluded_id:
-                continue
-            for socket in driver.sockets:
-                socket.put(frame)
+        frame = _frame(message)
+        for driver in drivers:
+            if not driver.busy and driver.user.id != excluded_id:
+                for socket in driver.sockets:
+                    socket.put(frame)
 
-    def _outdated(self, headers: Mapping[str, Any]) -> bool:
-        """Whether drivers here were already sent this offer or withdrawal of the trip, or
-        a newer one (a late relayed offer must not bring back a trip that was taken)."""
+    def to_driver(self, driver: ConnectedUser, message: AbstractIncomingMessage) -> None:
+        """An offer or withdrawal sent to this driver by name."""
+        # Several drivers here are offered one version of a trip by name, each once.
+        if driver.busy or self._outdated(message.headers or {}, again=True):
+            return
+        frame = _frame(message)
+        for socket in driver.sockets:
+            socket.put(frame)
+
+    def _outdated(self, headers: Mapping[str, Any], *, again: bool) -> bool:
+        """Whether drivers here were already sent a newer offer or withdrawal of the trip
+        (a late relayed offer must not bring back a trip that was taken), or, unless
+        `again`, this very version."""
         trip, version = headers.get(TRIP_HEADER), headers.get(VERSION_HEADER)
         if not isinstance(trip, str) or not isinstance(version, str) or not version.isdigit():
             return False
-        if int(version) <= self._versions.get(trip, 0):
-            return True  # older, or the same one twice (published and relayed)
+        seen = self._versions.get(trip, 0)
+        if int(version) < seen or (int(version) == seen and not again):
+            return True
         self._versions[trip] = int(version)
         self._versions.move_to_end(trip)
         if len(self._versions) > REMEMBERED_TRIPS:
             self._versions.popitem(last=False)
         return False
+
+
+def _frame(message: AbstractIncomingMessage) -> Frame:
+    return Frame(message.body.decode(), message.type or "unknown")

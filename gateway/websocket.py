@@ -7,7 +7,8 @@ upgrade. Once open, every frame from the client is validated; a bad one gets an
 a message id and published. The socket first gets what its user missed (after
 `since`, or after where their last socket left off), then every notification of the
 user as it arrives (`gateway.connected`), each written by the socket's own writer
-(`gateway.outgoing`). Drivers also get offers (`gateway.offers`) while they are free.
+(`gateway.outgoing`). Drivers also get offers (`gateway.offers`) while they are free,
+and report where they are (`gateway.locations`).
 """
 
 from __future__ import annotations
@@ -25,20 +26,21 @@ from gateway import metrics
 from gateway.broker import GatewayBroker, PublishFailed
 from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.http_api import OrjsonResponse
+from gateway.locations import DriverLocations
 from gateway.notification_log import NotificationLog, ResumePoint
 from gateway.outgoing import Frame, Outgoing
 from gateway.rate_limit import TokenBucket
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
-from shared.commands import COMMAND_TYPES, new_command
+from shared.commands import COMMAND_TYPES, UPDATE_LOCATION, new_command, new_location
 from shared.db import DATABASE_OUTAGE
 from shared.users import User
 from shared.wire import ClientFrame, CloseCode, ErrorCode, FrameError
 
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[[Outgoing, User, ClientFrame], Awaitable[None]]
+FrameHandler = Callable[[Outgoing, ConnectedUser, ClientFrame], Awaitable[None]]
 
 # Failures that end the connection rather than one frame.
 _CONNECTION_LEVEL: tuple[type[BaseException], ...] = (WebSocketDisconnect, *DATABASE_OUTAGE)
@@ -65,6 +67,7 @@ class TaxiSocket:
         broker: GatewayBroker,
         connected: ConnectedUsers,
         log_reader: NotificationLog,
+        locations: DriverLocations,
         *,
         rate_limit: tuple[int, int],
         slow_client_seconds: float,
@@ -74,10 +77,14 @@ class TaxiSocket:
         self._broker = broker
         self._connected = connected
         self._log = log_reader
+        self._locations = locations
         self._rate_limit = rate_limit
         self._slow_client_seconds = slow_client_seconds
         self._open: set[WebSocket] = set()
-        self._handlers: dict[str, FrameHandler] = {"echo.message": self._echo}
+        self._handlers: dict[str, FrameHandler] = {
+            "echo.message": self._echo,
+            UPDATE_LOCATION: self._location,
+        }
         self._handlers.update(dict.fromkeys(COMMAND_TYPES, self._command))
 
     async def close_all(self) -> None:
@@ -135,7 +142,8 @@ class TaxiSocket:
                     websocket, 503, "database unavailable, retry shortly", ErrorCode.UNAVAILABLE
                 )
         finally:
-            await self._connected.leave(connected)
+            if await self._connected.leave(connected):
+                self._locations.gone(connected)
 
     async def _serve(
         self, websocket: WebSocket, connected: ConnectedUser, resume: tuple[int, int | None]
@@ -157,7 +165,7 @@ class TaxiSocket:
         connected.sockets.add(outgoing)
         self._open.add(websocket)
         try:
-            await self._until_closed(websocket, user, outgoing)
+            await self._until_closed(websocket, connected, outgoing)
         finally:
             self._open.discard(websocket)
             connected.sockets.discard(outgoing)
@@ -166,11 +174,14 @@ class TaxiSocket:
                 await self._log.record_delivered(user.id, outgoing.sent_up_to)
         log.debug("socket closed user_id=%s", user.id)
 
-    async def _until_closed(self, websocket: WebSocket, user: User, outgoing: Outgoing) -> None:
+    async def _until_closed(
+        self, websocket: WebSocket, connected: ConnectedUser, outgoing: Outgoing
+    ) -> None:
         """Read the client's frames and write the socket's own, until either side ends:
         the client goes, a send fails, or the client reads too slowly (4010)."""
+        user = connected.user
         tasks = [
-            asyncio.create_task(self._receive(websocket, user, outgoing)),
+            asyncio.create_task(self._receive(websocket, connected, outgoing)),
             asyncio.create_task(outgoing.run()),
             asyncio.create_task(outgoing.too_slow.wait()),
         ]
@@ -212,7 +223,10 @@ class TaxiSocket:
         await _refuse(websocket, 401, reason, "token_not_valid")
         return None
 
-    async def _receive(self, websocket: WebSocket, user: User, outgoing: Outgoing) -> None:
+    async def _receive(
+        self, websocket: WebSocket, connected: ConnectedUser, outgoing: Outgoing
+    ) -> None:
+        user = connected.user
         bucket = TokenBucket(*self._rate_limit)
         refused_in_a_row = 0
         while True:
@@ -253,7 +267,7 @@ class TaxiSocket:
                         f"unknown type {frame.type!r}; known types: {', '.join(self._handlers)}",
                         request=frame.type,
                     )
-                await handler(outgoing, user, frame)
+                await handler(outgoing, connected, frame)
             except FrameError as refusal:
                 reply_error(outgoing, _about(refusal, frame))
             except _CONNECTION_LEVEL:
@@ -269,10 +283,20 @@ class TaxiSocket:
                     ),
                 )
 
-    async def _echo(self, outgoing: Outgoing, user: User, frame: ClientFrame) -> None:
+    async def _echo(self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame) -> None:
         outgoing.put(Frame(wire.encode(frame.raw).decode(), "echo.message"))
 
-    async def _command(self, outgoing: Outgoing, user: User, frame: ClientFrame) -> None:
+    async def _location(
+        self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame
+    ) -> None:
+        location = new_location(connected.user.group, frame.data)
+        if not self._locations.report(connected, location):
+            metrics.LOCATIONS_THINNED.inc()
+
+    async def _command(
+        self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame
+    ) -> None:
+        user = connected.user
         command = new_command(frame.type, user.id, user.group, frame.data, frame.request_id)
         started = time.perf_counter()
         try:

@@ -50,6 +50,16 @@ async def declare_exchanges(
     return commands, notifications
 
 
+async def declare_locations_exchange(
+    channel: AbstractChannel, topology: Topology
+) -> AbstractExchange:
+    """Drivers' locations, from the gateways to every worker. Transient: a location is
+    worth nothing a few seconds later, and the next report replaces a lost one."""
+    return await channel.declare_exchange(
+        topology.locations_exchange, aio_pika.ExchangeType.FANOUT, durable=False
+    )
+
+
 async def declare_dispatcher_queue(
     channel: AbstractChannel, topology: Topology, commands: AbstractExchange
 ) -> AbstractQueue:

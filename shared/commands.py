@@ -5,8 +5,9 @@ fresh message id, and publishes the result. The dispatcher decodes the same shap
 and never trusts a body it did not check.
 
 A driver's `update.location` is validated here too, but it is no command: locations
-come often and matter only while fresh, so the gateway acts on them itself and never
-publishes them to the dispatcher.
+come often and matter only while fresh, so the gateway keeps them with the driver and
+passes them to every worker's index of drivers (`gateway.locations`), never through
+the commands queue.
 """
 
 from __future__ import annotations

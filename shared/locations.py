@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shared.wire import ErrorCode, FrameError
 
 # The IUGG mean radius of the WGS84 ellipsoid: the sphere that fits it best on average.
@@ -41,6 +43,51 @@ class Location:
     point: Point
     heading: float | None = None
     speed_mps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriverReport:
+    """What a gateway tells the workers about a driver it holds: where they were at
+    `at` (seconds since the epoch) and whether they are free for offers; or, with no
+    point, that they went offline. Internal: no client sends this shape."""
+
+    driver_id: int
+    point: Point | None
+    at: float
+    free: bool = True
+
+    def encode(self) -> bytes:
+        point = self.point
+        return orjson.dumps(
+            {
+                "driver_id": self.driver_id,
+                "lat": point.lat if point else None,
+                "lng": point.lng if point else None,
+                "at": self.at,
+                "free": self.free,
+            }
+        )
+
+    @classmethod
+    def decode(cls, body: bytes) -> DriverReport:
+        """Raise ValueError for anything a gateway could not have sent."""
+        try:
+            fields = orjson.loads(body)
+            driver_id, lat, lng = fields["driver_id"], fields["lat"], fields["lng"]
+            at, free = fields["at"], fields["free"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a driver report: {exc!r}") from None
+        if isinstance(driver_id, bool) or not isinstance(driver_id, int):
+            raise ValueError("driver_id must be an integer")
+        if not isinstance(free, bool) or isinstance(at, bool) or not isinstance(at, int | float):
+            raise ValueError("free must be a boolean and at a number")
+        if lat is None and lng is None:
+            return cls(driver_id, None, float(at), free)
+        try:
+            point = _point({"lat": lat, "lng": lng}, "", "driver report")
+        except FrameError as exc:
+            raise ValueError(exc.message) from None
+        return cls(driver_id, point, float(at), free)
 
 
 def point_from(value: Any, name: str, request: str) -> Point:

@@ -58,6 +58,14 @@ class Settings:
     # A socket whose outgoing buffer stays full this long is closed: one slow client
     # must not hold notifications, or memory, for everyone else on its gateway.
     slow_client_seconds: int = 10
+    # A driver's reported location counts as unknown once it is this old.
+    location_stale_seconds: int = 30
+    # A trip with a pick-up point is offered first to at most `dispatch_max_offers` of
+    # the nearest free drivers within `dispatch_radius_meters`; whenever nobody has
+    # accepted for `dispatch_widen_seconds`, the radius doubles and more are offered.
+    dispatch_radius_meters: int = 3000
+    dispatch_max_offers: int = 8
+    dispatch_widen_seconds: int = 15
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +176,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "request_timeout_seconds": _positive_int,
     "notification_retention_seconds": _positive_int,
     "slow_client_seconds": _positive_int,
+    "location_stale_seconds": _positive_int,
+    "dispatch_radius_meters": _positive_int,
+    "dispatch_max_offers": _positive_int,
+    "dispatch_widen_seconds": _positive_int,
 }
 
 

@@ -7,6 +7,13 @@ deployments or test runs can share one broker without seeing each other.
     dispatcher --user.<id> / drivers.offers--> {prefix}.notifications (topic)
         --> {prefix}.gateway.<id> (one per gateway, bound to the users connected there)
         --> an offers queue per gateway (bound to drivers.offers)
+    gateway --drivers' locations--> {prefix}.locations (fanout)
+        --> a locations queue per worker (each keeps its own index of drivers)
+
+An offer of a trip with a pick-up point goes to `user.<id>` of each driver chosen for
+it, unnumbered: the gateway queue is bound to that key already, so offers by
+distance add no binding per trip. Offers and locations are worth nothing later and
+are never written to disk; only commands and numbered notifications are.
 
 No queue belongs to a user: Postgres keeps every user's notifications, numbered,
 and a client that was away resumes from there.
@@ -16,10 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Drivers who are online and free bind their queue to this key to receive offers.
+# Offers for every free driver (trips without a pick-up point) and, with
+# AUDIENCE_HEADER, for those who have not reported a location.
 DRIVER_OFFERS_KEY = "drivers.offers"
+# A worker that starts asks every gateway for its drivers' last locations with this
+# key, so its index is full at once instead of after a reporting interval.
+LOCATIONS_WANTED_KEY = "gateways.locations"
 COMMAND_KEY_PATTERN = "command.#"
 
+# A broadcast for only the drivers whose location is unknown to dispatch carries
+# this header with value UNLOCATED (the located ones are offered by name).
+AUDIENCE_HEADER = "x-audience"
+UNLOCATED = "unlocated"
 # A broadcast may leave out one user: the driver who took a trip is not told it was taken.
 EXCLUDE_USER_HEADER = "x-exclude-user"
 # A user's notification carries its place in the user's sequence, so a gateway
@@ -48,6 +63,10 @@ class Topology:
         return f"{self.prefix}.dispatcher"
 
     @property
+    def locations_exchange(self) -> str:
+        return f"{self.prefix}.locations"
+
+    @property
     def dead_letter_exchange(self) -> str:
         return f"{self.prefix}.dead-letters"
 
@@ -60,7 +79,12 @@ class Topology:
 
     @property
     def exchanges(self) -> tuple[str, ...]:
-        return (self.commands_exchange, self.notifications_exchange, self.dead_letter_exchange)
+        return (
+            self.commands_exchange,
+            self.notifications_exchange,
+            self.locations_exchange,
+            self.dead_letter_exchange,
+        )
 
     @property
     def shared_queues(self) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 
 from dispatcher import notification_log, outbox, repository
 from dispatcher.handlers import update_trip
-from dispatcher.notifications import for_transition
+from dispatcher.notifications import Audience, Broadcast, for_transition
 from shared.commands import UPDATE_TRIP, Command, UpdateTrip
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
@@ -56,8 +56,10 @@ async def commit_without_publishing(
             now = datetime.now(UTC)
             assert await repository.mark_processed(conn, command.id)
             transition = await update_trip(conn, command, now)
+            # Trips here have no pick-up point: their offers went to every free driver.
+            withdrawn = Audience(broadcast=Broadcast.EVERYONE)
             numbered = await notification_log.number(
-                conn, for_transition(transition, settings.offer_ttl_seconds), now
+                conn, for_transition(transition, withdrawn, settings.offer_ttl_seconds), now
             )
             exchange = Topology(settings.broker_prefix).notifications_exchange
             return await outbox.store(conn, numbered, now, exchange=exchange)

@@ -8,13 +8,30 @@ from typing import Any
 
 import orjson
 
-from dispatcher.notifications import Notification, for_refusal, for_transition
+from dispatcher.notifications import (
+    Audience,
+    Broadcast,
+    Notification,
+    for_refusal,
+    for_transition,
+    offers,
+)
 from shared import trips
-from shared.topology import DRIVER_OFFERS_KEY, EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
+from shared.locations import Point
+from shared.topology import (
+    AUDIENCE_HEADER,
+    DRIVER_OFFERS_KEY,
+    EXCLUDE_USER_HEADER,
+    TRIP_HEADER,
+    UNLOCATED,
+    VERSION_HEADER,
+)
 from shared.trips import Status, Transition, Trip
 from shared.users import User
 
 OFFER_TTL = 30
+# A trip without a pick-up point: every free driver hears of it, by broadcast.
+EVERYONE = Audience(broadcast=Broadcast.EVERYONE)
 REQUESTED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LATER = REQUESTED_AT + timedelta(minutes=1)
 
@@ -63,7 +80,7 @@ def assert_frames_describe(notifications: list[Notification], trip: Trip) -> Non
 def test_a_new_trip_is_told_to_its_rider_and_offered_to_drivers() -> None:
     transition = requested()
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     assert set(told) == {"user.7", DRIVER_OFFERS_KEY}
@@ -81,7 +98,7 @@ def test_a_new_trip_is_told_to_its_rider_and_offered_to_drivers() -> None:
 
 
 def test_the_offer_lives_as_long_as_configured() -> None:
-    told = by_key(for_transition(requested(), 5))
+    told = by_key(for_transition(requested(), EVERYONE, 5))
 
     assert told[DRIVER_OFFERS_KEY].ttl_seconds == 5
 
@@ -89,7 +106,7 @@ def test_the_offer_lives_as_long_as_configured() -> None:
 def test_accepting_tells_both_and_withdraws_the_offer() -> None:
     transition = accepted()
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     assert set(told) == {"user.7", "user.42", DRIVER_OFFERS_KEY}
@@ -114,7 +131,7 @@ def test_accepting_tells_both_and_withdraws_the_offer() -> None:
 def test_the_pick_up_is_told_to_rider_and_driver_only() -> None:
     transition = picked_up()
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     assert set(told) == {"user.7", "user.42"}
@@ -127,7 +144,7 @@ def test_the_pick_up_is_told_to_rider_and_driver_only() -> None:
 def test_completing_is_told_to_rider_and_driver() -> None:
     transition = completed()
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     assert set(told) == {"user.7", "user.42"}
@@ -140,7 +157,7 @@ def test_completing_is_told_to_rider_and_driver() -> None:
 def test_cancelling_a_requested_trip_withdraws_the_offer() -> None:
     transition = trips.cancel(requested().after, RIDER, LATER)
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     assert set(told) == {"user.7", DRIVER_OFFERS_KEY}
@@ -155,7 +172,7 @@ def test_cancelling_a_requested_trip_withdraws_the_offer() -> None:
 def test_cancelling_an_accepted_trip_tells_its_driver_and_no_other_driver() -> None:
     transition = trips.cancel(accepted().after, RIDER, LATER)
 
-    notifications = for_transition(transition, OFFER_TTL)
+    notifications = for_transition(transition, EVERYONE, OFFER_TTL)
 
     told = by_key(notifications)
     # The offer was withdrawn when the trip was taken; other drivers have nothing to drop.
@@ -168,10 +185,62 @@ def test_cancelling_an_accepted_trip_tells_its_driver_and_no_other_driver() -> N
 def test_each_transition_has_its_own_event_id() -> None:
     transition = accepted()
 
-    first = frame(for_transition(transition, OFFER_TTL)[0])["event_id"]
-    second = frame(for_transition(transition, OFFER_TTL)[0])["event_id"]
+    first = frame(for_transition(transition, EVERYONE, OFFER_TTL)[0])["event_id"]
+    second = frame(for_transition(transition, EVERYONE, OFFER_TTL)[0])["event_id"]
 
     assert first != second
+
+
+def requested_with_pick_up() -> Transition:
+    return trips.request(
+        uuid.uuid4(), RIDER, "1 Main St", "2 South St", REQUESTED_AT, pick_up=Point(52.37, 4.89)
+    )
+
+
+def test_drivers_chosen_by_distance_are_offered_by_name_each_with_their_distance() -> None:
+    transition = requested_with_pick_up()
+    audience = Audience([(42, 120.44), (43, 870.0)], Broadcast.UNLOCATED)
+
+    told = by_key(for_transition(transition, audience, OFFER_TTL))
+
+    assert set(told) == {"user.7", "user.42", "user.43", DRIVER_OFFERS_KEY}
+    trip_headers = {TRIP_HEADER: str(transition.after.id), VERSION_HEADER: "1"}
+    for key, distance in (("user.42", 120.4), ("user.43", 870.0)):
+        offer = told[key]
+        assert frame(offer)["type"] == "trip.requested"
+        assert frame(offer)["data"] == {**transition.after.payload(), "distance_m": distance}
+        # Offers by name are still offers: unnumbered, never kept, and they expire.
+        assert offer.user_id is None
+        assert offer.ttl_seconds == OFFER_TTL
+        assert offer.headers == trip_headers
+    # Drivers whose location is unknown hear of it by a broadcast only for them.
+    broadcast = told[DRIVER_OFFERS_KEY]
+    assert frame(broadcast)["data"] == transition.after.payload()
+    assert broadcast.headers == {**trip_headers, AUDIENCE_HEADER: UNLOCATED}
+
+
+def test_a_taken_trip_is_withdrawn_from_everyone_it_was_offered_to_but_the_winner() -> None:
+    transition = trips.accept(requested_with_pick_up().after, DRIVER, LATER)
+    audience = Audience([(42, None), (43, None)], Broadcast.UNLOCATED)
+
+    told = by_key(for_transition(transition, audience, OFFER_TTL))
+
+    # user.42 is the winner: told it was accepted, not that it was taken.
+    assert set(told) == {"user.7", "user.42", "user.43", DRIVER_OFFERS_KEY}
+    assert frame(told["user.42"])["type"] == "trip.accepted"
+    assert frame(told["user.43"])["type"] == "trip.taken"
+    assert told["user.43"].user_id is None
+    assert told[DRIVER_OFFERS_KEY].headers[EXCLUDE_USER_HEADER] == "42"
+    assert told[DRIVER_OFFERS_KEY].headers[AUDIENCE_HEADER] == UNLOCATED
+
+
+def test_a_wider_ring_offers_the_trip_to_the_next_drivers_only() -> None:
+    trip = requested_with_pick_up().after
+
+    sent = offers(trip, trips.EventType.REQUESTED, Audience([(44, 4100.0)]), OFFER_TTL)
+
+    assert [n.routing_key for n in sent] == ["user.44"]
+    assert frame(sent[0])["data"]["distance_m"] == 4100.0
 
 
 def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:

@@ -202,6 +202,10 @@ def test_to_env_round_trips_through_from_env() -> None:
         request_timeout_seconds=30,
         notification_retention_seconds=600,
         slow_client_seconds=2,
+        location_stale_seconds=12,
+        dispatch_radius_meters=1500,
+        dispatch_max_offers=3,
+        dispatch_widen_seconds=4,
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()

@@ -13,7 +13,14 @@ from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.notification_log import READ_BATCH, Logged
 from gateway.offers import OfferFanout
 from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
-from shared.topology import EXCLUDE_USER_HEADER, TRIP_HEADER, VERSION_HEADER
+from shared.locations import Location, Point
+from shared.topology import (
+    AUDIENCE_HEADER,
+    EXCLUDE_USER_HEADER,
+    TRIP_HEADER,
+    UNLOCATED,
+    VERSION_HEADER,
+)
 from shared.users import User
 
 RIDER = User(7, "ann@example.com", "Ann", "Rider", "rider", None)
@@ -185,7 +192,9 @@ async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
         writers.append(writer)
     tasks = await running(*writers)
 
-    OfferFanout(users).deliver(Offer(b'{"type":"trip.taken"}', headers={EXCLUDE_USER_HEADER: "3"}))  # type: ignore[arg-type]
+    OfferFanout(users).broadcast(
+        Offer(b'{"type":"trip.taken"}', headers={EXCLUDE_USER_HEADER: "3"})
+    )  # type: ignore[arg-type]
     await settle(lambda: len(sockets["free-1"].sent) == len(sockets["free-2"].sent) == 1)
 
     assert sockets["free-1"].sent == ['{"type":"trip.taken"}']
@@ -284,10 +293,10 @@ async def test_an_offer_older_than_what_drivers_here_were_sent_is_dropped() -> N
         headers = {TRIP_HEADER: "trip-1", VERSION_HEADER: str(version)}
         return Offer(f'{{"type":"{kind}","v":{version}}}'.encode(), kind, headers)
 
-    fanout.deliver(offer("trip.requested", 1))  # type: ignore[arg-type]
-    fanout.deliver(offer("trip.taken", 2))  # type: ignore[arg-type]
-    fanout.deliver(offer("trip.requested", 1))  # type: ignore[arg-type]  # relayed late
-    fanout.deliver(offer("trip.taken", 2))  # type: ignore[arg-type]  # published twice
+    fanout.broadcast(offer("trip.requested", 1))  # type: ignore[arg-type]
+    fanout.broadcast(offer("trip.taken", 2))  # type: ignore[arg-type]
+    fanout.broadcast(offer("trip.requested", 1))  # type: ignore[arg-type]  # relayed late
+    fanout.broadcast(offer("trip.taken", 2))  # type: ignore[arg-type]  # published twice
     await settle(lambda: len(socket.sent) >= 2)
     writer.put(Frame("end", "echo.message"))
     await settle(lambda: socket.sent[-1] == "end")
@@ -319,4 +328,68 @@ async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_la
     await settle(lambda: len(socket.sent) == total)
 
     assert socket.seqs() == list(range(1, total + 1))
+    await stop(tasks)
+
+
+async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_location() -> None:
+    log = Log()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    located_user, unlocated_user = (
+        User(5, "e", "", "", "driver", None),
+        User(6, "f", "", "", "driver", None),
+    )
+    located, unlocated = await users.join(located_user), await users.join(unlocated_user)
+    located.location = Location(Point(52.37, 4.89))
+    users.located(located)
+    sockets = {5: Socket(), 6: Socket()}
+    writers = []
+    for connected in (located, unlocated):
+        writer = outgoing(log, sockets[connected.user.id], connected.user)
+        connected.sockets.add(writer)
+        writers.append(writer)
+    tasks = await running(*writers)
+    fanout = OfferFanout(users)
+
+    fanout.broadcast(Offer(b"for-the-unlocated", headers={AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
+    fanout.broadcast(Offer(b"for-everyone"))  # type: ignore[arg-type]
+    await settle(lambda: len(sockets[6].sent) == 2 and len(sockets[5].sent) == 1)
+
+    assert sockets[6].sent == ["for-the-unlocated", "for-everyone"]
+    assert sockets[5].sent == ["for-everyone"]
+    await stop(tasks)
+
+
+async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_withdrawal() -> None:
+    log = Log()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    first, second, busy = [
+        await users.join(User(number, str(number), "", "", "driver", None)) for number in (1, 2, 3)
+    ]
+    busy.busy = True
+    sockets = {connected.user.id: Socket() for connected in (first, second, busy)}
+    writers = []
+    for connected in (first, second, busy):
+        writer = outgoing(log, sockets[connected.user.id], connected.user)
+        connected.sockets.add(writer)
+        writers.append(writer)
+    tasks = await running(*writers)
+    fanout = OfferFanout(users)
+
+    def offer(kind: str, version: int) -> Offer:
+        headers = {TRIP_HEADER: "trip-1", VERSION_HEADER: str(version)}
+        return Offer(f"{kind}-{version}".encode(), kind, headers)
+
+    # One version of a trip is offered by name to several drivers of one gateway.
+    fanout.to_driver(first, offer("trip.requested", 1))  # type: ignore[arg-type]
+    fanout.to_driver(second, offer("trip.requested", 1))  # type: ignore[arg-type]
+    fanout.to_driver(busy, offer("trip.requested", 1))  # type: ignore[arg-type]
+    fanout.to_driver(second, offer("trip.taken", 2))  # type: ignore[arg-type]
+    fanout.to_driver(first, offer("trip.requested", 1))  # type: ignore[arg-type]  # relayed late
+    for writer in writers:
+        writer.put(Frame("end", "echo.message"))
+    await settle(lambda: all(socket.sent[-1:] == ["end"] for socket in sockets.values()))
+
+    assert sockets[1].sent == ["trip.requested-1", "end"]
+    assert sockets[2].sent == ["trip.requested-1", "trip.taken-2", "end"]
+    assert sockets[3].sent == ["end"]
     await stop(tasks)

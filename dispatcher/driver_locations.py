@@ -1,0 +1,79 @@
+"""Drivers' locations, from every gateway into this worker's index of free drivers.
+
+Each worker has a queue of its own on the locations exchange, so every worker's
+index sees every report. The queue is exclusive and transient, and bounded by
+length and age: a location is worth nothing once stale, and losing one costs
+nothing but waiting for the next report. A worker that starts asks the gateways for
+the locations they hold, so it dispatches by distance at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from dispatcher.nearby import NearbyDrivers
+from shared import broker
+from shared.locations import DriverReport
+from shared.topology import LOCATIONS_WANTED_KEY, Topology
+
+log = logging.getLogger(__name__)
+
+# Reports waiting for one worker at most; the oldest are dropped first.
+LOCATIONS_BACKLOG = 50_000
+
+
+class LocationFeed:
+    def __init__(
+        self,
+        drivers: NearbyDrivers,
+        stale_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._drivers = drivers
+        self._stale_seconds = stale_seconds
+        self._clock = clock
+
+    async def start(
+        self, channel: AbstractChannel, topology: Topology, notifications: AbstractExchange
+    ) -> None:
+        """Consume every gateway's reports, then ask the gateways for what they hold."""
+        exchange = await broker.declare_locations_exchange(channel, topology)
+        queue = await channel.declare_queue(
+            exclusive=True,
+            auto_delete=True,
+            arguments={
+                "x-max-length": LOCATIONS_BACKLOG,
+                "x-overflow": "drop-head",
+                "x-message-ttl": int(self._stale_seconds * 1000),
+            },
+        )
+        await queue.bind(exchange)
+        await queue.consume(self._on_message, no_ack=True)
+        await notifications.publish(
+            aio_pika.Message(b"", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+            LOCATIONS_WANTED_KEY,
+        )
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.apply(message.body)
+
+    def apply(self, body: bytes) -> None:
+        """One gateway report: a free driver's place, or that they are busy or gone."""
+        try:
+            report = DriverReport.decode(body)
+        except ValueError as exc:
+            log.warning("driver report ignored error=%s", exc)
+            return
+        if report.point is None or not report.free:
+            self._drivers.forget(report.driver_id)
+        else:
+            self._drivers.update(report.driver_id, report.point.lat, report.point.lng, report.at)
+
+    async def sweep(self) -> None:
+        """Drop drivers whose last report went stale, so the index holds who is around."""
+        self._drivers.sweep(self._clock(), self._stale_seconds)

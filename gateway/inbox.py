@@ -1,0 +1,65 @@
+"""What reaches this gateway from the broker, and where each message goes.
+
+The gateway's own queue (`gateway.broker`) carries:
+- `user.<id>` with a number (x-seq): a notification of the user, for every socket
+  of theirs here (`ConnectedUser.notify`);
+- `user.<id>` without one: an offer or its withdrawal, sent to a driver by name
+  (`OfferFanout.to_driver`);
+- `gateways.locations`: a worker that started asks for the drivers' locations
+  held here (`DriverLocations.replay`).
+The offers queue carries the broadcasts (`OfferFanout.broadcast`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
+
+from gateway.connected import ConnectedUsers
+from gateway.locations import DriverLocations
+from gateway.offers import OfferFanout
+from gateway.outgoing import Frame
+from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER
+
+log = logging.getLogger(__name__)
+
+Route = Callable[[AbstractIncomingMessage], None]
+
+
+async def forward(messages: AbstractQueueIterator, route: Route) -> None:
+    """Every message of a queue, to where `route` sends it."""
+    async for message in messages:
+        try:
+            route(message)
+        except Exception:
+            # One bad message must not end delivery for everyone here.
+            log.exception("message not delivered routing_key=%s", message.routing_key)
+
+
+class Inbox:
+    def __init__(
+        self, users: ConnectedUsers, offers: OfferFanout, locations: DriverLocations
+    ) -> None:
+        self._users = users
+        self._offers = offers
+        self._locations = locations
+
+    def route(self, message: AbstractIncomingMessage) -> None:
+        key = message.routing_key or ""
+        if key == LOCATIONS_WANTED_KEY:
+            self._locations.replay(self._users.drivers())
+            return
+        _, _, user_id = key.partition(".")
+        connected = self._users.get(int(user_id))
+        if connected is None:
+            return  # their last socket here closed after the message was routed
+        seq = (message.headers or {}).get(SEQ_HEADER)
+        if seq is None:
+            self._offers.to_driver(connected, message)
+            return
+        was_busy = connected.busy
+        connected.notify(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))
+        if connected.busy != was_busy:
+            self._locations.availability_changed(connected)
