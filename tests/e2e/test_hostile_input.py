@@ -28,9 +28,11 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from shared.locations import location_from
 from shared.processes import ServiceProcess
 from shared.settings import Settings
 from shared.trips import Status
+from shared.wire import FrameError
 from tests.clients import Account, about, connect, create_account, receive, receive_until
 
 T = TypeVar("T")
@@ -53,7 +55,7 @@ DOCUMENTED_ERROR_CODES = {
     "rate_limited",
     "trip_in_progress",
 }
-KNOWN_TYPES = ("echo.message", "create.trip", "update.trip")
+KNOWN_TYPES = ("echo.message", "create.trip", "update.trip", "update.location")
 STATUSES = {status.value for status in Status}
 SIGN_UP_FIELDS = {"username", "first_name", "last_name", "password1", "password2", "group"}
 SIGN_UP_FIELDS_AND_PHOTO = SIGN_UP_FIELDS | {"photo"}
@@ -164,6 +166,12 @@ def rider(loop: EventLoopThread, base_url: str) -> Account:
 
 
 @pytest.fixture(scope="module")
+def driver(loop: EventLoopThread, base_url: str) -> Account:
+    """The driver who reports every hostile location."""
+    return loop.run(_new_account(base_url, "driver"))
+
+
+@pytest.fixture(scope="module")
 def trip_rider(loop: EventLoopThread, base_url: str) -> Account:
     """A rider whose socket sees only the trips the verbatim test requests."""
     return loop.run(_new_account(base_url, "rider"))
@@ -183,6 +191,18 @@ async def _exchange(base_url: str, token: str, payload: str | bytes) -> dict[str
         except ConnectionClosed as closed:
             raise AssertionError(f"the socket did not survive the frame: {closed}") from None
         assert after == ECHO, after
+    return answer
+
+
+async def _send_then_echo(base_url: str, token: str, payload: str) -> dict[str, Any]:
+    """Send a frame that may get no answer, then an echo: the first frame back is the
+    answer if there is one (it comes before the echo's), otherwise the echo."""
+    async with await connect(base_url, token) as ws:
+        await ws.send(payload)
+        await ws.send(orjson.dumps(ECHO).decode())
+        answer = await receive(ws)
+        if answer != ECHO:
+            assert await receive(ws) == ECHO
     return answer
 
 
@@ -425,6 +445,37 @@ def test_update_trip_back_to_requested_gets_invalid_transition(
     answer = exchange(loop, base_url, rider, as_text(frame))
 
     assert_error(answer, "invalid_transition", "REQUESTED", request="update.trip")
+
+
+coordinates = json_values | st.floats(min_value=-200, max_value=200) | st.integers(-200, 200)
+location_data = (
+    st.fixed_dictionaries(
+        {"lat": coordinates, "lng": coordinates},
+        optional={"heading": coordinates | st.none(), "speed_mps": coordinates | st.none()},
+    )
+    | json_values
+)
+
+
+@PROPERTY
+@given(data=location_data)
+@example(data={"lat": 52.37, "lng": 4.89})
+@example(data={"lat": -90, "lng": 180, "heading": 360, "speed_mps": 0})
+@example(data={"lat": 90.000001, "lng": 0})
+@example(data={"lat": 52.37, "lng": 4.89, "heading": "north"})
+@example(data={"lat": 2**64 - 1, "lng": 4.89})
+def test_a_location_is_taken_without_a_word_or_refused_with_invalid_data(
+    loop: EventLoopThread, base_url: str, driver: Account, data: Any
+) -> None:
+    frame = as_text({"type": "update.location", "data": data})
+    answer = loop.run(_send_then_echo(base_url, driver.access, frame))
+
+    try:
+        location_from(data, "update.location")
+    except FrameError:
+        assert_error(answer, "invalid_data", "", request="update.location")
+    else:
+        assert answer == ECHO
 
 
 def fill(unit: str, budget: int) -> str:

@@ -211,6 +211,7 @@ async def test_clean_broker_and_reset_remove_what_an_instance_created(
     async with connection:
         channel = await connection.channel()
         commands, _ = await broker.declare_exchanges(channel, topology)
+        await broker.declare_locations_exchange(channel, topology)
         await broker.declare_dispatcher_queue(channel, topology, commands)
 
     def run(target: str) -> str:

@@ -35,7 +35,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from shared.commands import COMMAND_TYPES
+from shared.commands import COMMAND_TYPES, UPDATE_LOCATION
 from shared.trips import EVENT_FOR_STATUS, EventType, Status
 from shared.wire import ErrorCode, resync_frame
 
@@ -44,7 +44,7 @@ README_ADDRESSES = ("localhost:8000", "127.0.0.1:8000")
 WAIT_SECONDS = 20
 # The gateway answers this frame type itself (gateway/websocket.py).
 ECHO = "echo.message"
-CLIENT_TYPES = frozenset({*COMMAND_TYPES, ECHO})
+CLIENT_TYPES = frozenset({*COMMAND_TYPES, ECHO, UPDATE_LOCATION})
 RESYNC = "resync"
 SERVER_TYPES = frozenset({*(event.value for event in EventType), ECHO, "error", RESYNC})
 ERROR_CODES = frozenset(
