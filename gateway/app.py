@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Starlette:
     notification_log = NotificationLog(database)
     connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
     offers = OfferFanout(connected)
-    locations = DriverLocations(connected, broker.publish_location)
+    locations = DriverLocations(connected, broker)
     inbox = Inbox(connected, offers, locations)
     taxi_socket = TaxiSocket(
         tokens,

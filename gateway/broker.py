@@ -28,10 +28,12 @@ from aio_pika.abc import (
 
 from shared import broker
 from shared.broker import PublishFailed
+from shared.locations import DRIVER_LOCATION
 from shared.settings import Settings
 from shared.topology import (
     DRIVER_OFFERS_KEY,
     LOCATIONS_WANTED_KEY,
+    TRIP_HEADER,
     Topology,
     command_key,
     user_key,
@@ -41,6 +43,8 @@ __all__ = ["GatewayBroker", "PublishFailed"]
 
 # Offers waiting for this gateway at most; older ones are dropped first.
 OFFERS_BACKLOG = 10_000
+# A driver's location that no gateway took within this long is dropped.
+LIVE_LOCATION_TTL_SECONDS = 5
 
 
 class GatewayBroker:
@@ -51,6 +55,9 @@ class GatewayBroker:
         self._commands: AbstractExchange | None = None
         self._notifications: AbstractExchange | None = None
         self._locations: AbstractExchange | None = None
+        # The notifications exchange again, on the channel without confirms: for the
+        # drivers' live locations, worth nothing a moment later.
+        self._live: AbstractExchange | None = None
         self._inbox_channel: AbstractChannel | None = None
         self._offers: AbstractQueue | None = None
         self._notifications_queue: AbstractQueue | None = None
@@ -75,6 +82,7 @@ class GatewayBroker:
         self._locations = await broker.declare_locations_exchange(
             self._inbox_channel, self.topology
         )
+        _, self._live = await broker.declare_exchanges(self._inbox_channel, self.topology)
         # One subscription to the offers broadcast per gateway, fanned out here to the
         # drivers connected to it: the broker delivers each offer once per gateway, not
         # once per driver. Declared first, so that after a reconnect aio-pika restores it
@@ -130,6 +138,20 @@ class GatewayBroker:
             raise PublishFailed("the gateway is not connected to the broker")
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
         await self._locations.publish(message, "")
+
+    async def publish_live_location(self, rider_id: int, trip_id: str, body: bytes) -> None:
+        """A driver's location to the rider of their trip: unconfirmed, never on disk,
+        and gone after a few seconds if no gateway takes it sooner."""
+        if self._live is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        message = aio_pika.Message(
+            body,
+            type=DRIVER_LOCATION,
+            headers={TRIP_HEADER: trip_id},
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            expiration=LIVE_LOCATION_TTL_SECONDS,
+        )
+        await self._live.publish(message, user_key(rider_id))
 
     def notifications(self) -> AbstractQueueIterator:
         """The notifications of the users connected here, unacknowledged: Postgres keeps

@@ -13,15 +13,17 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
+
 from gateway.notification_log import ResumePoint
 from gateway.outgoing import CATCH_UP, Frame, Outgoing
 from shared.locations import Location
-from shared.trips import EventType
+from shared.trips import EventType, TripUnderWay
 from shared.users import User
 
-# A driver's own trip notifications say whether they are busy: from accepting a
-# trip until it is completed or cancelled, they get no offers.
-_BUSY_AFTER = {
+# A user's own trip notifications say which trip of theirs is under way: from its
+# accept until it is completed or cancelled.
+_UNDER_WAY_AFTER = {
     EventType.ACCEPTED.value: True,
     EventType.PICKED_UP.value: True,
     EventType.COMPLETED.value: False,
@@ -35,7 +37,7 @@ Binding = Callable[[int], Awaitable[None]]
 class ConnectedUser:
     user: User
     sockets: set[Outgoing] = field(default_factory=set)
-    busy: bool = False
+    under_way: TripUnderWay | None = None
     # A driver's last location acted on (`gateway.locations`), when (seconds since the
     # epoch), and when the next report may be acted on (monotonic seconds).
     location: Location | None = None
@@ -48,11 +50,16 @@ class ConnectedUser:
     bound: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def busy(self) -> bool:
+        """A driver with a trip under way takes no offers."""
+        return self.user.is_driver and self.under_way is not None
+
     def resume_from(self, point: ResumePoint) -> None:
         """Take the database's view, unless a newer notification already arrived live."""
         if point.last_seq >= self.last_seq:
             self.last_seq = point.last_seq
-            self.busy = point.busy
+            self.under_way = point.under_way
 
     def notify(self, frame: Frame) -> None:
         """A notification of the user: every socket gets it, once, in the user's order
@@ -61,8 +68,14 @@ class ConnectedUser:
         if frame.seq <= self.last_seq:
             return
         self.last_seq = frame.seq
-        if self.user.is_driver and frame.type in _BUSY_AFTER:
-            self.busy = _BUSY_AFTER[frame.type]
+        under_way = _UNDER_WAY_AFTER.get(frame.type)
+        if under_way is not None:
+            self.under_way = _trip_of(frame) if under_way else None
+        for socket in self.sockets:
+            socket.put(frame)
+
+    def put_live(self, frame: Frame) -> None:
+        """A frame that is worth something only now (no number, never kept)."""
         for socket in self.sockets:
             socket.put(frame)
 
@@ -134,3 +147,9 @@ class ConnectedUsers:
         for connected in self:
             for socket in connected.sockets:
                 socket.put(CATCH_UP)
+
+
+def _trip_of(frame: Frame) -> TripUnderWay:
+    """The trip of an accept or pick-up notification (read only for these few)."""
+    trip = orjson.loads(frame.text)["data"]
+    return TripUnderWay(trip["id"], trip["rider"]["id"], trip["driver"]["id"])

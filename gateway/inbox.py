@@ -4,7 +4,8 @@ The gateway's own queue (`gateway.broker`) carries:
 - `user.<id>` with a number (x-seq): a notification of the user, for every socket
   of theirs here (`ConnectedUser.notify`);
 - `user.<id>` without one: an offer or its withdrawal, sent to a driver by name
-  (`OfferFanout.to_driver`);
+  (`OfferFanout.to_driver`), or a driver's location for the rider of their trip
+  under way (`driver.location`), passed on only while that trip is the rider's;
 - `gateways.locations`: a worker that started asks for the drivers' locations
   held here (`DriverLocations.replay`).
 The offers queue carries the broadcasts (`OfferFanout.broadcast`).
@@ -21,7 +22,8 @@ from gateway.connected import ConnectedUsers
 from gateway.locations import DriverLocations
 from gateway.offers import OfferFanout
 from gateway.outgoing import Frame
-from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER
+from shared.locations import DRIVER_LOCATION
+from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, TRIP_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,17 @@ class Inbox:
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
-        seq = (message.headers or {}).get(SEQ_HEADER)
+        headers = message.headers or {}
+        seq = headers.get(SEQ_HEADER)
+        if seq is None and message.type == DRIVER_LOCATION:
+            trip = connected.under_way
+            if trip is not None and trip.id == headers.get(TRIP_HEADER):
+                connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
+            return
         if seq is None:
             self._offers.to_driver(connected, message)
             return
-        was_busy = connected.busy
+        before = connected.under_way
         connected.notify(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))
-        if connected.busy != was_busy:
-            self._locations.availability_changed(connected)
+        if connected.under_way != before and connected.user.is_driver:
+            self._locations.trip_changed(connected)

@@ -2,12 +2,17 @@
 
 A driver's `update.location` is acted on at most once a second, whichever of their
 sockets sends it (more are dropped silently, as the protocol says). The location is
-kept with the driver (`ConnectedUser.location`) and, while they are free, published
-to the locations exchange, where every worker's index takes it
-(`dispatcher.driver_locations`). The workers also hear at once when a driver turns
-busy or free (a driver who just finished a trip is offered the next one without
-waiting for a report) and when their last socket here closes; a worker that starts
-gets every location held here.
+kept with the driver (`ConnectedUser.location`), then goes one of two ways:
+
+- while the driver is free, to the locations exchange, where every worker's index
+  takes it (`dispatcher.driver_locations`);
+- while they have a trip under way, to that trip's rider only, as `driver.location`
+  on `user.<rider id>`: unnumbered, never kept, and dropped by the broker when the
+  rider has no socket anywhere. The rider's gateway checks the trip too.
+
+The workers also hear at once when a driver turns busy or free (a driver who just
+finished a trip is offered the next one without waiting for a report) and when
+their last socket here closes; a worker that starts gets every location held here.
 
 Nothing waits on the broker: reports leave through one publisher task, and while
 the broker is away they are dropped, since the next one replaces them.
@@ -18,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, Protocol
 
 from gateway import metrics
 from gateway.connected import ConnectedUser, ConnectedUsers
-from shared.locations import DriverReport, Location
+from shared.locations import DriverReport, Location, driver_location_frame
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +37,33 @@ REPORT_INTERVAL_SECONDS = 1.0
 # Reports waiting for the publisher at most; more are dropped (the broker is away).
 PENDING_REPORTS = 20_000
 
-Publish = Callable[[bytes], Awaitable[None]]
+
+class LocationsBroker(Protocol):
+    async def publish_location(self, body: bytes) -> None: ...
+
+    async def publish_live_location(self, rider_id: int, trip_id: str, body: bytes) -> None: ...
+
+
+class _Pending(NamedTuple):
+    body: bytes
+    # For the workers when None; otherwise for this rider, about this trip.
+    rider_id: int | None = None
+    trip_id: str = ""
 
 
 class DriverLocations:
     def __init__(
         self,
         users: ConnectedUsers,
-        publish: Publish,
+        broker: LocationsBroker,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
-        self._publish = publish
+        self._broker = broker
         self._clock = clock
         self._wall_clock = wall_clock
-        self._pending: asyncio.Queue[bytes] = asyncio.Queue(PENDING_REPORTS)
+        self._pending: asyncio.Queue[_Pending] = asyncio.Queue(PENDING_REPORTS)
 
     def report(self, driver: ConnectedUser, location: Location) -> bool:
         """The driver's own report; False when it came too soon after the last one."""
@@ -57,45 +74,61 @@ class DriverLocations:
         if driver.location is None:
             self._users.located(driver)
         driver.location, driver.located_at = location, self._wall_clock()
-        if not driver.busy:
-            self._send(driver)
+        if driver.under_way is None:
+            self._for_dispatch(driver)
+        else:
+            self._for_rider(driver)
         return True
 
-    def availability_changed(self, driver: ConnectedUser) -> None:
-        """The driver took a trip or finished one: dispatch must know at once."""
+    def trip_changed(self, driver: ConnectedUser) -> None:
+        """The driver took a trip or finished one: dispatch must know at once (to
+        forget or offer them), and a rider whose driver is on the way sees where they
+        are without waiting for the next report."""
         if driver.location is not None:
-            self._send(driver)
+            self._for_dispatch(driver)
+            if driver.under_way is not None:
+                self._for_rider(driver)
 
     def gone(self, driver: ConnectedUser) -> None:
         """The driver's last socket here closed: they take no offers now."""
         if driver.location is not None:
-            self._put(DriverReport(driver.user.id, None, self._wall_clock()))
+            self._put(_Pending(DriverReport(driver.user.id, None, self._wall_clock()).encode()))
 
     def replay(self, drivers: Iterable[ConnectedUser]) -> None:
         """A worker started: send it every location held here."""
         for driver in drivers:
-            if driver.location is not None:
-                self._send(driver)
+            if driver.location is not None and driver.under_way is None:
+                self._for_dispatch(driver)
 
     async def run(self) -> None:
         while True:
-            body = await self._pending.get()
+            pending = await self._pending.get()
             try:
-                await self._publish(body)
+                if pending.rider_id is None:
+                    await self._broker.publish_location(pending.body)
+                else:
+                    await self._broker.publish_live_location(
+                        pending.rider_id, pending.trip_id, pending.body
+                    )
             except Exception as exc:
                 metrics.LOCATIONS_DROPPED.inc()
                 log.debug("driver report dropped error=%r", exc)
 
-    def _send(self, driver: ConnectedUser) -> None:
-        assert driver.location is not None
-        self._put(
-            DriverReport(
-                driver.user.id, driver.location.point, driver.located_at, free=not driver.busy
-            )
-        )
+    def _for_rider(self, driver: ConnectedUser) -> None:
+        trip = driver.under_way
+        assert driver.location is not None and trip is not None
+        frame = driver_location_frame(trip.id, driver.location, driver.located_at)
+        self._put(_Pending(frame, trip.rider_id, trip.id))
 
-    def _put(self, report: DriverReport) -> None:
+    def _for_dispatch(self, driver: ConnectedUser) -> None:
+        assert driver.location is not None
+        report = DriverReport(
+            driver.user.id, driver.location.point, driver.located_at, free=not driver.busy
+        )
+        self._put(_Pending(report.encode()))
+
+    def _put(self, pending: _Pending) -> None:
         try:
-            self._pending.put_nowait(report.encode())
+            self._pending.put_nowait(pending)
         except asyncio.QueueFull:
             metrics.LOCATIONS_DROPPED.inc()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.db import Database
+from shared.trips import TripUnderWay
 
 # Notifications read back in one round trip while a socket catches up.
 READ_BATCH = 500
@@ -19,7 +20,9 @@ class ResumePoint:
     last_seq: int  # the newest notification's number (0: none yet)
     delivered_seq: int  # what their sockets had when one last closed
     oldest_seq: int  # the oldest still kept (last_seq + 1 when none is)
-    busy: bool  # a driver with a trip under way gets no offers
+    # Their trip between accept and drop-off, if any (a driver on one gets no offers,
+    # and their locations go to its rider).
+    under_way: TripUnderWay | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,22 +41,33 @@ class NotificationLog:
             """
             SELECT u.last_seq, u.delivered_seq,
                    (SELECT min(seq) FROM notifications n WHERE n.user_id = u.id) AS oldest_seq,
-                   EXISTS (SELECT 1 FROM trips
-                           WHERE driver_id = u.id AND status IN ('STARTED', 'IN_PROGRESS'))
-                       AS busy
-            FROM users u WHERE u.id = $1
+                   active.id AS trip_id, active.rider_id, active.driver_id
+            FROM users u
+            LEFT JOIN LATERAL (
+                (SELECT id, rider_id, driver_id FROM trips
+                 WHERE driver_id = u.id AND status IN ('STARTED', 'IN_PROGRESS'))
+                UNION ALL
+                (SELECT id, rider_id, driver_id FROM trips
+                 WHERE rider_id = u.id AND status IN ('STARTED', 'IN_PROGRESS'))
+                LIMIT 1
+            ) active ON true
+            WHERE u.id = $1
             """,
             user_id,
         )
         if row is None:
-            return ResumePoint(0, 0, 1, busy=False)
+            return ResumePoint(0, 0, 1, under_way=None)
         last_seq = int(row["last_seq"])
         oldest = row["oldest_seq"]
         return ResumePoint(
             last_seq=last_seq,
             delivered_seq=int(row["delivered_seq"]),
             oldest_seq=int(oldest) if oldest is not None else last_seq + 1,
-            busy=bool(row["busy"]),
+            under_way=(
+                TripUnderWay(str(row["trip_id"]), row["rider_id"], row["driver_id"])
+                if row["trip_id"] is not None
+                else None
+            ),
         )
 
     async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from shared import wire
 from shared.wire import ErrorCode, FrameError
+
+# The frame that shows a trip's rider where its driver is.
+DRIVER_LOCATION = "driver.location"
 
 # The IUGG mean radius of the WGS84 ellipsoid: the sphere that fits it best on average.
 EARTH_RADIUS_M = 6_371_008.8
@@ -88,6 +93,24 @@ class DriverReport:
         except FrameError as exc:
             raise ValueError(exc.message) from None
         return cls(driver_id, point, float(at), free)
+
+
+def driver_location_frame(trip_id: str, location: Location, at: float) -> bytes:
+    """`driver.location` for the rider of trip `trip_id`: where the driver was at `at`
+    (seconds since the epoch), told as trip times are (ISO 8601, UTC)."""
+    moment = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    return wire.encode(
+        {
+            "type": DRIVER_LOCATION,
+            "data": {
+                "trip_id": trip_id,
+                "lat": location.point.lat,
+                "lng": location.point.lng,
+                "heading": location.heading,
+                "at": moment,
+            },
+        }
+    )
 
 
 def point_from(value: Any, name: str, request: str) -> Point:

@@ -70,6 +70,17 @@ class CancelReason(StrEnum):
     NO_DRIVER = "no_driver"
 
 
+@dataclass(frozen=True, slots=True)
+class TripUnderWay:
+    """A trip between accept and drop-off (STARTED or IN_PROGRESS), as its rider's and
+    its driver's gateways keep it: the driver is busy, and their locations go to the
+    rider."""
+
+    id: str
+    rider_id: int
+    driver_id: int
+
+
 class RuleViolation(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

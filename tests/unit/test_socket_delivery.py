@@ -21,6 +21,7 @@ from shared.topology import (
     UNLOCATED,
     VERSION_HEADER,
 )
+from shared.trips import TripUnderWay
 from shared.users import User
 
 RIDER = User(7, "ann@example.com", "Ann", "Rider", "rider", None)
@@ -34,7 +35,8 @@ class Log:
         self.kept: dict[int, list[Logged]] = {}
 
     def add(self, user_id: int, seq: int, frame_type: str = "trip.updated") -> Frame:
-        text = f'{{"seq":{seq},"type":"{frame_type}"}}'
+        trip = '{"id":"trip-1","rider":{"id":7},"driver":{"id":42}}'
+        text = f'{{"seq":{seq},"type":"{frame_type}","data":{trip}}}'
         self.kept.setdefault(user_id, []).append(Logged(seq, frame_type, text.encode()))
         return Frame(text, frame_type, seq)
 
@@ -153,16 +155,30 @@ async def test_after_a_broker_outage_each_socket_reads_what_never_arrived() -> N
 async def test_a_driver_is_busy_from_accepting_until_the_trip_ends() -> None:
     log = Log()
     driver = ConnectedUser(DRIVER)
+    under_way = TripUnderWay("trip-1", RIDER.id, DRIVER.id)
 
     driver.notify(log.add(DRIVER.id, 1, "trip.accepted"))
     assert driver.busy
+    assert driver.under_way == under_way
     driver.notify(log.add(DRIVER.id, 2, "trip.picked_up"))
     assert driver.busy
     driver.notify(log.add(DRIVER.id, 3, "trip.completed"))
     assert not driver.busy
+    assert driver.under_way is None
     # A late "accepted" (older than what was applied) does not make them busy again.
     driver.notify(Frame("{}", "trip.accepted", 1))
     assert not driver.busy
+
+
+async def test_a_rider_has_their_trip_under_way_but_is_never_busy() -> None:
+    log = Log()
+    rider = ConnectedUser(RIDER)
+
+    rider.notify(log.add(RIDER.id, 1, "trip.accepted"))
+    assert rider.under_way == TripUnderWay("trip-1", RIDER.id, DRIVER.id)
+    assert not rider.busy
+    rider.notify(log.add(RIDER.id, 2, "trip.cancelled"))
+    assert rider.under_way is None
 
 
 @dataclass
@@ -185,7 +201,8 @@ async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
         ("rider", RIDER),
     ):
         connected = await users.join(user)
-        connected.busy = name == "busy"
+        if name == "busy":
+            connected.under_way = TripUnderWay("trip-0", RIDER.id, user.id)
         sockets[name] = Socket()
         writer = outgoing(log, sockets[name], user)
         connected.sockets.add(writer)
@@ -365,7 +382,7 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
     first, second, busy = [
         await users.join(User(number, str(number), "", "", "driver", None)) for number in (1, 2, 3)
     ]
-    busy.busy = True
+    busy.under_way = TripUnderWay("trip-0", RIDER.id, busy.user.id)
     sockets = {connected.user.id: Socket() for connected in (first, second, busy)}
     writers = []
     for connected in (first, second, busy):
