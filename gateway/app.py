@@ -68,6 +68,10 @@ def create_app(settings: Settings) -> Starlette:
     async def healthz(request: Request) -> Response:
         return OrjsonResponse({"status": "ok"})
 
+    async def client_config(request: Request) -> Response:
+        """What the browser client needs to know of this deployment."""
+        return OrjsonResponse({"map_tiles_url": settings.map_tiles_url})
+
     async def readyz(request: Request) -> Response:
         checks = {"database": await database.is_reachable(), "broker": broker.is_connected}
         return OrjsonResponse(checks, status_code=200 if all(checks.values()) else 503)
@@ -106,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
         *AuthApi(users, tokens, photos, Passwords(settings.password_hashing)).routes(),
         *TripsApi(database, users, tokens).routes(),
         WebSocketRoute("/taxi/", taxi_socket.endpoint),
+        Route("/api/client-config/", client_config),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),

@@ -66,6 +66,9 @@ class Settings:
     dispatch_radius_meters: int = 3000
     dispatch_max_offers: int = 8
     dispatch_widen_seconds: int = 15
+    # Where the browser client's map takes its tiles ({z}/{x}/{y} filled in by the map);
+    # without them the map still shows its markers on a plain background.
+    map_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +156,15 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _tiles_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a URL like https://tile.example.org/{z}/{x}/{y}.png")
+    if not all(part in raw for part in ("{z}", "{x}", "{y}")):
+        raise ValueError("must hold {z}, {x} and {y}, which the map fills in for each tile")
+    return raw
+
+
 def _upper(raw: str) -> str:
     return raw.upper()
 
@@ -180,6 +192,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dispatch_radius_meters": _positive_int,
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,
+    "map_tiles_url": _tiles_url,
 }
 
 

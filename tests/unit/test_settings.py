@@ -206,6 +206,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         dispatch_radius_meters=1500,
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
+        map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()
@@ -240,3 +241,19 @@ def test_a_refused_url_does_not_echo_its_password() -> None:
         Settings.from_env({"TAXI_DATABASE_URL": "postgresql://app:s3cret-pw@/taxi"})
 
     assert "s3cret-pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("tile.openstreetmap.org/{z}/{x}/{y}.png", "must be a URL"),
+        ("ftp://tiles.example.org/{z}/{x}/{y}.png", "must be a URL"),
+        ("https://tiles.example.org/{z}/{x}.png", "must hold {z}, {x} and {y}"),
+    ],
+)
+def test_a_map_tiles_url_the_map_cannot_use_is_refused_naming_it(raw: str, says: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_MAP_TILES_URL": raw})
+
+    assert "TAXI_MAP_TILES_URL" in str(refused.value)
+    assert says in str(refused.value)
