@@ -33,7 +33,7 @@ _UNDER_WAY_AFTER = {
 Binding = Callable[[int], Awaitable[None]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ConnectedUser:
     user: User
     sockets: set[Outgoing] = field(default_factory=set)

@@ -7,8 +7,13 @@ a gap from the notification log before going on. So a notification dropped
 anywhere on the way (a full buffer, a broker restart, two workers publishing out
 of order) is read back from Postgres, never lost and never doubled.
 
-A socket whose buffer stays full for TAXI_SLOW_CLIENT_SECONDS is too slow: it is
-closed with 4010, and its client resumes with `since` when it reconnects.
+A socket whose buffer stays full for TAXI_SLOW_CLIENT_SECONDS is too slow: its
+writer stops (`too_slow`), the socket is closed with 4010, and its client resumes
+with `since` when it reconnects.
+
+A gateway holds tens of thousands of these, so each is lean: a plain list for the
+buffer and one future to wake the writer, not an asyncio.Queue (whose deques and
+event cost about 3 KB a socket even when empty).
 """
 
 from __future__ import annotations
@@ -49,6 +54,23 @@ class LogReader(Protocol):
 
 
 class Outgoing:
+    __slots__ = (
+        "_clock",
+        "_close",
+        "_closing",
+        "_dropped",
+        "_frames",
+        "_full_since",
+        "_log",
+        "_send_text",
+        "_slow_seconds",
+        "_wakeup",
+        "_writer",
+        "sent_up_to",
+        "too_slow",
+        "user_id",
+    )
+
     def __init__(
         self,
         user_id: int,
@@ -62,10 +84,14 @@ class Outgoing:
         self.user_id = user_id
         # The number of the last notification this socket was sent.
         self.sent_up_to = sent_up_to
-        self.too_slow = asyncio.Event()
+        # Set when the buffer stayed full too long; the writer has stopped then.
+        self.too_slow = False
         self._send_text = send_text
         self._log = log
-        self._buffer: asyncio.Queue[Frame] = asyncio.Queue(BUFFER_FRAMES)
+        # Frames waiting, oldest first, and what the writer waits on when there are none.
+        self._frames: list[Frame] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._slow_seconds = slow_seconds
         self._clock = clock
         self._full_since: float | None = None
@@ -79,17 +105,21 @@ class Outgoing:
     def put(self, frame: Frame) -> None:
         """Queue a frame for the socket, never waiting. When the buffer is full the frame
         is dropped: a numbered one comes back from the log once the writer catches up."""
-        try:
-            self._buffer.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._dropped = self._dropped or frame.seq is not None
-            now = self._clock()
-            if self._full_since is None:
-                self._full_since = now
-            elif now - self._full_since >= self._slow_seconds:
-                self.too_slow.set()
-        else:
+        if len(self._frames) < BUFFER_FRAMES:
+            self._frames.append(frame)
             self._full_since = None
+            if self._wakeup is not None and not self._wakeup.done():
+                self._wakeup.set_result(None)
+            return
+        self._dropped = self._dropped or frame.seq is not None
+        now = self._clock()
+        if self._full_since is None:
+            self._full_since = now
+        elif now - self._full_since >= self._slow_seconds and not self.too_slow:
+            self.too_slow = True
+            # The writer is stuck in a send to a client that does not read: stop it.
+            if self._writer is not None:
+                self._writer.cancel()
 
     def close_after_sending(self, close: Close, code: int, reason: str) -> None:
         """Close the socket once everything already in its buffer was sent (so a client
@@ -100,7 +130,7 @@ class Outgoing:
     @property
     def waiting(self) -> int:
         """Frames in the buffer, not yet taken by the writer."""
-        return self._buffer.qsize()
+        return len(self._frames)
 
     @property
     def closing(self) -> bool:
@@ -108,16 +138,27 @@ class Outgoing:
 
     async def run(self) -> None:
         """Send what the socket missed, then everything put in its buffer, until the
-        socket closes (the send raises), it is asked to close, or the task is cancelled."""
+        socket closes (the send raises), it is asked to close, the client turns out too
+        slow (`too_slow`), or the task is cancelled."""
+        self._writer = asyncio.current_task()
+        try:
+            await self._write()
+        except asyncio.CancelledError:
+            if not self.too_slow:
+                raise
+        finally:
+            self._writer = None
+
+    async def _write(self) -> None:
         await self._catch_up()
         while True:
-            if self._closing is not None and self._close is not None and self._buffer.empty():
+            if self._closing is not None and self._close is not None and not self._frames:
                 await self._close(*self._closing)
                 return
-            if self._dropped and self._buffer.empty():
+            if self._dropped and not self._frames:
                 self._dropped = False
                 await self._catch_up()
-            frame = await self._buffer.get()
+            frame = await self._next()
             if frame is CATCH_UP:
                 await self._catch_up()
             elif frame.seq is None:
@@ -127,6 +168,16 @@ class Outgoing:
                     await self._catch_up(frame.seq - 1)
                 await self._send(frame.text, frame.type)
                 self.sent_up_to = frame.seq
+
+    async def _next(self) -> Frame:
+        while not self._frames:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        # A list, not a deque: a pop from the front moves at most BUFFER_FRAMES pointers.
+        return self._frames.pop(0)
 
     async def _catch_up(self, upto: int | None = None) -> None:
         """Send from the log everything numbered after what this socket was sent."""

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 
 class TokenBucket:
+    __slots__ = ("_burst", "_clock", "_last", "_per_second", "_tokens")
+
     def __init__(
         self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:

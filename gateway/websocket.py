@@ -183,15 +183,12 @@ class TaxiSocket:
         tasks = [
             asyncio.create_task(self._receive(websocket, connected, outgoing)),
             asyncio.create_task(outgoing.run()),
-            asyncio.create_task(outgoing.too_slow.wait()),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if tasks[0] in done and outgoing.closing:
                 # The client is being cut off: its writer sends what was queued, then closes.
-                done, _ = await asyncio.wait(
-                    tasks[1:], timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(tasks[1:], timeout=FLUSH_SECONDS)
         finally:
             for task in tasks:
                 task.cancel()
@@ -199,7 +196,7 @@ class TaxiSocket:
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, _SOCKET_GONE):
                 log.warning("socket ended by an error user_id=%s error=%r", user.id, outcome)
-        if tasks[2] in done:
+        if outgoing.too_slow:
             log.info("socket closed for reading too slowly user_id=%s", user.id)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(

@@ -124,25 +124,27 @@ export function personName(user) {
   return name || String(user.username ?? "");
 }
 
-const RIDER_STATUS = {
+// One vocabulary for statuses, on the rider's page and the driver's alike.
+const STATUS_TEXT = {
   REQUESTED: "Waiting for a driver",
   STARTED: "Driver on the way",
-  IN_PROGRESS: "On the way to your destination",
+  IN_PROGRESS: "On the way to the destination",
   COMPLETED: "Completed",
   CANCELLED: "Cancelled",
 };
 
-const DRIVER_STATUS = {
-  REQUESTED: "Requested",
-  STARTED: "Go to the pick-up address",
-  IN_PROGRESS: "Rider on board: go to the drop-off address",
-  COMPLETED: "Completed",
-  CANCELLED: "Cancelled",
+export function statusText(status) {
+  return STATUS_TEXT[status] ?? String(status);
+}
+
+// What the driver does next, under the status of their current trip.
+const DRIVER_NEXT_STEP = {
+  STARTED: "Drive to the pick-up. Press Picked up once the rider is on board.",
+  IN_PROGRESS: "Drive to the drop-off. Press Dropped off when you get there.",
 };
 
-export function statusText(status, group) {
-  const table = group === "driver" ? DRIVER_STATUS : RIDER_STATUS;
-  return table[status] ?? status;
+export function nextStepText(status) {
+  return DRIVER_NEXT_STEP[status] ?? null;
 }
 
 const CANCEL_REASON = {
@@ -155,4 +157,10 @@ export function cancelReasonText(trip, group) {
   if (trip.status !== "CANCELLED" || typeof trip.cancel_reason !== "string") return null;
   const words = CANCEL_REASON[trip.cancel_reason];
   return words ? words[group === "driver" ? "driver" : "rider"] : null;
+}
+
+/** Why an offer was withdrawn (trip.taken or trip.cancelled), in a few words. */
+export function offerGoneText(trip) {
+  if (trip.status === "CANCELLED") return cancelReasonText(trip, "driver") ?? "Cancelled";
+  return "Another driver took it";
 }
