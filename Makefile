@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 WORKERS ?= 2
 
 .PHONY: install run bench test test-unit test-integration test-e2e migrate lint format clean \
-	clean-broker reset browser
+	clean-broker reset browser client
 
 install: $(INSTALLED)
 
@@ -20,9 +20,29 @@ $(INSTALLED): pyproject.toml
 migrate: install
 	$(BIN)/python -m shared.migrate
 
+# The browser client's map library (Leaflet), from npm: installed exactly as
+# client-build/package-lock.json pins it, then copied under gateway/client/vendor/,
+# which the gateway serves with the client. Built here, never committed; never a CDN.
+# leaflet.js, the target, is copied last, so a build cut short is redone next time.
+CLIENT_BUILD := client-build
+VENDOR := gateway/client/vendor
+LEAFLET := $(VENDOR)/leaflet
+
+client: $(LEAFLET)/leaflet.js
+
+$(LEAFLET)/leaflet.js: $(CLIENT_BUILD)/package.json $(CLIENT_BUILD)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: the browser client's map is built with Node.js 18+ and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(CLIENT_BUILD) && npm ci --no-audit --no-fund --loglevel=error >/dev/null
+	rm -rf $(LEAFLET)
+	mkdir -p $(LEAFLET)
+	cp -R $(CLIENT_BUILD)/node_modules/leaflet/dist/leaflet.css \
+		$(CLIENT_BUILD)/node_modules/leaflet/dist/images \
+		$(CLIENT_BUILD)/node_modules/leaflet/LICENSE $(LEAFLET)/
+	cp $(CLIENT_BUILD)/node_modules/leaflet/dist/leaflet.js $(LEAFLET)/
+
 # honcho gives each worker PORT = its base port + the worker's index (dispatcher comes
 # first in the Procfile), so the workers' metrics ports count up from TAXI_METRICS_PORT.
-run: install
+run: install client
 	$(BIN)/python -m shared.preflight --workers $(WORKERS)
 	$(BIN)/python -m shared.migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
@@ -47,7 +67,7 @@ bench: install
 browser:
 	scripts/ensure-chromium
 
-test: install browser
+test: install client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -69,4 +89,5 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info \
+		$(CLIENT_BUILD)/node_modules $(VENDOR)

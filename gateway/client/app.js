@@ -902,6 +902,18 @@ async function submitLogIn(event) {
   }
 }
 
+/**
+ * The messages per field of a refused form: `{"detail", "code", "fields": {name: [..]}}`
+ * (PROTOCOL C4), or the course's flat `{name: [..]}`; null when it names no field.
+ */
+function fieldErrorsOf(body) {
+  if (!body || typeof body !== "object") return null;
+  if ("fields" in body || "code" in body) {
+    return body.fields && typeof body.fields === "object" ? body.fields : null;
+  }
+  return body;
+}
+
 async function submitSignUp(event) {
   event.preventDefault();
   const form = event.currentTarget;
@@ -924,10 +936,11 @@ async function submitSignUp(event) {
     clearError();
     startSession(me);
   } catch (error) {
-    if (error instanceof ApiError && error.status === 400 && error.body && typeof error.body === "object") {
-      showFieldErrors(form, error.body);
+    const fieldErrors = error instanceof ApiError && error.status === 400 ? fieldErrorsOf(error.body) : null;
+    if (fieldErrors) {
+      showFieldErrors(form, fieldErrors);
       const known = new Set([...form.parentElement.querySelectorAll(".field-error")].map((n) => n.dataset.field));
-      const other = Object.entries(error.body)
+      const other = Object.entries(fieldErrors)
         .filter(([field]) => !known.has(field))
         .map(([, messages]) => [].concat(messages).join(" "));
       showError(other.length ? other.join(" ") : "Please correct the fields marked in red.");

@@ -47,6 +47,8 @@ EVENT_OF = {
     "COMPLETED": "trip.completed",
 }
 
+ON_THE_WAY = "On the way to the destination"
+
 REQUEST_BLOCKED = (
     "You have a trip that is not over yet. "
     "You can request another once it is completed or cancelled."
@@ -133,6 +135,12 @@ async def request_trip(page: Page, pick_up: str, drop_off: str) -> Locator:
     await expect(trip.get_by_test_id("trip-status")).to_have_text("Waiting for a driver")
     await expect(page.get_by_test_id("pick-up")).to_have_value("")
     return trip
+
+
+async def cancel(trip: Locator) -> None:
+    """Cancel a rider's trip: the button, then the confirmation it asks for."""
+    await trip.get_by_test_id("cancel-trip").click()
+    await trip.get_by_test_id("confirm-cancel").click()
 
 
 def offer(page: Page, pick_up: str) -> Locator:
@@ -236,7 +244,9 @@ async def test_rider_and_driver_complete_a_trip(
 
     current = driver.get_by_test_id("current-trip")
     await expect(current.get_by_test_id("trip-pick-up")).to_have_text(pick_up)
-    await expect(current.get_by_test_id("trip-status")).to_have_text("Go to the pick-up address")
+    # One vocabulary on both pages; the driver's page adds what to do next.
+    await expect(current.get_by_test_id("trip-status")).to_have_text("Driver on the way")
+    await expect(current.get_by_test_id("trip-next-step")).to_contain_text("Drive to the pick-up")
     await expect(driver.get_by_test_id("busy-notice")).to_be_visible()
     await expect(offered).to_have_count(0)
     await expect(trip.get_by_test_id("trip-status")).to_have_text("Driver on the way")
@@ -245,11 +255,10 @@ async def test_rider_and_driver_complete_a_trip(
     await expect_fits_the_screen(rider)
 
     await current.get_by_test_id("picked-up").click()
-    await expect(trip.get_by_test_id("trip-status")).to_have_text("On the way to your destination")
+    await expect(trip.get_by_test_id("trip-status")).to_have_text(ON_THE_WAY)
     await expect(trip.get_by_test_id("cancel-trip")).to_have_count(0)
-    await expect(current.get_by_test_id("trip-status")).to_have_text(
-        "Rider on board: go to the drop-off address"
-    )
+    await expect(current.get_by_test_id("trip-status")).to_have_text(ON_THE_WAY)
+    await expect(current.get_by_test_id("trip-next-step")).to_contain_text("Drive to the drop-off")
     await screenshot(driver, "driver-current-trip")
 
     await current.get_by_test_id("dropped-off").click()
@@ -280,8 +289,14 @@ async def test_second_driver_sees_the_offer_disappear_when_the_first_accepts(
 
     await expect(first.get_by_test_id("current-trip")).to_contain_text(pick_up)
     await expect(offer(second, pick_up)).to_have_count(0)
+    # It fades out saying why, then goes.
+    gone = second.get_by_test_id("offer-gone").filter(has_text=pick_up)
+    await expect(gone.get_by_test_id("offer-gone-reason")).to_have_text("Another driver took it")
+    await expect(gone.get_by_test_id("accept-offer")).to_have_count(0)
+    await screenshot(second, "second-driver-offer-taken")
     await expect(second.get_by_test_id("no-current-trip")).to_be_visible()
     await expect(second.get_by_test_id("error-banner")).to_be_hidden()
+    await expect(gone).to_have_count(0)
     await screenshot(second, "second-driver-offer-gone")
 
 
@@ -294,12 +309,23 @@ async def test_cancelled_request_disappears_from_the_drivers_list(
     trip = await request_trip(rider, pick_up, drop_off)
     await expect(offer(driver, pick_up)).to_have_count(1)
 
+    # Cancel asks first; keeping the trip changes nothing.
     await trip.get_by_test_id("cancel-trip").click()
+    await expect(trip.get_by_test_id("cancel-question")).to_have_text("Cancel this request?")
+    await screenshot(rider, "rider-cancel-question")
+    await trip.get_by_test_id("keep-trip").click()
+    await expect(trip.get_by_test_id("cancel-question")).to_have_count(0)
+    await expect(trip.get_by_test_id("trip-status")).to_have_text("Waiting for a driver")
+    await expect(offer(driver, pick_up)).to_have_count(1)
+
+    await cancel(trip)
 
     await expect(trip.get_by_test_id("trip-status")).to_have_text("Cancelled")
     await expect(trip.get_by_test_id("trip-cancel-reason")).to_have_text("You cancelled")
     await expect(trip.get_by_test_id("cancel-trip")).to_have_count(0)
     await expect(offer(driver, pick_up)).to_have_count(0)
+    gone = driver.get_by_test_id("offer-gone").filter(has_text=pick_up)
+    await expect(gone.get_by_test_id("offer-gone-reason")).to_have_text("The rider cancelled")
     await screenshot(rider, "rider-cancelled")
     await screenshot(driver, "driver-after-cancel")
 
@@ -487,9 +513,7 @@ async def test_two_tabs_of_one_rider_show_the_trip_through_its_whole_life(
     current = driver.get_by_test_id("current-trip")
     await current.get_by_test_id("picked-up").click()
     for trip in tabs:
-        await expect(trip.get_by_test_id("trip-status")).to_have_text(
-            "On the way to your destination"
-        )
+        await expect(trip.get_by_test_id("trip-status")).to_have_text(ON_THE_WAY)
 
     await current.get_by_test_id("dropped-off").click()
     for trip in tabs:
@@ -532,7 +556,7 @@ async def test_the_request_button_waits_while_a_trip_is_live_and_says_why(
     await expect(rider.get_by_test_id("rider-trip")).to_have_count(1)
 
     await move_trip(base_url, driver, trip_id, "STARTED", "IN_PROGRESS")
-    await expect(trip.get_by_test_id("trip-status")).to_have_text("On the way to your destination")
+    await expect(trip.get_by_test_id("trip-status")).to_have_text(ON_THE_WAY)
     await expect(button).to_be_disabled()
     await expect(reason).to_be_visible()
 
@@ -607,13 +631,32 @@ async def test_a_tab_that_was_offline_resumes_where_it_left_off(
     await rider.context.set_offline(False)
 
     await expect(indicator).to_have_attribute("data-state", "live")
-    await expect(trip.get_by_test_id("trip-status")).to_have_text("On the way to your destination")
+    await expect(trip.get_by_test_id("trip-status")).to_have_text(ON_THE_WAY)
     await expect(trip.get_by_test_id("trip-driver")).to_have_text("Driver: Test Driver")
     # It asked for what it missed, and got it over the socket: no reload over HTTP.
     assert [since_of(url) for url in opened[resumed_from:]] == [last_seq]
     assert reloads == []
     assert await stored_seq(rider, account.id) == "3"
     await expect(rider.get_by_test_id("error-banner")).to_be_hidden()
+
+
+async def test_a_refusal_the_page_has_no_words_for_is_told_in_plain_words(
+    open_page: OpenPage, http: httpx.AsyncClient
+) -> None:
+    """An error code this client does not know shows a plain sentence, not the
+    server's technical message (which goes to the console)."""
+    rider = await open_logged_in(open_page, http, "rider", before=keep_sockets)
+    refusal = {
+        "code": "some_new_code",
+        "message": '"pick_up" must be an object like {"lat": 52.37, "lng": 4.89}',
+        "request": "create.trip",
+        "request_id": None,
+        "trip_id": None,
+    }
+    await deliver(rider, {"type": "error", "data": refusal})
+    await expect(rider.get_by_test_id("error-message")).to_have_text(
+        "That did not work, and nothing was changed. Please try again."
+    )
 
 
 async def test_a_late_older_notice_never_rolls_a_trip_back(
@@ -753,7 +796,7 @@ async def test_a_request_the_server_could_not_pass_on_is_retried_with_its_reques
     assert first["request_id"] == retry["request_id"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", first["request_id"])
 
-    await trip.get_by_test_id("cancel-trip").click()
+    await cancel(trip)
     await expect(trip.get_by_test_id("trip-cancel-reason")).to_have_text("You cancelled")
     await rider.get_by_test_id("pick-up").fill(pick_up)  # the same again: a new request
     await rider.get_by_test_id("drop-off").fill(drop_off)
