@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.broker import GatewayBroker
 from gateway.connected import ConnectedUsers
-from gateway.http_api import AuthApi, BadRequest, OrjsonResponse, bad_request_handler
+from gateway.errors import ApiError, OrjsonResponse, api_error_handler, http_error_handler
+from gateway.http_api import MAX_JSON_BODY_BYTES, AuthApi
+from gateway.http_guards import BodyLimit, SecurityHeaders
 from gateway.inbox import Inbox, forward
 from gateway.locations import DriverLocations
 from gateway.media import MEDIA_URL, PhotoStore
@@ -34,12 +38,24 @@ from gateway.websocket import TaxiSocket
 from shared.db import DATABASE_OUTAGE, Database
 from shared.metrics import metrics_endpoint
 from shared.settings import Settings
+from shared.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
 # The browser client: static files, served at the root.
 CLIENT_DIR = Path(__file__).with_name("client")
 SOCKET_PATH = "/taxi/"
+
+
+class ClientFiles(Mount):
+    """The browser client's files, at every path but the API's: under /api/ a wrong
+    method is a 405 naming the allowed ones and an unknown path a 404, never a file
+    lookup."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 class Gateway(Starlette):
@@ -141,14 +157,19 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
-        Mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),
+        ClientFiles("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),
     ]
     app = Gateway(
         socket_endpoint=taxi_socket.endpoint,
         routes=routes,
         lifespan=lifespan,
+        middleware=[
+            Middleware(SecurityHeaders, tiles_url=settings.map_tiles_url),
+            Middleware(BodyLimit, limit_for=body_limits(settings)),
+        ],
         exception_handlers={
-            BadRequest: bad_request_handler,
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
             **dict.fromkeys(DATABASE_OUTAGE, database_unavailable_handler),
         },
     )
@@ -157,6 +178,20 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
+def body_limits(settings: Settings) -> Callable[[str, str], int]:
+    """The largest body each endpoint takes: a sign-up form carries a photo, nothing
+    else more than a small JSON object."""
+
+    def limit_for(path: str, content_type: str) -> int:
+        if path == "/api/sign_up/" and content_type.startswith("multipart/"):
+            return settings.max_photo_bytes + MAX_JSON_BODY_BYTES
+        return MAX_JSON_BODY_BYTES
+
+    return limit_for
+
+
 async def database_unavailable_handler(request: Request, exc: Exception) -> Response:
     log.warning("request failed, database unavailable path=%s error=%r", request.url.path, exc)
-    return OrjsonResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
+    return ApiError(
+        503, ErrorCode.UNAVAILABLE, "the database is unavailable; retry shortly"
+    ).response()

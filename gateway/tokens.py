@@ -72,18 +72,28 @@ class TokenService:
                 options={"require": REQUIRED_CLAIMS},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenError("token has expired") from None
+            raise TokenError("this token has expired; log in again") from None
         except jwt.ImmatureSignatureError:
-            raise TokenError("token is not valid yet") from None
-        except jwt.InvalidTokenError as exc:
-            raise TokenError(f"token is invalid: {exc}") from None
+            raise TokenError("this token is not valid yet") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"this token is invalid: it lacks the claim {exc.claim!r}") from None
+        except jwt.InvalidAlgorithmError:
+            raise TokenError(
+                "this token is invalid: it is signed in a way this service does not accept"
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise TokenError(
+                "this token is invalid: it was not issued here, or it was altered"
+            ) from None
+        except jwt.InvalidTokenError:
+            raise TokenError("this token is invalid: it is not one this service issued") from None
         if payload["token_type"] != expected_type:
             raise TokenError(
-                f"an {expected_type} token is required, not a {payload['token_type']} token"
+                f"this is {_a(str(payload['token_type']))} token; send {_a(expected_type)} token"
             )
         user_id = payload["id"]
         if not isinstance(user_id, int) or isinstance(user_id, bool):
-            raise TokenError("token is invalid: claim 'id' is not a user id")
+            raise TokenError("this token is invalid: its 'id' names no user")
         return TokenClaims(
             user_id=user_id,
             username=str(payload.get("username", "")),
@@ -91,3 +101,8 @@ class TokenService:
             token_type=payload["token_type"],
             jti=str(payload["jti"]),
         )
+
+
+def _a(token_type: str) -> str:
+    """The token type with its article: an access token, a refresh token."""
+    return f"an {token_type}" if token_type[:1] in "aeiou" else f"a {token_type}"

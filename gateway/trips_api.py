@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http_api import OrjsonResponse, token_not_valid
+from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields, token_not_valid
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
 from shared.db import Database
@@ -67,12 +67,10 @@ class TripsApi:
 
     async def list_trips(self, request: Request) -> Response:
         user = await self._authenticate(request)
-        if not isinstance(user, User):
-            return user
         try:
             page = parse_page_request(request.query_params)
         except InvalidQuery as exc:
-            return invalid_query(exc.fields)
+            raise invalid_fields(exc.fields) from None
         # One more than asked for says whether there is a next page.
         found = await visible_trips(
             self._database.pool,
@@ -89,26 +87,30 @@ class TripsApi:
 
     async def get_trip(self, request: Request) -> Response:
         user = await self._authenticate(request)
-        if not isinstance(user, User):
-            return user
         try:
             trip_id = uuid.UUID(request.path_params["trip_id"])
         except ValueError:
-            return not_found()
+            raise not_found() from None
         trip = await visible_trip(self._database.pool, user, trip_id)
-        return OrjsonResponse(trip.payload()) if trip else not_found()
+        if trip is None:
+            raise not_found()
+        return OrjsonResponse(trip.payload())
 
-    async def _authenticate(self, request: Request) -> User | Response:
+    async def _authenticate(self, request: Request) -> User:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return token_not_valid("send the access token as 'Authorization: Bearer <token>'")
+            raise ApiError(
+                401,
+                HttpCode.NOT_AUTHENTICATED,
+                "send your access token as 'Authorization: Bearer <token>'",
+            )
         try:
             claims = self._tokens.verify(token.strip(), "access")
         except TokenError as exc:
-            return token_not_valid(str(exc))
+            raise token_not_valid(str(exc)) from None
         user = await self._users.active(claims.user_id)
         if user is None:
-            return token_not_valid("user not found or inactive")
+            raise token_not_valid("this account does not exist or is no longer active")
         return user
 
 
@@ -163,16 +165,5 @@ def next_page_url(request: Request, page: PageRequest, last: Trip) -> str:
     return f"{request.url.path}?{urlencode(query)}"
 
 
-def invalid_query(fields: dict[str, list[str]]) -> Response:
-    return OrjsonResponse(
-        {
-            "detail": f"invalid query parameters: {', '.join(fields)}",
-            "code": ErrorCode.INVALID_DATA,
-            "fields": fields,
-        },
-        status_code=400,
-    )
-
-
-def not_found() -> Response:
-    return OrjsonResponse({"detail": "Not found.", "code": ErrorCode.NOT_FOUND}, status_code=404)
+def not_found() -> ApiError:
+    return ApiError(404, ErrorCode.NOT_FOUND, "no such trip, or not one you may see")

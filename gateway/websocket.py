@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gateway import metrics
 from gateway.broker import GatewayBroker, PublishFailed
 from gateway.connected import ConnectedUser, ConnectedUsers
-from gateway.http_api import OrjsonResponse
+from gateway.errors import OrjsonResponse
 from gateway.locations import DriverLocations
 from gateway.notification_log import NotificationLog, ResumePoint
 from gateway.outgoing import Frame, Outgoing
@@ -216,7 +216,7 @@ class TaxiSocket:
                 user = await self._users.active(claims.user_id)
                 if user is not None:
                     return user
-                reason = "user not found or inactive"
+                reason = "this account does not exist or is no longer active"
         await _refuse(websocket, 401, reason, "token_not_valid")
         return None
 

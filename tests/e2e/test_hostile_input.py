@@ -667,16 +667,20 @@ def test_accepted_addresses_are_stored_and_sent_back_verbatim(
 
 
 def assert_field_errors(response: httpx.Response, allowed: set[str]) -> dict[str, list[str]]:
-    """A 400 whose JSON body maps field names to non-empty lists of messages."""
+    """A 400 in the one error shape whose `fields` map field names to non-empty lists
+    of messages."""
     assert response.status_code == 400, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.text
     body = response.json()
-    assert isinstance(body, dict) and body, body
-    assert set(body) <= allowed, body
-    for messages in body.values():
+    assert set(body) == {"detail", "code", "fields"}, body
+    assert body["code"] == "invalid_data" and body["detail"], body
+    fields = body["fields"]
+    assert isinstance(fields, dict) and fields, body
+    assert set(fields) <= allowed, body
+    for messages in fields.values():
         assert isinstance(messages, list) and messages, body
         assert all(isinstance(m, str) and m for m in messages), body
-    return dict(body)
+    return dict(fields)
 
 
 async def _post(base_url: str, path: str, **kwargs: Any) -> httpx.Response:

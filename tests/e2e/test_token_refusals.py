@@ -203,7 +203,7 @@ async def test_handshake_refuses_the_token_of_a_deleted_user(
 
     body = await refused_handshake(base_url, rider.access)
 
-    assert body["detail"] == "user not found or inactive"
+    assert body["detail"] == "this account does not exist or is no longer active"
 
 
 # -- HTTP API: GET /api/trip/ with a Bearer token --------------------------------------------
@@ -287,7 +287,7 @@ async def test_api_refuses_a_refresh_token_as_access(http: httpx.AsyncClient) ->
 
     body = await refused_api_call(http, rider.refresh)
 
-    assert "access token is required" in body["detail"]
+    assert body["detail"] == "this is a refresh token; send an access token"
 
 
 async def test_api_refuses_the_token_of_a_deleted_user(
@@ -299,7 +299,7 @@ async def test_api_refuses_the_token_of_a_deleted_user(
 
     body = await refused_api_call(http, rider.access)
 
-    assert body["detail"] == "user not found or inactive"
+    assert body["detail"] == "this account does not exist or is no longer active"
 
 
 async def test_api_refuses_the_token_of_a_deactivated_user(
@@ -311,7 +311,7 @@ async def test_api_refuses_the_token_of_a_deactivated_user(
 
     body = await refused_api_call(http, rider.access)
 
-    assert body["detail"] == "user not found or inactive"
+    assert body["detail"] == "this account does not exist or is no longer active"
 
 
 # -- HTTP API: refreshing a token ------------------------------------------------------------
@@ -326,7 +326,10 @@ async def test_refresh_refuses_the_refresh_token_of_a_deleted_user(
     response = await http.post("/api/token/refresh/", json={"refresh": rider.refresh})
 
     assert response.status_code == 401, response.text
-    assert check_refusal(response.json(), rider.refresh)["detail"] == "user not found or inactive"
+    assert (
+        check_refusal(response.json(), rider.refresh)["detail"]
+        == "this account does not exist or is no longer active"
+    )
 
 
 async def test_refresh_refuses_an_unsigned_alg_none_refresh_token(

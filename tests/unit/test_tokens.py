@@ -130,14 +130,14 @@ def test_verify_accepts_a_refresh_token_as_refresh() -> None:
 def test_a_refresh_token_is_not_an_access_token() -> None:
     tokens = service()
 
-    with pytest.raises(TokenError, match="access token is required"):
+    with pytest.raises(TokenError, match="send an access token"):
         tokens.verify(tokens.issue(ANN, "refresh"), "access")
 
 
 def test_an_access_token_is_not_a_refresh_token() -> None:
     tokens = service()
 
-    with pytest.raises(TokenError, match="refresh token is required"):
+    with pytest.raises(TokenError, match="send a refresh token"):
         tokens.verify(tokens.issue(ANN, "access"), "refresh")
 
 
