@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields, token_not_valid
 from gateway.media import PhotoError, PhotoStore
 from gateway.passwords import Passwords
-from gateway.signup import validate_sign_up
+from gateway.signup import normalized_username, validate_sign_up
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UsernameTaken, UserRepository
 from shared.wire import ErrorCode
@@ -87,7 +87,7 @@ class AuthApi:
         errors = required_strings(fields, "username", "password")
         if errors:
             raise invalid_fields(errors)
-        username = fields["username"].strip()
+        username = normalized_username(fields["username"])
         # Postgres text cannot hold NUL, so no stored username contains one.
         found = None if "\x00" in username else await self._users.find_with_password_hash(username)
         user, password_hash = found if found else (None, None)

@@ -1,10 +1,23 @@
-"""Validation of a sign-up, as a pure function: fields in, a clean sign-up or field errors out."""
+"""Validation of a sign-up, as a pure function: fields in, a clean sign-up or field errors out.
+
+User names are NFKC-normalised (so one name typed in two Unicode forms is one user),
+then must be an e-mail address or letters, digits and `.`, `_`, `+`, `-` only; no
+spaces, control, zero-width or direction-changing characters anywhere. They are
+compared without regard to case. Passwords, as Django's validators have them: at
+least 8 characters, not all digits, and not one of the 30,000 most common
+passwords (zxcvbn's list).
+"""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from shared.users import GROUPS
 
@@ -13,6 +26,17 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 
 FieldErrors = dict[str, list[str]]
+
+# After NFKC: an e-mail address (something@domain.tld), or a plain name.
+EMAIL = re.compile(r"[^@]+@[^@.]+(\.[^@.]+)+")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._+-]{3,150}")
+# Unicode categories never allowed in a user name: controls, format characters
+# (zero-width, right-to-left marks), private use, unassigned, and separators.
+FORBIDDEN_CATEGORIES = ("C", "Z")
+USERNAME_RULE = (
+    "Use an e-mail address, or 3 to 150 letters, digits and . _ + - "
+    "(no spaces or invisible characters)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +66,11 @@ def validate_sign_up(fields: Mapping[str, Any]) -> SignUp | FieldErrors:
             errors.setdefault(name, []).append("Must not contain NUL characters.")
         return value
 
-    username = text("username", required=True).strip()
+    username = normalized_username(text("username", required=True))
     if not username and "username" not in errors:
         errors["username"] = ["This field is required."]
+    elif username and not is_acceptable_username(username):
+        errors.setdefault("username", []).append(USERNAME_RULE)
     first_name = text("first_name", required=False)
     last_name = text("last_name", required=False)
     group = text("group", required=True)
@@ -53,10 +79,9 @@ def validate_sign_up(fields: Mapping[str, Any]) -> SignUp | FieldErrors:
 
     if group and group not in GROUPS:
         errors.setdefault("group", []).append(f"Must be one of: {', '.join(GROUPS)}.")
-    if password1 and len(password1) < MIN_PASSWORD_LENGTH:
-        errors.setdefault("password1", []).append(
-            f"Must be at least {MIN_PASSWORD_LENGTH} characters."
-        )
+    errors_of_password = password_problems(password1) if password1 else []
+    if errors_of_password:
+        errors.setdefault("password1", []).extend(errors_of_password)
     if password1 and password2 and password1 != password2:
         errors.setdefault("password2", []).append("Passwords must match.")
 
@@ -69,3 +94,30 @@ def validate_sign_up(fields: Mapping[str, Any]) -> SignUp | FieldErrors:
         last_name=last_name,
         group=group,
     )
+
+
+def normalized_username(raw: str) -> str:
+    """The user name as it is stored and looked up: NFKC, without outer whitespace."""
+    return unicodedata.normalize("NFKC", raw).strip()
+
+
+def is_acceptable_username(username: str) -> bool:
+    if any(unicodedata.category(char).startswith(FORBIDDEN_CATEGORIES) for char in username):
+        return False
+    return bool(EMAIL.fullmatch(username) or PLAIN_NAME.fullmatch(username))
+
+
+def password_problems(password: str) -> list[str]:
+    problems = []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        problems.append(f"Must be at least {MIN_PASSWORD_LENGTH} characters.")
+    if password.isdigit():
+        problems.append("Must not be all digits.")
+    if password.lower().strip() in _common_passwords():
+        problems.append("This password is too common; choose one that is hard to guess.")
+    return problems
+
+
+@cache
+def _common_passwords() -> frozenset[str]:
+    return frozenset(FREQUENCY_LISTS["passwords"])

@@ -5,12 +5,15 @@ and the security headers a browser needs."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.clients import create_account
 
@@ -172,3 +175,86 @@ async def test_the_favicon_is_not_a_404(http: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200, response.text
     assert time.monotonic() - started < 10
+
+
+def png_bytes() -> bytes:
+    image = Image.new("RGB", (4, 4), (200, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+SIGN_UP = {
+    "first_name": "Ann",
+    "last_name": "Rider",
+    "password1": "a-Long-uncommon-pw",
+    "password2": "a-Long-uncommon-pw",
+    "group": "rider",
+}
+
+
+def new_username() -> str:
+    return f"photo-{uuid.uuid4().hex[:10]}@example.org"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"<html><script>alert(1)</script></html>",
+        b"\x89PNG\r\n\x1a\n but not really",
+        png_bytes()[:40],  # a real PNG, cut short
+    ],
+)
+async def test_a_photo_is_checked_by_its_content_not_its_declared_type(
+    http: httpx.AsyncClient, content: bytes
+) -> None:
+    response = await http.post(
+        "/api/sign_up/",
+        data={**SIGN_UP, "username": new_username()},
+        files={"photo": ("me.png", content, "image/png")},
+    )
+
+    fields = assert_error_shape(response, 400, "invalid_data")["fields"]
+    assert set(fields) == {"photo"}
+
+
+async def test_a_photo_is_stored_and_served_as_what_it_is_with_nosniff(
+    http: httpx.AsyncClient,
+) -> None:
+    content = png_bytes()
+    signed_up = await http.post(
+        "/api/sign_up/",
+        data={**SIGN_UP, "username": new_username()},
+        files={"photo": ("me.jpg", content, "image/jpeg")},  # a PNG, declared a JPEG
+    )
+    assert signed_up.status_code == 201, signed_up.text
+    photo = signed_up.json()["photo"]
+
+    served = await http.get(photo)
+
+    assert photo.endswith(".png")
+    assert served.content == content
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_one_user_name_in_two_unicode_forms_and_two_cases_is_one_user(
+    http: httpx.AsyncClient,
+) -> None:
+    local = uuid.uuid4().hex[:8]
+    first = await http.post(
+        "/api/sign_up/", json={**SIGN_UP, "username": f"caf\u00e9-{local}@x.com"}
+    )
+    again = await http.post(
+        "/api/sign_up/", json={**SIGN_UP, "username": f"CAFE\u0301-{local}@x.com"}
+    )
+    logged_in = await http.post(
+        "/api/log_in/",
+        json={"username": f"cafe\u0301-{local}@X.COM", "password": SIGN_UP["password1"]},
+    )
+
+    assert first.status_code == 201, first.text
+    assert (
+        "already exists" in assert_error_shape(again, 400, "invalid_data")["fields"]["username"][0]
+    )
+    assert logged_in.status_code == 200, logged_in.text
