@@ -15,7 +15,12 @@ from shared.db import Connection, Database
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 # Each table and the column that dates its rows.
-_AGED_BY = {"notifications": "created", "processed_commands": "processed", "outbox": "created"}
+_AGED_BY = {
+    "notifications": "created",
+    "processed_commands": "processed",
+    "outbox": "created",
+    "refresh_tokens": "expires",
+}
 
 
 async def prune(
@@ -25,12 +30,14 @@ async def prune(
     batch: int = 1000,
 ) -> dict[str, int]:
     """Delete rows older than the retention (processed commands: older than the
-    retention or 24 hours, whichever is longer); return how many went, per table."""
+    retention or 24 hours, whichever is longer) and refresh tokens that expired;
+    return how many went, per table."""
     retention = timedelta(seconds=retention_seconds)
     cutoffs = {
         "notifications": now - retention,
         "processed_commands": now - max(retention, IDEMPOTENCY_WINDOW),
         "outbox": now - retention,
+        "refresh_tokens": now,
     }
     return {
         table: await _delete_older(database_or_conn, table, cutoff, batch)

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from gateway.broker import GatewayBroker
 from gateway.connected import ConnectedUsers
+from gateway.description import routes as description_routes
 from gateway.errors import ApiError, OrjsonResponse, api_error_handler, http_error_handler
 from gateway.http_api import MAX_JSON_BODY_BYTES, AuthApi
 from gateway.http_guards import BodyLimit, SecurityHeaders
@@ -31,6 +32,8 @@ from gateway.media import MEDIA_URL, PhotoStore
 from gateway.notification_log import NotificationLog
 from gateway.offers import OfferFanout
 from gateway.passwords import Passwords
+from gateway.revocations import Revocations
+from gateway.sessions import Sessions
 from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
@@ -89,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
         access_seconds=settings.access_token_minutes * 60,
         refresh_seconds=settings.refresh_token_days * 24 * 3600,
     )
+    sessions = Sessions(database, tokens, users)
     photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
     notification_log = NotificationLog(database)
     connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
@@ -104,7 +108,10 @@ def create_app(settings: Settings) -> Starlette:
         locations,
         rate_limit=(settings.rate_limit_per_second, settings.rate_limit_burst),
         slow_client_seconds=settings.slow_client_seconds,
+        max_sockets_per_user=settings.max_sockets_per_user,
     )
+    # Checked twice within the time allowed, so a socket closes well within it.
+    revocations = Revocations(database, connected, settings.revoke_seconds / 2)
     Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
 
     async def healthz(request: Request) -> Response:
@@ -132,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
                 asyncio.create_task(forward(offer_messages, offers.broadcast)),
                 asyncio.create_task(forward(notifications, inbox.route)),
                 asyncio.create_task(locations.run()),
+                asyncio.create_task(revocations.run()),
             ]
             broker.on_reconnect(connected.catch_up_all)
             # Modules, pools and routes live as long as the process: keep the cyclic
@@ -149,12 +157,13 @@ def create_app(settings: Settings) -> Starlette:
             await database.close()
 
     routes = [
-        *AuthApi(users, tokens, photos, Passwords(settings.password_hashing)).routes(),
+        *AuthApi(users, sessions, photos, Passwords(settings.password_hashing)).routes(),
         *TripsApi(database, users, tokens).routes(),
         WebSocketRoute(SOCKET_PATH, taxi_socket.endpoint),
         Route("/api/client-config/", client_config),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *description_routes(),
         Route("/metrics", metrics_endpoint),
         Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
         ClientFiles("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),

@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields, token_not_valid
+from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields
 from gateway.media import PhotoError, PhotoStore
 from gateway.passwords import Passwords
+from gateway.sessions import Sessions
 from gateway.signup import normalized_username, validate_sign_up
-from gateway.tokens import TokenError, TokenService
 from gateway.users import UsernameTaken, UserRepository
 from shared.wire import ErrorCode
 
@@ -34,13 +34,13 @@ class AuthApi:
     def __init__(
         self,
         users: UserRepository,
-        tokens: TokenService,
+        sessions: Sessions,
         photos: PhotoStore,
         passwords: Passwords,
     ) -> None:
         self._users = users
         self._passwords = passwords
-        self._tokens = tokens
+        self._sessions = sessions
         self._photos = photos
 
     def routes(self) -> list[Route]:
@@ -48,6 +48,7 @@ class AuthApi:
             Route("/api/sign_up/", self.sign_up, methods=["POST"]),
             Route("/api/log_in/", self.log_in, methods=["POST"]),
             Route("/api/token/refresh/", self.refresh, methods=["POST"]),
+            Route("/api/log_out/", self.log_out, methods=["POST"]),
         ]
 
     async def sign_up(self, request: Request) -> Response:
@@ -99,23 +100,25 @@ class AuthApi:
                 HttpCode.INVALID_CREDENTIALS,
                 "no active account has this username and password",
             )
-        return OrjsonResponse(self._tokens.issue_pair(user))
+        return OrjsonResponse(await self._sessions.log_in(user))
 
     async def refresh(self, request: Request) -> Response:
+        """A new access token, and the session's next refresh token (the one sent is
+        spent: sending it again ends the session)."""
         fields = await read_fields(request)
         errors = required_strings(fields, "refresh")
         if errors:
             raise invalid_fields(errors)
-        try:
-            claims = self._tokens.verify(fields["refresh"], "refresh")
-        except TokenError as exc:
-            raise token_not_valid(str(exc)) from None
-        # A fresh access token reflects the user as they are now, and not at all
-        # if they were deactivated since logging in.
-        user = await self._users.active(claims.user_id)
-        if user is None:
-            raise token_not_valid("this account does not exist or is no longer active")
-        return OrjsonResponse({"access": self._tokens.issue(user, "access")})
+        return OrjsonResponse(await self._sessions.refresh(fields["refresh"]))
+
+    async def log_out(self, request: Request) -> Response:
+        """End the session of the refresh token sent."""
+        fields = await read_fields(request)
+        errors = required_strings(fields, "refresh")
+        if errors:
+            raise invalid_fields(errors)
+        await self._sessions.log_out(fields["refresh"])
+        return Response(status_code=204)
 
 
 async def read_fields(request: Request) -> dict[str, Any]:

@@ -38,13 +38,14 @@ REMEMBERED_TRIPS = 10_000
 class OfferFanout:
     def __init__(self, users: ConnectedUsers) -> None:
         self._users = users
-        self._versions: OrderedDict[str, int] = OrderedDict()
+        # Per trip: the newest version passed on here (by name or broadcast), and the
+        # newest broadcast passed on (a second copy of one is a relayed duplicate).
+        self._versions: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def broadcast(self, message: AbstractIncomingMessage) -> None:
         """An offer or withdrawal for every free driver here, or for the unlocated ones."""
         headers = message.headers or {}
-        # The same message reaches a gateway once: a second copy was relayed.
-        if self._outdated(headers, again=False):
+        if self._outdated(headers, broadcast=True):
             return
         excluded = headers.get(EXCLUDE_USER_HEADER)
         excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
@@ -62,24 +63,28 @@ class OfferFanout:
 
     def to_driver(self, driver: ConnectedUser, message: AbstractIncomingMessage) -> None:
         """An offer or withdrawal sent to this driver by name."""
-        # Several drivers here are offered one version of a trip by name, each once.
-        if driver.busy or self._outdated(message.headers or {}, again=True):
+        if driver.busy or self._outdated(message.headers or {}, broadcast=False):
             return
         frame = _frame(message)
         for socket in driver.sockets:
             socket.put(frame)
 
-    def _outdated(self, headers: Mapping[str, Any], *, again: bool) -> bool:
+    def _outdated(self, headers: Mapping[str, Any], *, broadcast: bool) -> bool:
         """Whether drivers here were already sent a newer offer or withdrawal of the trip
-        (a late relayed offer must not bring back a trip that was taken), or, unless
-        `again`, this very version."""
+        (a late relayed offer must not bring back a trip that was taken), or, for a
+        broadcast, this very one: a broadcast reaches a gateway once, so a second copy
+        was relayed. Offers by name of one version go to several drivers here, each
+        once, and a broadcast of that version still reaches the unlocated drivers."""
         trip, version = headers.get(TRIP_HEADER), headers.get(VERSION_HEADER)
         if not isinstance(trip, str) or not isinstance(version, str) or not version.isdigit():
             return False
-        seen = self._versions.get(trip, 0)
-        if int(version) < seen or (int(version) == seen and not again):
+        newest, broadcast_newest = self._versions.get(trip, (0, 0))
+        if int(version) < newest or (broadcast and int(version) <= broadcast_newest):
             return True
-        self._versions[trip] = int(version)
+        self._versions[trip] = (
+            max(newest, int(version)),
+            int(version) if broadcast else broadcast_newest,
+        )
         self._versions.move_to_end(trip)
         if len(self._versions) > REMEMBERED_TRIPS:
             self._versions.popitem(last=False)

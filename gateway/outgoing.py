@@ -66,6 +66,8 @@ class Outgoing:
         "_slow_seconds",
         "_wakeup",
         "_writer",
+        "issued_at",
+        "opened_at",
         "sent_up_to",
         "too_slow",
         "user_id",
@@ -79,9 +81,15 @@ class Outgoing:
         *,
         sent_up_to: int,
         slow_seconds: float,
+        close: Close | None = None,
+        issued_at: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.user_id = user_id
+        # When the token the socket was opened with was issued (a revocation of the
+        # user's sessions after that closes it), and when the socket opened.
+        self.issued_at = issued_at
+        self.opened_at = clock()
         # The number of the last notification this socket was sent.
         self.sent_up_to = sent_up_to
         # Set when the buffer stayed full too long; the writer has stopped then.
@@ -100,7 +108,7 @@ class Outgoing:
         self._dropped = False
         # Set by `close_after_sending`: the close frame to send once the buffer is empty.
         self._closing: tuple[int, str] | None = None
-        self._close: Close | None = None
+        self._close = close
 
     def put(self, frame: Frame) -> None:
         """Queue a frame for the socket, never waiting. When the buffer is full the frame
@@ -121,10 +129,12 @@ class Outgoing:
             if self._writer is not None:
                 self._writer.cancel()
 
-    def close_after_sending(self, close: Close, code: int, reason: str) -> None:
+    def close_after_sending(self, code: int, reason: str) -> None:
         """Close the socket once everything already in its buffer was sent (so a client
         cut off for flooding still reads the refusals that came first)."""
-        self._close, self._closing = close, (code, reason)
+        if self._closing is not None:
+            return  # already on its way out, for an earlier reason
+        self._closing = (code, reason)
         self.put(CATCH_UP)  # wakes the writer if it waits on an empty buffer
 
     @property

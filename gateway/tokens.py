@@ -32,6 +32,9 @@ class TokenClaims:
     group: str
     token_type: str
     jti: str
+    # When it was issued, in seconds since the epoch (to the microsecond): a token
+    # issued before the user's sessions were ended is refused.
+    issued_at: float = 0.0
 
 
 class TokenService:
@@ -49,16 +52,24 @@ class TokenService:
         }
         self._clock = clock
 
-    def issue_pair(self, user: User) -> dict[str, str]:
-        return {"refresh": self.issue(user, "refresh"), "access": self.issue(user, "access")}
+    def issue_pair(self, user: User, refresh_jti: str | None = None) -> dict[str, str]:
+        return {
+            "refresh": self.issue(user, "refresh", refresh_jti),
+            "access": self.issue(user, "access"),
+        }
 
-    def issue(self, user: User, token_type: TokenType) -> str:
-        now = int(self._clock())
+    def lifetime(self, token_type: TokenType) -> int:
+        return self._lifetimes[token_type]
+
+    def issue(self, user: User, token_type: TokenType, jti: str | None = None) -> str:
+        now = self._clock()
         payload: dict[str, Any] = {
             "token_type": token_type,
-            "exp": now + self._lifetimes[token_type],
-            "iat": now,
-            "jti": uuid.uuid4().hex,
+            "exp": int(now) + self._lifetimes[token_type],
+            # A NumericDate may have a fraction: a token issued in the same second as,
+            # but after, a revocation of the user's sessions stays valid.
+            "iat": round(now, 6),
+            "jti": jti or uuid.uuid4().hex,
             **user.public(),
         }
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
@@ -100,6 +111,7 @@ class TokenService:
             group=str(payload.get("group", "")),
             token_type=payload["token_type"],
             jti=str(payload["jti"]),
+            issued_at=float(payload["iat"]),
         )
 
 

@@ -47,10 +47,19 @@ class UserRepository:
         assert row is not None
         return user_from_row(row)
 
-    async def active(self, user_id: int) -> User | None:
-        """The user, if they exist and are active: whom a valid token may still speak for."""
+    async def active(self, user_id: int, issued_at: float | None = None) -> User | None:
+        """The user, if they exist and are active: whom a valid token may still speak
+        for, unless it was issued (`issued_at`, seconds since the epoch) before their
+        sessions were ended."""
         row = await self._database.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM users WHERE id = $1 AND is_active", user_id
+            f"""
+            SELECT {_COLUMNS} FROM users
+            WHERE id = $1 AND is_active
+              AND ($2::float8 IS NULL OR sessions_revoked_at IS NULL
+                   OR sessions_revoked_at <= to_timestamp($2::float8))
+            """,
+            user_id,
+            issued_at,
         )
         return user_from_row(row) if row else None
 

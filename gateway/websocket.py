@@ -71,6 +71,7 @@ class TaxiSocket:
         *,
         rate_limit: tuple[int, int],
         slow_client_seconds: float,
+        max_sockets_per_user: int,
     ) -> None:
         self._tokens = tokens
         self._users = users
@@ -80,6 +81,7 @@ class TaxiSocket:
         self._locations = locations
         self._rate_limit = rate_limit
         self._slow_client_seconds = slow_client_seconds
+        self._max_sockets_per_user = max_sockets_per_user
         self._open: set[WebSocket] = set()
         self._handlers: dict[str, FrameHandler] = {
             "echo.message": self._echo,
@@ -100,7 +102,7 @@ class TaxiSocket:
     async def endpoint(self, websocket: WebSocket) -> None:
         try:
             since = _since(websocket)
-            user = await self._authenticate(websocket)
+            authenticated = await self._authenticate(websocket)
         except FrameError as refusal:
             await _refuse(websocket, 400, refusal.message, refusal.code)
             return
@@ -110,8 +112,9 @@ class TaxiSocket:
                 websocket, 503, "database unavailable, retry shortly", ErrorCode.UNAVAILABLE
             )
             return
-        if user is None:
+        if authenticated is None:
             return
+        user, issued_at = authenticated
         # This gateway receives the user's notifications from before the resume point
         # is read: whatever is committed later arrives live, the rest is in the log.
         try:
@@ -134,7 +137,7 @@ class TaxiSocket:
                 return
             connected.resume_from(point)
             await websocket.accept()
-            await self._serve(websocket, connected, _resume_after(since, point))
+            await self._serve(websocket, connected, _resume_after(since, point), issued_at)
         except DATABASE_OUTAGE as exc:
             log.warning("socket ended, database unavailable user_id=%s error=%r", user.id, exc)
             if websocket.client_state is WebSocketState.CONNECTING:
@@ -146,7 +149,11 @@ class TaxiSocket:
                 self._locations.gone(connected)
 
     async def _serve(
-        self, websocket: WebSocket, connected: ConnectedUser, resume: tuple[int, int | None]
+        self,
+        websocket: WebSocket,
+        connected: ConnectedUser,
+        resume: tuple[int, int | None],
+        issued_at: float,
     ) -> None:
         user = connected.user
         sent_up_to, resync_from = resume
@@ -156,12 +163,22 @@ class TaxiSocket:
             self._log,
             sent_up_to=sent_up_to,
             slow_seconds=self._slow_client_seconds,
+            close=websocket.close,
+            issued_at=issued_at,
         )
         if resync_from is not None:
             outgoing.put(Frame(wire.resync_frame(resync_from).decode(), "resync"))
         connections = metrics.OPEN_CONNECTIONS.labels(user.group)
         connections.inc()
         log.debug("socket opened user_id=%s group=%s", user.id, user.group)
+        if len(connected.sockets) >= self._max_sockets_per_user:
+            # The user's oldest socket here makes room: most likely a tab or phone
+            # they left, and a new socket must never be the one refused.
+            oldest = min(connected.sockets, key=lambda socket: socket.opened_at)
+            oldest.close_after_sending(
+                CloseCode.REPLACED,
+                f"replaced by a newer connection: at most {self._max_sockets_per_user} per user",
+            )
         connected.sockets.add(outgoing)
         self._open.add(websocket)
         try:
@@ -203,8 +220,9 @@ class TaxiSocket:
                     websocket.close(CloseCode.TOO_SLOW, "too slow"), CLOSE_TIMEOUT_SECONDS
                 )
 
-    async def _authenticate(self, websocket: WebSocket) -> User | None:
-        """The connecting user, or None after refusing the handshake with 401."""
+    async def _authenticate(self, websocket: WebSocket) -> tuple[User, float] | None:
+        """The connecting user and when their token was issued, or None after refusing
+        the handshake with 401."""
         token = websocket.query_params.get("token")
         reason = "a token is required: connect to /taxi/?token=<access token>"
         if token:
@@ -213,9 +231,9 @@ class TaxiSocket:
             except TokenError as exc:
                 reason = str(exc)
             else:
-                user = await self._users.active(claims.user_id)
+                user = await self._users.active(claims.user_id, claims.issued_at)
                 if user is not None:
-                    return user
+                    return user, claims.issued_at
                 reason = "this account does not exist or is no longer active"
         await _refuse(websocket, 401, reason, "token_not_valid")
         return None
@@ -234,9 +252,7 @@ class TaxiSocket:
                 refused_in_a_row += 1
                 if refused_in_a_row > MAX_RATE_LIMITED_FRAMES:
                     log.warning("socket cut off for flooding user_id=%s", user.id)
-                    outgoing.close_after_sending(
-                        websocket.close, CloseCode.RATE_LIMITED, "rate limit exceeded"
-                    )
+                    outgoing.close_after_sending(CloseCode.RATE_LIMITED, "rate limit exceeded")
                     return
                 reply_error(
                     outgoing,

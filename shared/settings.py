@@ -66,6 +66,11 @@ class Settings:
     dispatch_radius_meters: int = 3000
     dispatch_max_offers: int = 8
     dispatch_widen_seconds: int = 15
+    # A user whose sessions end (deactivated, password changed) has their open sockets
+    # closed within this many seconds.
+    revoke_seconds: int = 5
+    # Sockets one user may hold on one gateway; a new one closes their oldest.
+    max_sockets_per_user: int = 5
     # Where the browser client's map takes its tiles ({z}/{x}/{y} filled in by the map);
     # without them the map still shows its markers on a plain background.
     map_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
@@ -193,6 +198,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,
     "map_tiles_url": _tiles_url,
+    "revoke_seconds": _positive_int,
+    "max_sockets_per_user": _positive_int,
 }
 
 

@@ -43,8 +43,12 @@ class CloseCode:
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
     RATE_LIMITED = 4008
+    # The user's sessions were ended (deactivated, password changed): log in again.
+    REVOKED = 4003
     # The client read its frames so slowly that its buffer stayed full.
     TOO_SLOW = 4010
+    # The user opened more sockets than allowed; this, their oldest, made room.
+    REPLACED = 4011
 
 
 class FrameError(Exception):

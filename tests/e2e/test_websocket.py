@@ -77,7 +77,7 @@ async def test_refresh_token_is_refused_with_401(http: httpx.AsyncClient, base_u
     with pytest.raises(InvalidStatus) as refused:
         await websockets.connect(ws_url(base_url, rider.refresh))
     assert refused.value.response.status_code == 401
-    assert b"access token is required" in refused.value.response.body
+    assert b"send an access token" in refused.value.response.body
 
 
 async def test_forged_token_is_refused_with_401(http: httpx.AsyncClient, base_url: str) -> None:

@@ -23,7 +23,7 @@ from tests.integration.test_repository import create_user
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-TABLES = ("notifications", "processed_commands", "outbox")
+TABLES = ("notifications", "processed_commands", "outbox", "refresh_tokens")
 
 
 @pytest.fixture
@@ -62,6 +62,16 @@ class Rows:
         )
         return command_id
 
+    async def refresh_token(self, expires: datetime) -> uuid.UUID:
+        jti = uuid.uuid4()
+        await self._conn.execute(
+            "INSERT INTO refresh_tokens (jti, family, user_id, expires) VALUES ($1, $1, $2, $3)",
+            jti,
+            self._user_id,
+            expires,
+        )
+        return jti
+
     async def outbox(self, created: datetime) -> int:
         outbox_id: int = await self._conn.fetchval(
             "INSERT INTO outbox (created, routing_key, body, exchange)"
@@ -75,6 +85,7 @@ class Rows:
             "notifications": await self._column("SELECT seq FROM notifications"),
             "processed_commands": await self._column("SELECT id FROM processed_commands"),
             "outbox": await self._column("SELECT id FROM outbox"),
+            "refresh_tokens": await self._column("SELECT jti FROM refresh_tokens"),
         }
 
     async def _column(self, query: str) -> set[Any]:
@@ -108,14 +119,18 @@ async def test_rows_older_than_the_retention_go_and_newer_ones_stay(
     # Command ids stay 24 hours even though the retention is shorter.
     old_commands = {await rows.processed_command(NOW - DAY - HOUR)}
     young_commands = {await rows.processed_command(NOW - 3 * HOUR)}
+    # Refresh tokens go once they expired, whatever the retention.
+    await rows.refresh_token(NOW - timedelta(seconds=1))
+    live_tokens = {await rows.refresh_token(NOW + HOUR)}
 
     pruned = await prune(conn, NOW, retention_seconds=2 * 3600 - 1)
 
-    assert pruned == {"notifications": 3, "processed_commands": 1, "outbox": 1}
+    assert pruned == {"notifications": 3, "processed_commands": 1, "outbox": 1, "refresh_tokens": 1}
     assert await rows.left() == {
         "notifications": new_notifications,
         "processed_commands": young_commands,
         "outbox": new_outbox,
+        "refresh_tokens": live_tokens,
     }
     assert old_notifications.isdisjoint(new_notifications)
     assert old_outbox.isdisjoint(new_outbox)
@@ -130,7 +145,7 @@ async def test_a_retention_longer_than_a_day_keeps_command_ids_that_long(
 
     pruned = await prune(conn, NOW, retention_seconds=3 * 24 * 3600)
 
-    assert pruned == {"notifications": 0, "processed_commands": 1, "outbox": 0}
+    assert pruned == {"notifications": 0, "processed_commands": 1, "outbox": 0, "refresh_tokens": 0}
     assert (await rows.left())["processed_commands"] == kept
 
 
@@ -165,13 +180,23 @@ async def test_old_rows_go_in_batches_until_a_batch_comes_back_short(
 
     pruned = await prune(counting, NOW, retention_seconds=3600, batch=2)  # type: ignore[arg-type]
 
-    assert pruned == {"notifications": old, "processed_commands": 0, "outbox": old}
+    assert pruned == {
+        "notifications": old,
+        "processed_commands": 0,
+        "outbox": old,
+        "refresh_tokens": 0,
+    }
     assert (await rows.left())["notifications"] == kept
     assert (await rows.left())["outbox"] == set()
     per_table = {
         table: sum(f"DELETE FROM {table} " in s for s in counting.statements) for table in TABLES
     }
-    assert per_table == {"notifications": statements, "processed_commands": 1, "outbox": statements}
+    assert per_table == {
+        "notifications": statements,
+        "processed_commands": 1,
+        "outbox": statements,
+        "refresh_tokens": 1,
+    }
 
 
 async def test_prune_runs_on_the_pool_of_a_database(
@@ -186,5 +211,5 @@ async def test_prune_runs_on_the_pool_of_a_database(
     finally:
         await database.close()
 
-    assert pruned == {"notifications": 1, "processed_commands": 0, "outbox": 1}
+    assert pruned == {"notifications": 1, "processed_commands": 0, "outbox": 1, "refresh_tokens": 0}
     assert await rows.left() == {table: set() for table in TABLES}

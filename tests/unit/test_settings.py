@@ -207,6 +207,8 @@ def test_to_env_round_trips_through_from_env() -> None:
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
         map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
+        revoke_seconds=2,
+        max_sockets_per_user=3,
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()

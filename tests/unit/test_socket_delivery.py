@@ -410,3 +410,34 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
     assert sockets[2].sent == ["trip.requested-1", "trip.taken-2", "end"]
     assert sockets[3].sent == ["end"]
     await stop(tasks)
+
+
+async def test_a_broadcast_for_the_unlocated_still_comes_after_offers_by_name_of_its_version() -> (
+    None
+):
+    log = Log()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    located = await users.join(User(8, "h", "", "", "driver", None))
+    located.location = Location(Point(52.37, 4.89))
+    users.located(located)
+    unlocated = await users.join(User(9, "i", "", "", "driver", None))
+    sockets = {8: Socket(), 9: Socket()}
+    writers = []
+    for connected in (located, unlocated):
+        writer = outgoing(log, sockets[connected.user.id], connected.user)
+        connected.sockets.add(writer)
+        writers.append(writer)
+    tasks = await running(*writers)
+    fanout = OfferFanout(users)
+    headers = {TRIP_HEADER: "t1", VERSION_HEADER: "1"}
+
+    fanout.to_driver(located, Offer(b"by-name", headers=headers))  # type: ignore[arg-type]
+    fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
+    fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]  # relayed
+    await settle(lambda: sockets[8].sent == ["by-name"] and sockets[9].sent == ["unlocated"])
+    for writer in writers:
+        writer.put(Frame("end", "echo.message"))
+    await settle(lambda: all(socket.sent[-1:] == ["end"] for socket in sockets.values()))
+
+    assert sockets[9].sent == ["unlocated", "end"]
+    await stop(tasks)
