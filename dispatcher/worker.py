@@ -48,6 +48,7 @@ from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import EventType, RuleViolation
+from shared.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,7 @@ class Worker:
                 error,
             )
             await _settle(message.reject(requeue=False), command)
+            await self._tell_dead_lettered(command)
         else:
             metrics.COMMANDS.labels(command.type, "failed").inc()
             log.warning(
@@ -402,6 +404,28 @@ class Worker:
                 exc_info=deliveries == 1,
             )
             await _settle(message.nack(requeue=True), command)
+
+    async def _tell_dead_lettered(self, command: Command) -> None:
+        """The sender hears that their request was given up on, as any refusal: an
+        error frame in their sequence, naming the request. If even that cannot be
+        stored (the failure may be the database's), the log says so."""
+        refusal = for_refusal(
+            command.user_id,
+            ErrorCode.INTERNAL,
+            "the server could not apply this request after several attempts; it was not applied",
+            command.type,
+            command.request_id,
+            command.trip_id,
+        )
+        try:
+            async with self._database.pool.acquire() as conn, conn.transaction():
+                outcome = await self._record(conn, "dead_lettered", [refusal], datetime.now(UTC))
+        except Exception as exc:
+            log.error(
+                "could not tell user_id=%s of a dead-lettered command: %r", command.user_id, exc
+            )
+            return
+        await self._publish(outcome)
 
 
 def _prune_interval(settings: Settings) -> float:

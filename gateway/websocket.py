@@ -100,6 +100,19 @@ class TaxiSocket:
                 )
 
     async def endpoint(self, websocket: WebSocket) -> None:
+        """One socket, from handshake to close. A client that goes away at any point
+        (mid-handshake, mid-send) is one INFO line, never a traceback."""
+        try:
+            await self._handle(websocket)
+        except _SOCKET_GONE as gone:
+            log.info(
+                "socket dropped by the client path=%s client=%s error=%s",
+                websocket.url.path,
+                _client(websocket),
+                type(gone).__name__,
+            )
+
+    async def _handle(self, websocket: WebSocket) -> None:
         try:
             since = _since(websocket)
             authenticated = await self._authenticate(websocket)
@@ -342,6 +355,11 @@ def _about(refusal: FrameError, frame: ClientFrame | None) -> FrameError:
         refusal.request_id = refusal.request_id or frame.request_id
         refusal.trip_id = refusal.trip_id or frame.trip_id
     return refusal
+
+
+def _client(websocket: WebSocket) -> str:
+    client = websocket.client
+    return f"{client.host}:{client.port}" if client else "unknown"
 
 
 def _since(websocket: WebSocket) -> int | None:

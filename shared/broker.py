@@ -24,6 +24,8 @@ RECONNECT_INTERVAL_SECONDS = 1
 
 # The broker's backstop; workers dead-letter a failing command sooner themselves.
 COMMAND_DELIVERY_LIMIT = 10
+# Dead-lettered commands kept for an operator to look at, at most; the oldest go first.
+DEAD_LETTER_BACKLOG = 10_000
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
@@ -66,7 +68,11 @@ async def declare_dispatcher_queue(
     dead_letters = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_letter_queue = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+    dead_letter_queue = await channel.declare_queue(
+        topology.dead_letter_queue,
+        durable=True,
+        arguments={"x-max-length": DEAD_LETTER_BACKLOG, "x-overflow": "drop-head"},
+    )
     await dead_letter_queue.bind(dead_letters)
     queue = await channel.declare_queue(
         topology.dispatcher_queue,

@@ -152,9 +152,17 @@ async def test_a_poison_command_is_dead_lettered_and_the_worker_carries_on(
                 ] == "C"
             worker.wait_for_log(f"dead-lettering message_id={poison.id}")
             letters = await dead_letters(isolated_settings, amqp)
+        # The sender is told the request was given up on, with an error frame in their
+        # sequence that names it.
+        async with await connect(base_url, poisoner.access, since=0) as ws:
+            told = await receive_until(ws, lambda f: f["type"] == "error")
         assert [m.message_id for m in letters] == [str(poison.id)]
         assert worker.log().count(f"dead-lettering message_id={poison.id}") == 1
         assert worker.poll() is None
+        assert told["data"]["code"] == "internal_error"
+        assert told["data"]["request"] == CREATE_TRIP
+        assert "not applied" in told["data"]["message"]
+        assert told["seq"] == 1
     finally:
         worker.stop()
         gateway.stop()

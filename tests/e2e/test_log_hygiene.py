@@ -8,6 +8,8 @@ secret, stops both processes and then reads every line they wrote.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -22,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from shared.cleanup import delete_broker_objects
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.clients import connect, receive, receive_until, send, ws_url
+from tests.clients import connect, create_account, receive, receive_until, send, ws_url
 
 
 @dataclass
@@ -157,3 +159,52 @@ async def test_no_password_token_or_secret_appears_in_any_log_line(stack: Stack)
     assert "/taxi/?token=[redacted]" in gateway_log
     assert "command applied message_id=" in dispatcher_log
     assert f"user_id={user_id} trip_id={requested['data']['id']}" in dispatcher_log
+
+
+async def drop(base_url: str, request: bytes, then_send: list[bytes]) -> None:
+    """Open a TCP connection, send `request` and `then_send`, and reset the connection
+    (SO_LINGER 0: an RST, as a phone that loses its network), reading nothing."""
+    parts = urlsplit(base_url)
+    _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    for data in (request, *then_send):
+        writer.write(data)
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    header = bytes([0x81])
+    size = len(payload)
+    header += bytes([0x80 | 126]) + struct.pack(">H", size) if size >= 126 else bytes([0x80 | size])
+    # A zero mask leaves the payload as it is.
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+async def test_a_client_that_drops_mid_handshake_or_mid_send_is_no_traceback(
+    stack: Stack,
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+        account = await create_account(http, "rider")
+    host = urlsplit(stack.base_url).netloc
+    upgrade = (
+        f"GET /taxi/?token={account.access} HTTP/1.1\r\nHost: {host}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+    # Echoes of 60 KB each, more than the socket takes before the client resets it.
+    echoes = [masked_text_frame(f'{{"type":"echo.message","data":"{"x" * 60000}"}}')] * 40
+    for _ in range(10):
+        await drop(stack.base_url, upgrade, [])  # while the gateway checks the token
+        await drop(stack.base_url, upgrade, echoes)  # while it sends the echoes back
+    # The gateway still serves, and every socket above was let go.
+    async with await connect(stack.base_url, account.access) as ws:
+        await send(ws, {"type": "echo.message", "data": "after"})
+        assert (await receive(ws))["data"] == "after"
+
+    assert await asyncio.to_thread(stack.gateway.stop) == 0
+    log = stack.gateway.log()
+    assert "Traceback" not in log
+    assert "Exception in ASGI application" not in log

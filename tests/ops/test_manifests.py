@@ -40,7 +40,7 @@ from dispatcher.__main__ import parse_args
 from dispatcher.metrics import health_app
 from dispatcher.worker import SHUTDOWN_GRACE_SECONDS
 from gateway.app import create_app
-from shared.broker import COMMAND_DELIVERY_LIMIT, gateway_queue_arguments
+from shared.broker import COMMAND_DELIVERY_LIMIT, DEAD_LETTER_BACKLOG, gateway_queue_arguments
 from shared.settings import Settings, SettingsError, env_name
 from shared.topology import Topology
 
@@ -555,11 +555,15 @@ def test_gateway_queue_policy_matches_the_gateway_queues_and_their_bounds() -> N
     assert policy["definition"] == expected
 
 
-def test_dispatcher_policy_dead_letters_failing_commands() -> None:
+def test_dispatcher_policy_dead_letters_failing_commands_into_a_bounded_queue() -> None:
     topology = Topology(config_data()["TAXI_BROKER_PREFIX"])
     assert policy_for(topology.dispatcher_queue) == "taxi-dispatcher"
     assert policy_for(topology.gateway_queue("0cd57ad118b1")) != "taxi-dispatcher"
-    assert policy_for(topology.dead_letter_queue) is None, "dead letters are never dropped"
+    assert policy_for(topology.dead_letter_queue) == "taxi-dead-letters"
+    assert policies()["taxi-dead-letters"]["definition"] == {
+        "max-length": DEAD_LETTER_BACKLOG,
+        "overflow": "drop-head",
+    }
     assert policies()["taxi-dispatcher"]["definition"] == {
         "dead-letter-exchange": topology.dead_letter_exchange,
         "delivery-limit": COMMAND_DELIVERY_LIMIT,
