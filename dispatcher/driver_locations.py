@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 
 from dispatcher.nearby import NearbyDrivers
 from shared import broker
-from shared.locations import DriverReport
+from shared.locations import decode_reports
 from shared.topology import LOCATIONS_WANTED_KEY, Topology
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,18 @@ class LocationFeed:
         self.apply(message.body)
 
     def apply(self, body: bytes) -> None:
-        """One gateway report: a free driver's place, or that they are busy or gone."""
-        try:
-            report = DriverReport.decode(body)
-        except ValueError as exc:
-            log.warning("driver report ignored error=%s", exc)
-            return
-        if report.point is None or not report.free:
-            self._drivers.forget(report.driver_id)
-        else:
-            self._drivers.update(report.driver_id, report.point.lat, report.point.lng, report.at)
+        """One gateway message: its reports, each a free driver's place, or that they
+        are busy or gone."""
+        reports, refused = decode_reports(body)
+        if refused:
+            log.warning("driver reports ignored count=%d first=%s", len(refused), refused[0])
+        for report in reports:
+            if report.point is None or not report.free:
+                self._drivers.forget(report.driver_id)
+            else:
+                self._drivers.update(
+                    report.driver_id, report.point.lat, report.point.lng, report.at
+                )
 
     async def sweep(self) -> None:
         """Drop drivers whose last report went stale, so the index holds who is around."""
