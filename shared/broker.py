@@ -6,19 +6,26 @@ and nobody depends on start-up order.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.robust_connection import RobustConnection
 from pamqp.commands import Basic
+from yarl import URL
 
 from shared.settings import Settings
 from shared.topology import COMMAND_KEY_PATTERN, Topology
+
+log = logging.getLogger(__name__)
 
 RECONNECT_INTERVAL_SECONDS = 1
 
@@ -29,14 +36,71 @@ DEAD_LETTER_BACKLOG = 10_000
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels and consumers."""
-    return await aio_pika.connect_robust(
-        settings.amqp_url,
+    """A connection that reconnects by itself and restores its channels and consumers;
+    to the next node of the cluster when TAXI_AMQP_URL lists several."""
+    urls = settings.amqp_urls
+    connection = ClusterConnection(
+        [URL(url) for url in urls],
         client_properties={"connection_name": name},
         # Try again every second while the broker is away: traffic resumes within
         # a second or two of it coming back.
         reconnect_interval=RECONNECT_INTERVAL_SECONDS,
     )
+    await connection.connect()
+    return connection
+
+
+async def connect_once(settings: Settings) -> AbstractConnection:
+    """A plain connection, for a one-off job: to the first node that answers."""
+    failure: BaseException | None = None
+    for url in settings.amqp_urls:
+        try:
+            return await aio_pika.connect(url)
+        except CONNECTION_EXCEPTIONS as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
+class ClusterConnection(RobustConnection):
+    """aio-pika's robust connection, over the nodes of a cluster.
+
+    Each connection attempt (the first, and every reconnection after a loss) tries
+    the nodes in turn, starting after the one it last used, until one answers; only
+    when none does does the attempt fail (and, when reconnecting, wait a second and
+    try again). With one URL it is aio-pika's robust connection exactly. Queues
+    that must survive a node's loss are quorum queues, replicated on every node;
+    what a connection declared for itself (exclusive queues, consumers) is declared
+    again on the node it reconnects to.
+    """
+
+    def __init__(self, urls: list[URL], **kwargs: Any) -> None:
+        if not urls:
+            raise ValueError("no broker URL to connect to")
+        super().__init__(urls[0], **kwargs)
+        self._urls = urls
+        self._next = 0
+
+    # RobustConnection makes every attempt through this (name-mangled) method; the
+    # one override that sees each attempt, first and later, without copying its loop.
+    async def _RobustConnection__connect_transport(self) -> None:
+        failure: BaseException | None = None
+        for _ in self._urls:
+            self.url = self._urls[self._next]
+            self._next = (self._next + 1) % len(self._urls)
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+                return
+            except CONNECTION_EXCEPTIONS as exc:
+                failure = exc
+                log.warning("broker node unreachable node=%s error=%r", _shown(self.url), exc)
+        assert failure is not None
+        raise failure
+
+
+def _shown(url: URL) -> str:
+    """A node's URL for a log line, never with its password."""
+    return str(url.with_password("******") if url.password else url)
 
 
 async def declare_exchanges(

@@ -17,6 +17,7 @@ import psycopg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import ChannelClosed
 
+from shared import broker
 from shared.migrate import drop_database
 from shared.settings import Settings, SettingsError
 from shared.topology import Topology
@@ -33,7 +34,7 @@ async def delete_broker_objects(settings: Settings) -> list[str]:
     topology = Topology(settings.broker_prefix)
     queues = topology.shared_queues
     removed: list[str] = []
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await broker.connect_once(settings)
     async with connection:
         channel = await connection.channel()
         for name in queues:

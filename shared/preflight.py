@@ -51,9 +51,12 @@ def docker_engine_answers() -> bool:
     return probe.returncode == 0
 
 
-def unreachable(settings: Settings) -> dict[str, str]:
-    services = {"PostgreSQL": settings.database_url, "RabbitMQ": settings.amqp_url}
-    return {name: url for name, url in services.items() if not reachable(url)}
+def unreachable(settings: Settings) -> dict[str, list[str]]:
+    """The services none of whose addresses answer (RabbitMQ may list several nodes)."""
+    services = {"PostgreSQL": [settings.database_url], "RabbitMQ": settings.amqp_urls}
+    return {
+        name: urls for name, urls in services.items() if not any(reachable(url) for url in urls)
+    }
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -65,13 +68,23 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+def wanted_ports(settings: Settings, workers: int) -> list[tuple[int, str, str]]:
+    """(port, whose, the setting that moves it) for every port `make run` listens on:
+    the gateway's public port, its metrics port and each worker's, the ports after it."""
+    return [
+        (settings.port, "the gateway's", "TAXI_PORT"),
+        (settings.metrics_port, "the gateway's metrics", "TAXI_METRICS_PORT"),
+    ] + [
+        (settings.metrics_port + n, f"worker {n}'s metrics", "TAXI_METRICS_PORT")
+        for n in range(1, workers + 1)
+    ]
+
+
 def taken_port(settings: Settings, workers: int) -> str | None:
     """One line about the first port the system needs that something else holds."""
-    wanted = [(settings.port, "the gateway's", "TAXI_PORT")] + [
-        (settings.metrics_port + n, f"worker {n + 1}'s metrics", "TAXI_METRICS_PORT")
-        for n in range(workers)
-    ]
-    for port, whose, setting in wanted:
+    for port, whose, setting in wanted_ports(settings, workers):
+        if port > 65535:
+            return f"port {port} ({whose} port) is beyond 65535: set {setting} lower"
         if port_taken(settings.host, port):
             return (
                 f"port {port} on {settings.host} ({whose} port) is taken: set {setting} to move it"
@@ -82,7 +95,11 @@ def taken_port(settings: Settings, workers: int) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.preflight", description=__doc__)
     parser.add_argument(
-        "--workers", type=int, default=0, help="dispatcher workers whose metrics ports to check"
+        "--workers",
+        type=int,
+        default=0,
+        help="check the ports of the gateway and of this many dispatcher workers "
+        "(without it, no port is checked)",
     )
     args = parser.parse_args()
     try:
@@ -102,7 +119,9 @@ def main() -> None:
             time.sleep(1)
         if not missing:
             return
-    hosts = ", ".join(f"{name} at {_where(url)}" for name, url in missing.items())
+    hosts = ", ".join(
+        f"{name} at {' or '.join(_where(url) for url in urls)}" for name, urls in missing.items()
+    )
     sys.exit(HOW_TO_START.format(missing=" and ".join(missing), urls=hosts))
 
 

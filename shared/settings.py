@@ -37,8 +37,9 @@ class Settings:
     broker_prefix: str = "taxi"
     host: str = "127.0.0.1"
     port: int = 8000
-    # Workers serve /metrics and health checks on this port and the ones above it,
-    # one each (`make run` numbers them from here).
+    # The gateway serves /metrics on this port, never on its public one; workers serve
+    # theirs, with health checks, on the ports after it, one each (`make run` gives
+    # worker n this + n; a worker alone takes this + 1).
     metrics_port: int = 9100
     max_frame_bytes: int = 64 * 1024
     media_dir: str = "media"
@@ -129,6 +130,12 @@ class Settings:
         return {env_name(field.name): str(getattr(self, field.name)) for field in fields(self)}
 
     @property
+    def amqp_urls(self) -> list[str]:
+        """The broker's nodes: TAXI_AMQP_URL lists one URL, or several separated by
+        commas (the nodes of one cluster, tried in turn)."""
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
+
+    @property
     def database_name(self) -> str:
         return urlsplit(self.database_url).path.lstrip("/")
 
@@ -170,6 +177,21 @@ def _tiles_url(raw: str) -> str:
     return raw
 
 
+def _urls(*schemes: str) -> Callable[[str], str]:
+    """One URL, or several separated by commas, each of one of the schemes."""
+    one = _url(*schemes)
+
+    def parse(raw: str) -> str:
+        urls = [url.strip() for url in raw.split(",")]
+        if not all(urls):
+            raise ValueError("separate the node URLs with single commas, none empty")
+        for url in urls:
+            one(url)
+        return raw
+
+    return parse
+
+
 def _upper(raw: str) -> str:
     return raw.upper()
 
@@ -178,7 +200,7 @@ _SECRET_BEARING = frozenset({"database_url", "amqp_url", "jwt_secret"})
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_url": _url("postgresql", "postgres"),
-    "amqp_url": _url("amqp", "amqps"),
+    "amqp_url": _urls("amqp", "amqps"),
     "access_token_minutes": _positive_int,
     "refresh_token_days": _positive_int,
     "port": _positive_int,
@@ -205,7 +227,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 def main() -> None:
     """`python -m shared.settings TAXI_NAME`: print one setting as the processes see it
-    (the Makefile reads the workers' first metrics port so). Secrets are never printed."""
+    (the Makefile reads TAXI_METRICS_PORT so). Secrets are never printed."""
     names = {
         env_name(field.name): field.name
         for field in fields(Settings)

@@ -259,3 +259,26 @@ def test_a_map_tiles_url_the_map_cannot_use_is_refused_naming_it(raw: str, says:
 
     assert "TAXI_MAP_TILES_URL" in str(refused.value)
     assert says in str(refused.value)
+
+
+def test_the_broker_may_be_several_nodes_separated_by_commas() -> None:
+    settings = Settings.from_env(
+        {"TAXI_AMQP_URL": "amqp://u:p@node-1:5672/, amqp://u:p@node-2:5672/,amqp://u:p@node-3/"}
+    )
+
+    assert settings.amqp_urls == [
+        "amqp://u:p@node-1:5672/",
+        "amqp://u:p@node-2:5672/",
+        "amqp://u:p@node-3/",
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw", ["amqp://u:p@node-1/,,amqp://u:p@node-2/", "amqp://u:p@node-1/,http://node-2/"]
+)
+def test_a_bad_node_in_the_list_is_refused_without_echoing_passwords(raw: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_AMQP_URL": raw})
+
+    assert "TAXI_AMQP_URL" in str(refused.value)
+    assert "u:p" not in str(refused.value)
