@@ -135,7 +135,12 @@ async def declare_dispatcher_queue(
     dead_letter_queue = await channel.declare_queue(
         topology.dead_letter_queue,
         durable=True,
-        arguments={"x-max-length": DEAD_LETTER_BACKLOG, "x-overflow": "drop-head"},
+        # Replicated like the command queue it takes from: a node's loss loses no letter.
+        arguments={
+            "x-queue-type": "quorum",
+            "x-max-length": DEAD_LETTER_BACKLOG,
+            "x-overflow": "drop-head",
+        },
     )
     await dead_letter_queue.bind(dead_letters)
     queue = await channel.declare_queue(

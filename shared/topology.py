@@ -15,6 +15,20 @@ it, unnumbered: the gateway queue is bound to that key already, so offers by
 distance add no binding per trip. Offers and locations are worth nothing later and
 are never written to disk; only commands and numbered notifications are.
 
+What must survive the loss of a broker node, and what may be lost:
+
+    {prefix}.dispatcher      quorum queue, replicated   commands not yet applied
+    {prefix}.dead-letters    quorum queue, replicated   commands given up on
+    {prefix}.commands, .notifications, .dead-letters    durable exchanges
+    {prefix}.gateway.<id>    exclusive, transient       Postgres keeps every notification
+    a gateway's offers queue exclusive, transient       offers are worth seconds
+    a worker's locations queue exclusive, transient     the next report replaces one
+    {prefix}.locations       transient exchange         declared again by whoever uses it
+
+An exclusive queue lives on the node its connection is on and goes with it; the
+connection fails over to another node (`shared.broker.ClusterConnection`) and
+declares it again there.
+
 No queue belongs to a user: Postgres keeps every user's notifications, numbered,
 and a client that was away resumes from there.
 """
