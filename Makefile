@@ -40,13 +40,14 @@ $(LEAFLET)/leaflet.js: $(CLIENT_BUILD)/package.json $(CLIENT_BUILD)/package-lock
 		$(CLIENT_BUILD)/node_modules/leaflet/LICENSE $(LEAFLET)/
 	cp $(CLIENT_BUILD)/node_modules/leaflet/dist/leaflet.js $(LEAFLET)/
 
-# honcho gives each worker PORT = its base port + the worker's index (dispatcher comes
-# first in the Procfile), so the workers' metrics ports count up from TAXI_METRICS_PORT.
+# The gateway serves its metrics on TAXI_METRICS_PORT; honcho gives each worker
+# PORT = its base port + the worker's index (dispatcher comes first in the Procfile),
+# so with the base one above it worker n gets TAXI_METRICS_PORT + n.
 run: install client
 	$(BIN)/python -m shared.preflight --workers $(WORKERS)
 	$(BIN)/python -m shared.migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
-		--port "$$($(BIN)/python -m shared.settings TAXI_METRICS_PORT)" \
+		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
 
 # Remove the exchanges and queues of TAXI_BROKER_PREFIX; `reset` also drops the database.

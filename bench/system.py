@@ -137,7 +137,8 @@ class LocalSystem:
     def _start_checkout_gateway(self) -> tuple[ServiceProcess, str]:
         assert self.code is not None
         port = free_port()
-        settings = replace(self.settings, port=port)
+        # A revision that serves the gateway's metrics apart takes them on their own port.
+        settings = replace(self.settings, port=port, metrics_port=free_port())
         process = CheckoutProcess(self.code, "gateway", settings, self.logs / f"gateway-{port}.log")
         process.start()
         base_url = f"http://127.0.0.1:{port}"
@@ -243,7 +244,7 @@ async def delete_queues(settings: Settings, names: list[str]) -> None:
     queue that is gone with ok too)."""
     if not names:
         return
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await aio_pika.connect(settings.amqp_urls[0])
     async with connection:
 
         async def delete(share: list[str]) -> None:

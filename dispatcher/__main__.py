@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import uvloop
 
-from dispatcher.metrics import MetricsPortUnavailable
 from dispatcher.worker import ServiceUnreachable, Worker
 from shared.logs import configure_logging
+from shared.metrics import MetricsPortUnavailable
 from shared.settings import Settings, SettingsError
 
 
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="serve /metrics, /healthz and /readyz on this port on TAXI_HOST "
-        "(default: TAXI_METRICS_PORT; 0 turns it off)",
+        "(default: TAXI_METRICS_PORT + 1, the port after the gateway's; 0 turns it off)",
     )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.prefetch < 1:
@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
         parser.error("--metrics-port must be between 0 and 65535")
     return args
+
+
+def metrics_port(settings: Settings, args: argparse.Namespace) -> int:
+    """--metrics-port, or else the port after the gateway's TAXI_METRICS_PORT."""
+    return settings.metrics_port + 1 if args.metrics_port is None else int(args.metrics_port)
 
 
 async def serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -51,7 +56,7 @@ async def serve(settings: Settings, args: argparse.Namespace) -> None:
         replace(settings, db_pool_size=pool_size),
         concurrency=args.concurrency,
         prefetch=args.prefetch,
-        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
+        metrics_port=metrics_port(settings, args),
     )
     await worker.run(stopping)
 
@@ -62,10 +67,15 @@ def main() -> None:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
+    if metrics_port(settings, args) > 65535:
+        sys.exit("dispatcher: TAXI_METRICS_PORT + 1 is beyond 65535: pass --metrics-port")
     configure_logging(settings.log_level, "dispatcher")
     try:
         uvloop.run(serve(settings, args))
-    except (MetricsPortUnavailable, ServiceUnreachable) as exc:
+    except MetricsPortUnavailable as exc:
+        how = "another --metrics-port" if args.metrics_port else "TAXI_METRICS_PORT"
+        sys.exit(f"dispatcher: {exc} (set {how} to move it)")
+    except ServiceUnreachable as exc:
         sys.exit(f"dispatcher: {exc}")
 
 

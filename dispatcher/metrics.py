@@ -1,20 +1,19 @@
-"""The dispatcher's Prometheus metrics, and the small HTTP server each worker runs
-for them and for its health checks (`--metrics-port`)."""
+"""The dispatcher's Prometheus metrics, and the app each worker serves them from with
+its health checks (`--metrics-port`)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 
-import uvicorn
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.metrics import metrics_endpoint
+# The embedded server itself lives in shared.metrics, for the gateway and the workers
+# alike; the worker finds it here.
+from shared.metrics import metrics_app
 
 COMMANDS = Counter(
     "taxi_dispatcher_commands_total",
@@ -41,6 +40,8 @@ OUTBOX_BACKLOG = Gauge(
 
 
 def health_app(is_ready: Callable[[], Awaitable[dict[str, bool]]]) -> Starlette:
+    """The worker's metrics app: /metrics, with /healthz and /readyz beside it."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -48,44 +49,4 @@ def health_app(is_ready: Callable[[], Awaitable[dict[str, bool]]]) -> Starlette:
         checks = await is_ready()
         return JSONResponse(checks, status_code=200 if all(checks.values()) else 503)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
-        ]
-    )
-
-
-class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server running inside the worker's loop; the worker owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The metrics listener; raises MetricsPortUnavailable if the port cannot be had."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as exc:
-        listener.close()
-        raise MetricsPortUnavailable(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror}"
-        ) from None
-    listener.listen(64)
-    return listener
-
-
-class MetricsPortUnavailable(Exception):
-    pass
-
-
-def metrics_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
-    )
-    return EmbeddedServer(config)
+    return metrics_app(Route("/healthz", healthz), Route("/readyz", readyz))

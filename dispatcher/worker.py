@@ -43,6 +43,7 @@ from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
+from shared import metrics as shared_metrics
 from shared.commands import Command, InvalidCommand, decode_command
 from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
@@ -106,7 +107,9 @@ class Worker:
     async def run(self, stopping: asyncio.Event) -> None:
         # Bound first, so that a port in use stops the worker at once with a clear error.
         listener = (
-            metrics.bind(self._settings.host, self._metrics_port) if self._metrics_port else None
+            shared_metrics.bind(self._settings.host, self._metrics_port)
+            if self._metrics_port
+            else None
         )
         try:
             await self._database.start()
@@ -117,7 +120,7 @@ class Worker:
         except (OSError, AMQPError) as exc:
             await self._database.close()
             raise ServiceUnreachable(f"cannot reach RabbitMQ at TAXI_AMQP_URL: {exc}") from None
-        health = metrics.metrics_server(
+        health = shared_metrics.metrics_server(
             metrics.health_app(self.readiness), self._settings.host, self._metrics_port
         )
         serving = asyncio.create_task(health.serve([listener])) if listener else None

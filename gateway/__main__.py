@@ -11,6 +11,7 @@ import uvicorn
 
 from gateway.app import create_app
 from shared.logs import configure_logging
+from shared.metrics import MetricsPortUnavailable, bind
 from shared.settings import Settings, SettingsError
 
 
@@ -20,12 +21,18 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
     configure_logging(settings.log_level, "gateway")
+    # Bound first, so that a port in use stops the gateway at once, in one line.
+    try:
+        metrics_listener = bind(settings.host, settings.metrics_port)
+    except MetricsPortUnavailable as exc:
+        sys.exit(f"gateway: {exc} (set TAXI_METRICS_PORT to move it)")
     print(
         f"gateway: HTTP on http://{settings.host}:{settings.port}/api/, "
-        f"WebSocket on ws://{settings.host}:{settings.port}/taxi/?token=...",
+        f"WebSocket on ws://{settings.host}:{settings.port}/taxi/?token=..., "
+        f"metrics on http://{settings.host}:{settings.metrics_port}/metrics",
         flush=True,
     )
-    app = create_app(settings)
+    app = create_app(settings, metrics_listener)
     config = uvicorn.Config(
         app,
         host=settings.host,

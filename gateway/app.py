@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,8 +39,8 @@ from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
 from gateway.websocket import TaxiSocket
+from shared import metrics
 from shared.db import DATABASE_OUTAGE, Database
-from shared.metrics import metrics_endpoint
 from shared.settings import Settings
 from shared.wire import ErrorCode
 
@@ -83,7 +84,10 @@ class Gateway(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, metrics_listener: socket.socket | None = None) -> Starlette:
+    """The gateway's public app. Its metrics are served apart, on `metrics_listener`
+    (bound by the caller, so a taken port stops it before anything starts) or else
+    on TAXI_HOST:TAXI_METRICS_PORT, bound when the app starts."""
     database = Database(settings)
     broker = GatewayBroker(settings)
     users = UserRepository(database)
@@ -127,6 +131,15 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Metrics on their own port, never on the public one.
+        listener = metrics_listener
+        if listener is None:
+            listener = metrics.bind(settings.host, settings.metrics_port)
+        async with metrics.serving(metrics.metrics_app(), listener), running():
+            yield
+
+    @asynccontextmanager
+    async def running() -> AsyncIterator[None]:
         await database.start()
         try:
             await broker.start()
@@ -164,7 +177,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *description_routes(),
-        Route("/metrics", metrics_endpoint),
         Mount(MEDIA_URL, StaticFiles(directory=settings.media_dir), name="media"),
         ClientFiles("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client"),
     ]

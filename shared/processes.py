@@ -131,16 +131,30 @@ class ServiceProcess:
 
 
 def start_gateway(
-    settings: Settings, log_dir: Path, port: int | None = None
+    settings: Settings, log_dir: Path, port: int | None = None, *, metrics_port: int | None = None
 ) -> tuple[ServiceProcess, str]:
+    """A gateway on `port` (or a free one), ready once its /readyz answers 200; its
+    metrics on `metrics_port`, or a free one, so that many gateways share a host.
+    The process's `settings` name both ports."""
     port = port or free_port()
+    if metrics_port is None:
+        metrics_port = free_port()
+        while metrics_port == port:
+            metrics_port = free_port()
     process = ServiceProcess(
-        "gateway", replace(settings, port=port), log_dir / f"gateway-{port}.log"
+        "gateway",
+        replace(settings, port=port, metrics_port=metrics_port),
+        log_dir / f"gateway-{port}.log",
     )
     process.start()
     base_url = f"http://127.0.0.1:{port}"
     process.wait_until_ready(f"{base_url}/readyz")
     return process, base_url
+
+
+def metrics_url(gateway: ServiceProcess) -> str:
+    """Where a gateway started here serves its Prometheus metrics."""
+    return f"http://127.0.0.1:{gateway.settings.metrics_port}/metrics"
 
 
 def start_dispatcher(

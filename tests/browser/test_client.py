@@ -450,7 +450,9 @@ async def test_the_page_reconnects_and_catches_up_after_a_gateway_restart(
 
     def start() -> ServiceProcess:
         process = ServiceProcess(
-            "gateway", replace(settings, port=port), log_dir / f"gateway-restarted-{port}.log"
+            "gateway",
+            replace(settings, port=port, metrics_port=free_port()),
+            log_dir / f"gateway-restarted-{port}.log",
         )
         process.start()
         process.wait_until_ready(f"{own_url}/readyz")

@@ -56,12 +56,13 @@ class MakeRun:
         return time.monotonic() - started
 
 
-def own_instance(settings: Settings) -> Settings:
-    """Settings no other instance on this machine shares: ports, prefix and database."""
+def own_instance(settings: Settings, metrics_port: int | None = None) -> Settings:
+    """Settings no other instance on this machine shares: ports, prefix and database.
+    The metrics ports are TAXI_METRICS_PORT (the gateway's) and the WORKERS after it."""
     return replace(
         settings,
         port=free_port(),
-        metrics_port=free_port_run(WORKERS),
+        metrics_port=metrics_port or free_port_run(WORKERS + 1),
         broker_prefix=unique_name("run").replace("_", "-"),
         database_url=with_database(settings.database_url, unique_name("run")),
         log_level="INFO",
@@ -80,21 +81,46 @@ def make(target: str, settings: Settings, log: Path, *args: str) -> subprocess.P
         )
 
 
+def serving_urls(settings: Settings) -> list[str]:
+    """What answers 200 once an instance is up: the gateway's readiness on TAXI_PORT,
+    its metrics on TAXI_METRICS_PORT, and worker n's readiness on TAXI_METRICS_PORT + n."""
+    return [
+        f"http://127.0.0.1:{settings.port}/readyz",
+        f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        *(f"http://127.0.0.1:{settings.metrics_port + n}/readyz" for n in range(1, WORKERS + 1)),
+    ]
+
+
 async def wait_until_serving(run: MakeRun) -> None:
-    """Until the gateway and every worker answer their readiness checks."""
+    """Until the gateway and every worker answer on their ports."""
     deadline = time.monotonic() + START_SECONDS
-    ports = [run.settings.port, *(run.settings.metrics_port + n for n in range(WORKERS))]
     async with httpx.AsyncClient(timeout=2) as client:
-        for port in ports:
+        for url in serving_urls(run.settings):
             while True:
                 assert run.process.poll() is None, f"make run exited:\n{run.output()[-3000:]}"
                 assert time.monotonic() < deadline, run.output()[-3000:]
                 try:
-                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    if (await client.get(url)).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
+
+
+async def assert_metrics_where_documented(settings: Settings) -> None:
+    """The gateway's metrics on TAXI_METRICS_PORT and not on TAXI_PORT, each worker's on
+    the ports after it."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        public = await client.get(f"http://127.0.0.1:{settings.port}/metrics")
+        assert public.status_code == 404
+        assert public.json()["code"] == "not_found"
+        gateway = await client.get(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        assert "taxi_gateway_open_connections" in gateway.text
+        assert "taxi_dispatcher_" not in gateway.text
+        for n in range(1, WORKERS + 1):
+            worker = await client.get(f"http://127.0.0.1:{settings.metrics_port + n}/metrics")
+            assert "taxi_dispatcher_commands_total" in worker.text
+            assert "taxi_gateway_" not in worker.text
 
 
 @asynccontextmanager
@@ -161,10 +187,15 @@ def assert_stopped_cleanly(run: MakeRun, seconds: float) -> None:
 async def test_two_instances_run_side_by_side_and_ctrl_c_stops_each_promptly_after_a_burst(
     settings: Settings, tmp_path: Path
 ) -> None:
-    first, second = own_instance(settings), own_instance(settings)
+    # The second instance's metrics ports start right after the first one's last: any
+    # port counted twice, or beyond the documented range, would collide.
+    first = own_instance(settings, free_port_run(2 * (WORKERS + 1)))
+    second = own_instance(settings, first.metrics_port + WORKERS + 1)
     async with make_run(first, tmp_path) as one, make_run(second, tmp_path) as other:
-        # Both are serving: the gateways on their TAXI_PORT, the workers' metrics ports
-        # counting up from each instance's TAXI_METRICS_PORT (make_run waited on them).
+        # Both are serving: the gateways on their TAXI_PORT and TAXI_METRICS_PORT, the
+        # workers on the ports after it (make_run waited on them all).
+        for instance in (first, second):
+            await assert_metrics_where_documented(instance)
         await one_trip(other.base_url)
         async with httpx.AsyncClient(base_url=one.base_url, timeout=10) as http:
             traffic = await Traffic.open(http, one.base_url, 20)
@@ -184,9 +215,10 @@ async def test_a_taken_port_stops_make_run_with_one_line_naming_the_setting(
     settings: Settings, tmp_path: Path
 ) -> None:
     instance = own_instance(settings)
-    for taken, setting in (
-        (instance.port, "TAXI_PORT"),
-        (instance.metrics_port + 1, "TAXI_METRICS_PORT"),
+    for taken, whose, setting in (
+        (instance.port, "the gateway's port", "TAXI_PORT"),
+        (instance.metrics_port, "the gateway's metrics port", "TAXI_METRICS_PORT"),
+        (instance.metrics_port + WORKERS, f"worker {WORKERS}'s metrics port", "TAXI_METRICS_PORT"),
     ):
         with socket.socket() as holder:
             holder.bind((instance.host, taken))
@@ -198,6 +230,7 @@ async def test_a_taken_port_stops_make_run_with_one_line_naming_the_setting(
         problem = [line for line in output.splitlines() if f"port {taken}" in line]
         assert len(problem) == 1, output
         assert setting in problem[0] and "is taken" in problem[0], output
+        assert whose in problem[0], output
         assert "honcho" not in output  # nothing was started
 
 

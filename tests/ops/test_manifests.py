@@ -41,6 +41,7 @@ from dispatcher.metrics import health_app
 from dispatcher.worker import SHUTDOWN_GRACE_SECONDS
 from gateway.app import create_app
 from shared.broker import COMMAND_DELIVERY_LIMIT, DEAD_LETTER_BACKLOG, gateway_queue_arguments
+from shared.metrics import metrics_app
 from shared.settings import Settings, SettingsError, env_name
 from shared.topology import Topology
 
@@ -182,6 +183,8 @@ async def _never_ready() -> dict[str, bool]:
 
 
 DISPATCHER_PATHS = {route.path for route in health_app(_never_ready).routes}
+# What the gateway serves on TAXI_METRICS_PORT, apart from its public port.
+GATEWAY_METRICS_PATHS = {route.path for route in metrics_app().routes}
 
 
 # --- schemas ---------------------------------------------------------------------------
@@ -421,9 +424,22 @@ def test_gateway_probes_hit_real_routes_on_the_gateway_port(gateway_paths: set[s
         get = container[probe]["httpGet"]
         assert get["path"] in gateway_paths, get
         assert container_port(container, get["port"]) == port, probe
-    annotations = find("Deployment", GATEWAY)["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in gateway_paths
-    assert int(annotations["prometheus.io/port"]) == port
+
+
+def test_gateway_metrics_are_scraped_on_their_own_port(gateway_paths: set[str]) -> None:
+    """TAXI_METRICS_PORT, a container port named `metrics` that no Service exposes."""
+    deployment = find("Deployment", GATEWAY)
+    container = only_container(deployment)
+    metrics_port = container_port(container, "metrics")
+    assert metrics_port == int(config_data()["TAXI_METRICS_PORT"])
+    assert metrics_port != int(config_data()["TAXI_PORT"])
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] in GATEWAY_METRICS_PATHS
+    assert annotations["prometheus.io/path"] not in gateway_paths, "not on the public port"
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+    for port in find("Service", GATEWAY)["spec"]["ports"]:
+        assert container_port(container, port["targetPort"]) != metrics_port
 
 
 def test_gateway_stops_gracefully() -> None:
@@ -753,6 +769,10 @@ def test_compose_gateway_is_published_and_the_dispatcher_scales() -> None:
     services = compose()["services"]
     published = [str(port).split(":")[-2:] for port in services["gateway"]["ports"]]
     assert ["8000", compose_env("gateway")["TAXI_PORT"]] in published
+    # The gateway's metrics: inside the compose network only, never on the host.
+    metrics_port = Settings.from_env(compose_env("gateway")).metrics_port
+    assert str(metrics_port) in services["gateway"]["expose"]
+    assert all(container != str(metrics_port) for _, container in published)
     dispatcher = services["dispatcher"]
     assert "ports" not in dispatcher, "a fixed host port breaks --scale dispatcher=N"
     assert "container_name" not in dispatcher, "a fixed name breaks --scale dispatcher=N"

@@ -1,10 +1,13 @@
-"""Operating the system: metrics move with traffic, readiness follows the broker,
+"""Operating the system: metrics move with traffic and are served apart from the public
+port, a taken metrics port stops a process in one line, readiness follows the broker,
 workers scale out and in."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -14,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.processes import (
     ServiceProcess,
     free_port,
+    metrics_url,
     start_dispatcher,
     start_gateway,
 )
@@ -46,11 +50,12 @@ def start_worker(settings: Settings, log: Path, metrics_port: int) -> ServicePro
 
 async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_path: Path) -> None:
     gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    gateway_metrics = metrics_url(gateway)
     worker_port = free_port()
     worker = start_worker(isolated_settings, tmp_path / "worker.log", worker_port)
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     try:
-        gateway_before = await scrape(f"{base_url}/metrics")
+        gateway_before = await scrape(gateway_metrics)
         worker_before = await scrape(worker_metrics)
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             rider = await create_account(http, "rider")
@@ -59,7 +64,7 @@ async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_
             await connect(base_url, rider.access) as rider_ws,
             await connect(base_url, driver.access) as driver_ws,
         ):
-            connected = await scrape(f"{base_url}/metrics")
+            connected = await scrape(gateway_metrics)
             assert value(connected, "taxi_gateway_open_connections", role="rider") == 1
             assert value(connected, "taxi_gateway_open_connections", role="driver") == 1
             await send(
@@ -73,7 +78,7 @@ async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_
             await receive_until(rider_ws, about(trip["id"], "trip.accepted"))
             await send(driver_ws, {"type": "no.such.type"})
             await receive_until(driver_ws, lambda f: f["type"] == "error")
-        gateway_after = await scrape(f"{base_url}/metrics")
+        gateway_after = await scrape(gateway_metrics)
         worker_after = await scrape(worker_metrics)
     finally:
         worker.stop()
@@ -108,6 +113,73 @@ async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_
         worker_before, worker_after, "taxi_dispatcher_handler_seconds_count", type="update.trip"
     )
     assert ("taxi_dispatcher_outbox_backlog", ()) in worker_after
+
+
+# The gateway's health checks, which stay on its public port with its probes.
+PROBES = ("/healthz", "/readyz")
+
+
+async def test_gateway_metrics_are_served_on_their_own_port_only(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    gateway, base_url = start_gateway(isolated_settings, tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            public = await client.get(f"{base_url}/metrics")
+            served = await client.get(metrics_url(gateway))
+            health = [(await client.get(f"{base_url}{path}")).status_code for path in PROBES]
+    finally:
+        gateway.stop()
+    assert public.status_code == 404
+    assert public.headers["content-type"] == "application/json"
+    assert public.json() == {"detail": "nothing here: /metrics", "code": "not_found"}
+    assert "taxi_gateway" not in public.text
+    assert served.status_code == 200
+    assert served.headers["content-type"].startswith("text/plain")
+    assert "taxi_gateway_open_connections" in served.text
+    assert health == [200, 200]
+
+
+def run_until_exit(process: ServiceProcess) -> list[str]:
+    """Start a process that is to stop by itself; its output's lines."""
+    process.start()
+    assert process.wait(30) != 0, process.log()
+    return process.log().splitlines()
+
+
+def held_port(host: str) -> socket.socket:
+    holder = socket.socket()
+    holder.bind((host, 0))
+    holder.listen()
+    return holder
+
+
+async def test_a_taken_metrics_port_stops_the_gateway_with_one_line_naming_the_setting(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    with held_port(isolated_settings.host) as holder:
+        taken = holder.getsockname()[1]
+        own = replace(isolated_settings, port=free_port(), metrics_port=taken)
+        output = run_until_exit(ServiceProcess("gateway", own, tmp_path / "gateway.log"))
+    # Bound before anything else: no traceback, no connection to the services first.
+    assert output == [
+        f"gateway: cannot serve metrics on {own.host}:{taken}: Address already in use "
+        "(set TAXI_METRICS_PORT to move it)"
+    ]
+
+
+async def test_a_worker_takes_the_port_after_the_gateways_metrics_port(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """Without --metrics-port, TAXI_METRICS_PORT + 1; a taken one is named in one line."""
+    with held_port(isolated_settings.host) as holder:
+        taken = holder.getsockname()[1]
+        own = replace(isolated_settings, metrics_port=taken - 1)
+        output = run_until_exit(ServiceProcess("dispatcher", own, tmp_path / "worker.log"))
+    assert output == [
+        f"dispatcher: cannot serve metrics on {own.host}:{taken}: Address already in use "
+        "(set TAXI_METRICS_PORT to move it)"
+    ]
 
 
 async def wait_for_status(url: str, status: int, within: float = 30) -> dict[str, bool]:
