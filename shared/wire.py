@@ -92,7 +92,11 @@ def decode_frame(text: str | bytes) -> ClientFrame:
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise FrameError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+        raise FrameError(
+            ErrorCode.INVALID_JSON,
+            "frame is not valid JSON (one object, double-quoted strings, finite numbers): "
+            f"the first problem is at character {exc.pos}",
+        ) from None
     if not isinstance(frame, dict):
         raise FrameError(
             ErrorCode.INVALID_FRAME,
