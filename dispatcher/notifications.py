@@ -21,9 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+import orjson
+
 from shared import wire
 from shared.topology import (
     AUDIENCE_HEADER,
+    CC_HEADER,
+    DISTANCES_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
@@ -42,7 +46,9 @@ class Notification:
     frame_type: str = ""
     # Seconds after which the notification is worth nothing (offers); None: never.
     ttl_seconds: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    # AMQP headers: strings, and the list of further routing keys (CC) of an offer
+    # sent to several drivers by name.
+    headers: dict[str, str | list[str]] = field(default_factory=dict)
     # The user whose sequence it joins (None for offers, which are not kept), and its
     # number in that sequence once stored.
     user_id: int | None = None
@@ -115,28 +121,40 @@ def offers(
     was taken)."""
     event_id = event_id or str(uuid.uuid4())
     headers = {TRIP_HEADER: str(trip.id), VERSION_HEADER: str(trip.version)}
-    payload = trip.payload()
+    body = wire.encode({"type": event.value, "event_id": event_id, "data": trip.payload()})
 
-    def offer(routing_key: str, data: dict[str, object], extra: dict[str, str]) -> Notification:
-        body = wire.encode({"type": event.value, "event_id": event_id, "data": data})
+    def offer(routing_key: str, extra: dict[str, str | list[str]]) -> Notification:
         return Notification(
             routing_key, body, event.value, ttl_seconds, headers={**headers, **extra}
         )
 
-    sent = [
-        offer(
-            user_key(driver_id),
-            payload if distance is None else {**payload, "distance_m": round(distance, 1)},
-            {},
-        )
-        for driver_id, distance in audience.named
-        if driver_id != excluded
+    sent = []
+    named = [
+        (driver_id, distance) for driver_id, distance in audience.named if driver_id != excluded
     ]
+    if named:
+        # One message for every driver named, however many: the first's key routes it
+        # and the others' go in CC (RabbitMQ's sender-selected distribution), so each
+        # gateway gets it once and gives each of its named drivers their own distance.
+        keys = [user_key(driver_id) for driver_id, _ in named]
+        extra: dict[str, str | list[str]] = {}
+        if len(keys) > 1:
+            extra[CC_HEADER] = keys[1:]
+        distances = {
+            str(driver_id): round(distance, 1)
+            for driver_id, distance in named
+            if distance is not None
+        }
+        if distances:
+            extra[DISTANCES_HEADER] = orjson.dumps(distances).decode()
+        sent.append(offer(keys[0], extra))
     if audience.broadcast is not Broadcast.NOBODY:
-        extra = {} if excluded is None else {EXCLUDE_USER_HEADER: str(excluded)}
+        broadcast: dict[str, str | list[str]] = {}
+        if excluded is not None:
+            broadcast[EXCLUDE_USER_HEADER] = str(excluded)
         if audience.broadcast is Broadcast.UNLOCATED:
-            extra[AUDIENCE_HEADER] = UNLOCATED
-        sent.append(offer(DRIVER_OFFERS_KEY, payload, extra))
+            broadcast[AUDIENCE_HEADER] = UNLOCATED
+        sent.append(offer(DRIVER_OFFERS_KEY, broadcast))
     return sent
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import cast
 
 import aio_pika
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, HeadersType
 
 from dispatcher.notifications import Notification
 from shared.broker import PublishFailed, publish_confirmed
@@ -32,7 +33,9 @@ class NotificationPublisher:
             notification.body,
             content_type="application/json",
             type=notification.frame_type or None,
-            headers=dict(notification.headers),
+            # A list of routing keys is an AMQP array (FieldArray), which the type
+            # checker cannot see a list[str] as.
+            headers=cast(HeadersType, dict(notification.headers)),
             # Offers are worth nothing after their time to live, so they are not
             # written to disk; every other notification survives a broker restart.
             delivery_mode=(

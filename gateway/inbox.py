@@ -3,9 +3,10 @@
 The gateway's own queue (`gateway.broker`) carries:
 - `user.<id>` with a number (x-seq): a notification of the user, for every socket
   of theirs here (`ConnectedUser.notify`);
-- `user.<id>` without one: an offer or its withdrawal, sent to a driver by name
-  (`OfferFanout.to_driver`), or a driver's location for the rider of their trip
-  under way (`driver.location`), passed on only while that trip is the rider's;
+- `user.<id>` without one: an offer or its withdrawal, sent to drivers by name
+  (`OfferFanout.by_name`: the key, and the keys in CC, name them), or a driver's
+  location for the rider of their trip under way (`driver.location`), passed on
+  only while that trip is the rider's;
 - `gateways.locations`: a worker that started asks for the drivers' locations
   held here (`DriverLocations.replay`).
 The offers queue carries the broadcasts (`OfferFanout.broadcast`).
@@ -53,19 +54,19 @@ class Inbox:
         if key == LOCATIONS_WANTED_KEY:
             self._locations.replay(self._users.drivers())
             return
+        headers = message.headers or {}
+        seq = headers.get(SEQ_HEADER)
+        if seq is None and message.type != DRIVER_LOCATION:
+            self._offers.by_name(message)
+            return
         _, _, user_id = key.partition(".")
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
-        headers = message.headers or {}
-        seq = headers.get(SEQ_HEADER)
-        if seq is None and message.type == DRIVER_LOCATION:
+        if seq is None:
             trip = connected.under_way
             if trip is not None and trip.id == headers.get(TRIP_HEADER):
                 connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
-            return
-        if seq is None:
-            self._offers.to_driver(connected, message)
             return
         before = connected.under_way
         connected.notify(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))

@@ -4,8 +4,10 @@ A trip without a pick-up point is offered to every free driver by broadcast: the
 gateway holds one subscription to it and puts each offer (and each withdrawal:
 `trip.taken`, `trip.cancelled`) in the buffer of every socket of every free driver
 connected here, except the one a broadcast leaves out. A trip with a pick-up point
-is offered by name to the nearest drivers dispatch chose (`user.<id>`, unnumbered,
-each with their own distance), and by broadcast only to drivers who have not
+is offered by name to the nearest drivers dispatch chose: one unnumbered message for
+all of them (`user.<id>` of the first, the others in CC), which reaches each gateway
+holding any of them once, and which the gateway gives each of its named drivers
+with their own distance; by broadcast it goes only to drivers who have not
 reported a location. Putting never waits, so a driver who reads slowly delays
 nobody else. A driver who is offline is connected nowhere, so gets nothing, and
 sees no stale offer on return. Offers are not numbered: they are worth nothing
@@ -18,12 +20,15 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.outgoing import Frame
 from shared.topology import (
     AUDIENCE_HEADER,
+    CC_HEADER,
+    DISTANCES_HEADER,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
     UNLOCATED,
@@ -61,13 +66,25 @@ class OfferFanout:
                 for socket in driver.sockets:
                     socket.put(frame)
 
-    def to_driver(self, driver: ConnectedUser, message: AbstractIncomingMessage) -> None:
-        """An offer or withdrawal sent to this driver by name."""
-        if driver.busy or self._outdated(message.headers or {}, broadcast=False):
+    def by_name(self, message: AbstractIncomingMessage) -> None:
+        """An offer or withdrawal for the drivers it names, to those of them here."""
+        headers = message.headers or {}
+        if self._outdated(headers, broadcast=False):
             return
-        frame = _frame(message)
-        for socket in driver.sockets:
-            socket.put(frame)
+        distances = _distances(headers.get(DISTANCES_HEADER))
+        for key in (message.routing_key or "", *_keys(headers.get(CC_HEADER))):
+            _, _, user_id = key.partition(".")
+            driver = self._users.get(int(user_id)) if user_id.isdigit() else None
+            if driver is None or driver.busy:
+                continue
+            distance = distances.get(user_id)
+            frame = (
+                _frame(message)
+                if distance is None
+                else Frame(with_distance(message.body, distance), message.type or "unknown")
+            )
+            for socket in driver.sockets:
+                socket.put(frame)
 
     def _outdated(self, headers: Mapping[str, Any], *, broadcast: bool) -> bool:
         """Whether drivers here were already sent a newer offer or withdrawal of the trip
@@ -93,3 +110,30 @@ class OfferFanout:
 
 def _frame(message: AbstractIncomingMessage) -> Frame:
     return Frame(message.body.decode(), message.type or "unknown")
+
+
+def with_distance(body: bytes, distance: float) -> str:
+    """An offer's frame as one named driver gets it: with how far they are from the
+    pick-up (`data.distance_m`)."""
+    frame = orjson.loads(body)
+    frame["data"]["distance_m"] = distance
+    return orjson.dumps(frame).decode()
+
+
+def _keys(value: object) -> list[str]:
+    """The routing keys of a CC header (the broker hands them over as text or bytes)."""
+    if not isinstance(value, list):
+        return []
+    return [key.decode() if isinstance(key, bytes) else str(key) for key in value]
+
+
+def _distances(value: object) -> dict[str, float]:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str):
+        return {}
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}

@@ -174,16 +174,20 @@ def _as_owner(owner: Owner | None) -> dict[str, Any]:
 
 
 def process_alive(pid: int | None, marker: str) -> bool:
-    """Whether `pid` runs, and is the process we mean (its command line holds `marker`):
-    a pid read from a file may have been given to another process since."""
+    """Whether `pid` runs, and is the process we mean (its command line or environment
+    holds `marker`): a pid read from a file may have been given to another process since."""
     if pid is None:
         return False
+    proc = Path(f"/proc/{pid}")
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        described = b" ".join(
+            proc.joinpath(part).read_bytes().replace(b"\0", b" ") for part in ("cmdline", "environ")
+        )
     except (OSError, IndexError):
         return False
-    return marker in cmdline and state != "Z"
+    return marker.encode() in described
 
 
 def _wait_gone(pid: int, marker: str, seconds: float) -> bool:
@@ -214,9 +218,7 @@ class ClusterPorts:
         """Node n (from 0) on amqp_port + n, its distribution on that + 20000, the
         CLI's from amqp_port + 30000: RabbitMQ's own 5672/25672/35672 pattern."""
         return cls(
-            tuple(
-                NodePorts(amqp_port + n, amqp_port + n + DIST_PORT_OFFSET) for n in range(size)
-            ),
+            tuple(NodePorts(amqp_port + n, amqp_port + n + DIST_PORT_OFFSET) for n in range(size)),
             epmd_port,
             amqp_port + CTL_PORT_OFFSET,
         )
@@ -324,7 +326,13 @@ class RabbitNode:
         """Whether the Erlang VM of this node runs (serving or not)."""
         if self._server is not None:
             return self._server.poll() is None
-        return process_alive(self.pid, self.node.split("@")[0])
+        return process_alive(self.pid, self._marker)
+
+    @property
+    def _marker(self) -> str:
+        """What tells this node's Erlang VM from any other process: its pid file, named
+        in its environment (the node's name is not on its command line)."""
+        return f"RABBITMQ_PID_FILE={self.pid_file}"
 
     def write_files(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -384,7 +392,7 @@ class RabbitNode:
     def shutdown(self) -> None:
         """Stop the Erlang VM: SIGTERM (a clean stop), SIGKILL if it takes too long."""
         pid = self.pid
-        marker = self.node.split("@")[0]
+        marker = self._marker
         if pid is not None and process_alive(pid, marker):
             os.kill(pid, signal.SIGTERM)
             if not _wait_gone(pid, marker, 30):
@@ -671,14 +679,21 @@ def system_ports(settings: Settings, workers: int) -> list[tuple[int, str, str]]
     ]
 
 
-def taken_port(settings: Settings, workers: int, ports: ClusterPorts) -> str | None:
-    """One line about the first port `make cluster` needs that something else holds."""
-    wanted = system_ports(settings, workers) + [
-        (port, whose, "CLUSTER_EPMD_PORT" if "epmd" in whose else "CLUSTER_AMQP_PORT")
+def taken_port(
+    ports: ClusterPorts, settings: Settings | None = None, workers: int = 0
+) -> str | None:
+    """One line about the first port the cluster (and, given `settings`, the processes
+    `make cluster` starts on it) needs that something else holds."""
+    wanted = [
+        (port, whose, "CLUSTER_EPMD_PORT" if "epmd" in whose else "CLUSTER_AMQP_PORT", "127.0.0.1")
         for port, whose in ports.described()
     ]
-    for port, whose, setting in wanted:
-        host = settings.host if setting.startswith("TAXI_") else "127.0.0.1"
+    if settings is not None:
+        wanted = [
+            (port, whose, setting, settings.host)
+            for port, whose, setting in system_ports(settings, workers)
+        ] + wanted
+    for port, whose, setting, host in wanted:
         if not 0 < port < 65536:
             return f"port {port} ({whose} port) is not a port: set {setting} to move it"
         if port_taken(host, port):
@@ -693,19 +708,20 @@ def _settings() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
-def check(args: argparse.Namespace) -> None:
-    """Before anything starts: the ports free, Postgres answering."""
-    settings = _settings()
-    ports = ClusterPorts.from_base(args.nodes, args.amqp_port, args.epmd_port)
-    if problem := taken_port(settings, args.workers, ports):
-        sys.exit(problem)
-    if not reachable(settings.database_url):
-        sys.exit(
-            "PostgreSQL not reachable at TAXI_DATABASE_URL: start it or point "
-            "TAXI_DATABASE_URL at a running one (see DEVELOPERS.md)"
-        )
+def check(args: argparse.Namespace, *, system: bool) -> None:
+    """Before anything starts: RabbitMQ installed, the ports free, and with `system`
+    (the gateways and workers too) their ports free and Postgres answering."""
     if not (RABBITMQ_HOME / "bin" / "rabbitmq-server").exists():
         sys.exit(f"no RabbitMQ under {RABBITMQ_HOME}: apt-get install rabbitmq-server")
+    ports = ClusterPorts.from_base(args.nodes, args.amqp_port, args.epmd_port)
+    settings = _settings() if system else None
+    if problem := taken_port(ports, settings, args.workers):
+        sys.exit(problem)
+    if settings is not None and not reachable(settings.database_url):
+        sys.exit(
+            "PostgreSQL not reachable at TAXI_DATABASE_URL: start it, or point "
+            "TAXI_DATABASE_URL at a running one (DEVELOPERS.md, Services)"
+        )
 
 
 def start(args: argparse.Namespace, supervisor_pid: int | None = None) -> LocalCluster:
@@ -774,6 +790,7 @@ def run(args: argparse.Namespace) -> int:
         "CLUSTER_GATEWAY2_METRICS_PORT": str(settings.metrics_port + args.workers + 1),
     }
     child: subprocess.Popen[bytes] | None = None
+    status = 1
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if child is not None and child.poll() is None:
@@ -821,14 +838,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="run: the command")
     args = parser.parse_args(argv)
     if args.action == "check":
-        check(args)
+        check(args, system=True)
     elif args.action == "start":
-        check(args)
+        check(args, system=False)
         start(args)
     elif args.action == "stop":
         stop(args)
     else:
-        check(args)
+        check(args, system=True)
         sys.exit(run(args))
 
 

@@ -10,10 +10,11 @@ deployments or test runs can share one broker without seeing each other.
     gateway --drivers' locations--> {prefix}.locations (fanout)
         --> a locations queue per worker (each keeps its own index of drivers)
 
-An offer of a trip with a pick-up point goes to `user.<id>` of each driver chosen for
-it, unnumbered: the gateway queue is bound to that key already, so offers by
-distance add no binding per trip. Offers and locations are worth nothing later and
-are never written to disk; only commands and numbered notifications are.
+An offer of a trip with a pick-up point goes to `user.<id>` of the drivers chosen for
+it (one message, their keys in CC), unnumbered: the gateway queue is bound to those
+keys already, so offers by distance add no binding per trip. Offers and locations
+are worth nothing later and are never written to disk; only commands and numbered
+notifications are.
 
 What must survive the loss of a broker node, and what may be lost:
 
@@ -45,6 +46,11 @@ DRIVER_OFFERS_KEY = "drivers.offers"
 LOCATIONS_WANTED_KEY = "gateways.locations"
 COMMAND_KEY_PATTERN = "command.#"
 
+# An offer to several drivers by name is one message: routed by the first's key,
+# with the others' in CC (RabbitMQ's sender-selected distribution), and each named
+# driver's distance to the pick-up in DISTANCES_HEADER (JSON: driver id -> metres).
+CC_HEADER = "CC"
+DISTANCES_HEADER = "x-distances"
 # A broadcast for only the drivers whose location is unknown to dispatch carries
 # this header with value UNLOCATED (the located ones are offered by name).
 AUDIENCE_HEADER = "x-audience"

@@ -128,5 +128,6 @@ async def test_a_coordinate_too_big_for_a_double_is_refused_and_the_socket_stays
         await cancel(ws, trip)
 
     assert error["data"]["code"] == "invalid_json", error
-    assert "infinity" in error["data"]["message"]
+    assert "finite numbers" in error["data"]["message"]
+    assert "at character" in error["data"]["message"]
     assert trip["drop_off"] == DAM

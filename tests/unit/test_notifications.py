@@ -20,6 +20,8 @@ from shared import trips
 from shared.locations import Point
 from shared.topology import (
     AUDIENCE_HEADER,
+    CC_HEADER,
+    DISTANCES_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
@@ -197,22 +199,26 @@ def requested_with_pick_up() -> Transition:
     )
 
 
-def test_drivers_chosen_by_distance_are_offered_by_name_each_with_their_distance() -> None:
+def test_drivers_chosen_by_distance_are_offered_by_name_in_one_message() -> None:
     transition = requested_with_pick_up()
     audience = Audience([(42, 120.44), (43, 870.0)], Broadcast.UNLOCATED)
 
     told = by_key(for_transition(transition, audience, OFFER_TTL))
 
-    assert set(told) == {"user.7", "user.42", "user.43", DRIVER_OFFERS_KEY}
+    assert set(told) == {"user.7", "user.42", DRIVER_OFFERS_KEY}
     trip_headers = {TRIP_HEADER: str(transition.after.id), VERSION_HEADER: "1"}
-    for key, distance in (("user.42", 120.4), ("user.43", 870.0)):
-        offer = told[key]
-        assert frame(offer)["type"] == "trip.requested"
-        assert frame(offer)["data"] == {**transition.after.payload(), "distance_m": distance}
-        # Offers by name are still offers: unnumbered, never kept, and they expire.
-        assert offer.user_id is None
-        assert offer.ttl_seconds == OFFER_TTL
-        assert offer.headers == trip_headers
+    offer = told["user.42"]
+    assert frame(offer)["type"] == "trip.requested"
+    assert frame(offer)["data"] == transition.after.payload()
+    # The others named ride along in CC; each gateway gives each its own distance.
+    assert offer.headers == {
+        **trip_headers,
+        CC_HEADER: ["user.43"],
+        DISTANCES_HEADER: '{"42":120.4,"43":870.0}',
+    }
+    # Offers by name are still offers: unnumbered, never kept, and they expire.
+    assert offer.user_id is None
+    assert offer.ttl_seconds == OFFER_TTL
     # Drivers whose location is unknown hear of it by a broadcast only for them.
     broadcast = told[DRIVER_OFFERS_KEY]
     assert frame(broadcast)["data"] == transition.after.payload()
@@ -221,15 +227,18 @@ def test_drivers_chosen_by_distance_are_offered_by_name_each_with_their_distance
 
 def test_a_taken_trip_is_withdrawn_from_everyone_it_was_offered_to_but_the_winner() -> None:
     transition = trips.accept(requested_with_pick_up().after, DRIVER, LATER)
-    audience = Audience([(42, None), (43, None)], Broadcast.UNLOCATED)
+    audience = Audience([(42, None), (43, None), (44, None)], Broadcast.UNLOCATED)
 
     told = by_key(for_transition(transition, audience, OFFER_TTL))
 
     # user.42 is the winner: told it was accepted, not that it was taken.
     assert set(told) == {"user.7", "user.42", "user.43", DRIVER_OFFERS_KEY}
     assert frame(told["user.42"])["type"] == "trip.accepted"
-    assert frame(told["user.43"])["type"] == "trip.taken"
-    assert told["user.43"].user_id is None
+    taken = told["user.43"]
+    assert frame(taken)["type"] == "trip.taken"
+    assert taken.user_id is None
+    assert taken.headers[CC_HEADER] == ["user.44"]
+    assert DISTANCES_HEADER not in taken.headers
     assert told[DRIVER_OFFERS_KEY].headers[EXCLUDE_USER_HEADER] == "42"
     assert told[DRIVER_OFFERS_KEY].headers[AUDIENCE_HEADER] == UNLOCATED
 
@@ -240,7 +249,8 @@ def test_a_wider_ring_offers_the_trip_to_the_next_drivers_only() -> None:
     sent = offers(trip, trips.EventType.REQUESTED, Audience([(44, 4100.0)]), OFFER_TTL)
 
     assert [n.routing_key for n in sent] == ["user.44"]
-    assert frame(sent[0])["data"]["distance_m"] == 4100.0
+    assert sent[0].headers[DISTANCES_HEADER] == '{"44":4100.0}'
+    assert CC_HEADER not in sent[0].headers
 
 
 def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:

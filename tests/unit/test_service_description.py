@@ -43,6 +43,7 @@ from dispatcher.notifications import Audience, Broadcast, for_refusal, for_trans
 from gateway import description
 from gateway.app import SOCKET_PATH, create_app
 from gateway.errors import HttpCode
+from gateway.offers import with_distance
 from gateway.signup import MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gateway.trips_api import MAX_PAGE_SIZE
 from gateway.websocket import MAX_SEQ
@@ -50,6 +51,7 @@ from shared import locations, trips, wire
 from shared.commands import MAX_ADDRESS_LENGTH, new_command, new_location
 from shared.locations import Location, Point, driver_location_frame
 from shared.settings import Settings
+from shared.topology import DISTANCES_HEADER
 from shared.trips import CancelReason, EventType, Status, Trip
 from shared.users import GROUPS, User
 from shared.wire import CloseCode, ErrorCode, FrameError
@@ -526,11 +528,16 @@ def test_every_trip_frame_the_workers_send_is_described() -> None:
 
 
 def test_an_offer_carries_its_distance_and_fits_the_offer_message() -> None:
-    offers = [
-        orjson.loads(notification.body)
-        for notification in for_transition(lifecycles()[0][0], AUDIENCE, offer_ttl_seconds=30)
-        if notification.user_id is None
-    ]
+    offers = []
+    for notification in for_transition(lifecycles()[0][0], AUDIENCE, offer_ttl_seconds=30):
+        if notification.user_id is not None:
+            continue
+        distances = orjson.loads(str(notification.headers.get(DISTANCES_HEADER, "{}")))
+        # As each driver named gets it from their gateway, with their own distance.
+        offers += [
+            orjson.loads(with_distance(notification.body, distance))
+            for distance in distances.values()
+        ] or [orjson.loads(notification.body)]
 
     assert {offer["data"].get("distance_m") for offer in offers} == {212.4, None}
     for offer in offers:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.notification_log import READ_BATCH, Logged
 from gateway.offers import OfferFanout
@@ -16,6 +18,8 @@ from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
 from shared.locations import Location, Point
 from shared.topology import (
     AUDIENCE_HEADER,
+    CC_HEADER,
+    DISTANCES_HEADER,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
     UNLOCATED,
@@ -186,6 +190,7 @@ class Offer:
     body: bytes
     type: str = "trip.requested"
     headers: dict[str, Any] = field(default_factory=dict)
+    routing_key: str = "drivers.offers"
 
 
 async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
@@ -392,23 +397,33 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
     tasks = await running(*writers)
     fanout = OfferFanout(users)
 
-    def offer(kind: str, version: int) -> Offer:
-        headers = {TRIP_HEADER: "trip-1", VERSION_HEADER: str(version)}
-        return Offer(f"{kind}-{version}".encode(), kind, headers)
+    def offer(kind: str, version: int, *named: int, distances: str | None = None) -> Offer:
+        headers: dict[str, Any] = {TRIP_HEADER: "trip-1", VERSION_HEADER: str(version)}
+        keys = [f"user.{driver_id}" for driver_id in named]
+        if len(keys) > 1:
+            headers[CC_HEADER] = keys[1:]
+        if distances is not None:
+            headers[DISTANCES_HEADER] = distances
+        body = f'{{"type":"{kind}","data":{{"v":{version}}}}}'.encode()
+        return Offer(body, kind, headers, keys[0])
 
-    # One version of a trip is offered by name to several drivers of one gateway.
-    fanout.to_driver(first, offer("trip.requested", 1))  # type: ignore[arg-type]
-    fanout.to_driver(second, offer("trip.requested", 1))  # type: ignore[arg-type]
-    fanout.to_driver(busy, offer("trip.requested", 1))  # type: ignore[arg-type]
-    fanout.to_driver(second, offer("trip.taken", 2))  # type: ignore[arg-type]
-    fanout.to_driver(first, offer("trip.requested", 1))  # type: ignore[arg-type]  # relayed late
+    # One message names several drivers of this gateway (and one elsewhere, 7), each
+    # with their own distance.
+    fanout.by_name(offer("trip.requested", 1, 1, 2, 3, 7, distances='{"1":50.0,"2":70.5}'))  # type: ignore[arg-type]
+    fanout.by_name(offer("trip.taken", 2, 2, 3))  # type: ignore[arg-type]
+    fanout.by_name(offer("trip.requested", 1, 1, 2))  # type: ignore[arg-type]  # relayed late
     for writer in writers:
         writer.put(Frame("end", "echo.message"))
     await settle(lambda: all(socket.sent[-1:] == ["end"] for socket in sockets.values()))
 
-    assert sockets[1].sent == ["trip.requested-1", "end"]
-    assert sockets[2].sent == ["trip.requested-1", "trip.taken-2", "end"]
-    assert sockets[3].sent == ["end"]
+    assert [orjson.loads(text) for text in sockets[1].sent[:-1]] == [
+        {"type": "trip.requested", "data": {"v": 1, "distance_m": 50.0}}
+    ]
+    assert [orjson.loads(text) for text in sockets[2].sent[:-1]] == [
+        {"type": "trip.requested", "data": {"v": 1, "distance_m": 70.5}},
+        {"type": "trip.taken", "data": {"v": 2}},
+    ]
+    assert sockets[3].sent == ["end"]  # busy
     await stop(tasks)
 
 
@@ -431,7 +446,7 @@ async def test_a_broadcast_for_the_unlocated_still_comes_after_offers_by_name_of
     fanout = OfferFanout(users)
     headers = {TRIP_HEADER: "t1", VERSION_HEADER: "1"}
 
-    fanout.to_driver(located, Offer(b"by-name", headers=headers))  # type: ignore[arg-type]
+    fanout.by_name(Offer(b"by-name", headers=headers, routing_key="user.8"))  # type: ignore[arg-type]
     fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
     fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]  # relayed
     await settle(lambda: sockets[8].sent == ["by-name"] and sockets[9].sent == ["unlocated"])
