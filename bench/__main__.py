@@ -5,6 +5,9 @@ local Postgres and RabbitMQ, the gateway and N dispatcher workers), runs the
 scenario and tears everything down; `--url` targets a running system instead.
 Results go to `<out>/<scenario>.json` and `<out>/<scenario>.md`.
 
+The city scenario (`bench.city`): 10,000 drivers reporting where they are, trips
+at random points offered by distance, then by broadcast for comparison.
+
 `--compare-with REV` runs the scenario against this working tree and against REV
 (a temporary git worktree) in the same run: steady and smoke alternate rounds
 between the two systems (results in `<scenario>-compare.*`), idle measures REV
@@ -25,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from bench.city import city, city_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.idle import idle, idle_markdown
 from bench.load import Load
@@ -38,6 +42,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "workers": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
     "idle": {"connections": [5000, 20000], "rate": 0, "seconds": 60, "racers": 0},
     "smoke": {"drivers": 6, "riders": 3, "rate": 5, "seconds": 2, "racers": 2},
+    # Riders, when not given: ten seconds' worth of requests (bench.city).
+    "city": {"drivers": 10_000, "riders": None, "rate": 100, "seconds": 60, "racers": 2},
 }
 SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
 OFFER_P99_LIMIT_MS = 100
@@ -75,9 +81,53 @@ def parse_args() -> argparse.Namespace:
         default=4,
         help="with --compare-with: rounds per system, alternating (default 4)",
     )
+    city = parser.add_argument_group("city scenario")
+    city.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=10,
+        help="city: seconds of location reports alone, before any trip (default 10)",
+    )
+    city.add_argument(
+        "--broadcast-rate",
+        type=float,
+        help="city: trips/s without a pick-up point, offered to every free driver "
+        "(default: what keeps that near 2,000 offers/s, at most --rate)",
+    )
+    city.add_argument(
+        "--broadcast-seconds",
+        type=float,
+        help="city: seconds of broadcast trips (default --seconds)",
+    )
+    city.add_argument(
+        "--report-seconds",
+        type=float,
+        default=5,
+        help="city: each driver reports its location this often (default 5)",
+    )
+    city.add_argument(
+        "--trip-seconds",
+        type=float,
+        default=1,
+        help="city: from accepted to completed, by the winning driver (default 1)",
+    )
+    city.add_argument(
+        "--drain-seconds",
+        type=float,
+        help="city: after the last request of a phase, how long its trips may take to end "
+        "(default 30)",
+    )
+    city.add_argument(
+        "--slack",
+        type=float,
+        default=1,
+        help="city: the nearest-drivers check allows the dispatcher's picture of a driver "
+        "(position, free or busy) to lag this many seconds behind what was sent (default 1)",
+    )
+    city.add_argument("--seed", type=int, default=1, help="city: the random seed (default 1)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    if args.compare_with and args.scenario in ("saturation", "workers"):
+    if args.compare_with and args.scenario in ("saturation", "workers", "city"):
         parser.error("--compare-with applies to steady, smoke and idle")
     if args.compare_with and args.url:
         parser.error("--compare-with starts both systems itself: leave out --url")
@@ -211,6 +261,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return {"scenario": "workers", "by_workers": runs, "machine": machine()}
     if args.scenario == "idle":
         return await idle(args)
+    if args.scenario == "city":
+        return await city(args)
     if args.compare_with:
         return await compare_traffic(
             args, summarise, lambda: {**broker_and_database(), "load generator": [os.getpid()]}
@@ -266,6 +318,9 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         return
     if "runs" in result:
         (out / f"{scenario}.md").write_text(idle_markdown(result))
+        return
+    if "phases" in result:
+        (out / f"{scenario}.md").write_text(city_markdown(result))
         return
     tables = [markdown_table(step) for step in result.get("steps", [])] if "steps" in result else []
     if "by_workers" in result:

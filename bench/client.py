@@ -1,11 +1,12 @@
-"""A bare WebSocket client for the idle scenario: tens of thousands of sockets that
-only stay open.
+"""A bare WebSocket client for tens of thousands of sockets: the idle scenario's,
+which only stay open, and the city scenario's, which also send and receive frames.
 
 Each is an asyncio Protocol on one transport: the upgrade handshake, then a frame
-parser that answers pings and the close handshake and counts the rest. No task,
-queue or keepalive per socket, so one load generator process holds 20,000 of them
-in a few hundred MB (the `websockets` client the traffic scenarios use keeps a
-task, buffers and a keepalive timer per connection).
+parser that answers pings and the close handshake, and hands every message to a
+callback (or only counts it). No task, queue or keepalive per socket, so one load
+generator process holds 20,000 of them in a few hundred MB (the `websockets` client
+the other traffic scenarios use keeps a task, buffers and a keepalive timer per
+connection).
 """
 
 from __future__ import annotations
@@ -15,18 +16,38 @@ import base64
 import contextlib
 import os
 import resource
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 OPEN_TIMEOUT_SECONDS = 60
 CLOSE_TIMEOUT_SECONDS = 5
 CONNECT_ATTEMPTS = 3
 
-PING, PONG, CLOSE = 0x9, 0xA, 0x8
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+FIN = 0x80
+
+
+def _masked(payload: bytes, mask: bytes) -> bytes:
+    """`payload` XOR the 4-byte `mask` repeated, as one big-integer XOR (a byte loop in
+    Python costs a microsecond a byte)."""
+    if not payload:
+        return payload
+    size = len(payload)
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
 
 
 class IdleSocket(asyncio.Protocol):
-    def __init__(self, host: str, path: str) -> None:
+    """One client socket. `on_message(payload)` receives every text or binary message
+    (reassembled if fragmented) as it arrives; without one they are only counted."""
+
+    def __init__(
+        self, host: str, path: str, on_message: Callable[[bytes], None] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
+        self.on_message = on_message
+        self._fragments: list[bytes] = []
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.frames = 0
@@ -80,8 +101,8 @@ class IdleSocket(asyncio.Protocol):
                 return
             payload = bytes(buffer[offset : offset + length])
             if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            opcode = buffer[0] & 0x0F
+                payload = _masked(payload, mask)
+            opcode, final = buffer[0] & 0x0F, bool(buffer[0] & FIN)
             del buffer[: offset + length]
             if opcode == PING:
                 self._send(PONG, payload)
@@ -92,16 +113,38 @@ class IdleSocket(asyncio.Protocol):
                     self._send(CLOSE, payload[:2])
                 if self._transport is not None:
                     self._transport.close()
-            else:
-                self.frames += 1
+            elif opcode in (TEXT, BINARY, CONTINUATION):
+                self._message(payload, final)
 
-    def _send(self, opcode: int, payload: bytes) -> None:
-        """A control frame (payload < 126 bytes), masked as every client frame must be."""
+    def _message(self, payload: bytes, final: bool) -> None:
+        if not final or self._fragments:
+            self._fragments.append(payload)
+            if not final:
+                return
+            payload = b"".join(self._fragments)
+            self._fragments.clear()
+        self.frames += 1
+        if self.on_message is not None:
+            self.on_message(payload)
+
+    def send_text(self, text: bytes) -> bool:
+        """One text message (UTF-8 `text`); whether the socket could take it."""
+        return self._send(TEXT, text)
+
+    def _send(self, opcode: int, payload: bytes) -> bool:
+        """One frame, masked as every client frame must be."""
         if self._transport is None or self._transport.is_closing():
-            return
+            return False
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        size = len(payload)
+        if size < 126:
+            header = bytes([FIN | opcode, 0x80 | size])
+        elif size < 2**16:
+            header = bytes([FIN | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            header = bytes([FIN | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+        self._transport.write(header + mask + _masked(payload, mask))
+        return True
 
     def _abort(self) -> None:
         if self._transport is not None:
@@ -125,22 +168,28 @@ class IdleSocket(asyncio.Protocol):
             self._abort()
 
 
-async def open_idle(
-    base_url: str, tokens: list[str], concurrency: int = 64
-) -> tuple[list[IdleSocket], int]:
-    """One socket per token to `<base_url>/taxi/`; the sockets opened and how many
-    could not be (after a few attempts each)."""
+SocketT = TypeVar("SocketT", bound=IdleSocket)
+
+
+async def open_sockets(
+    base_url: str,
+    tokens: list[str],
+    make: Callable[[str, str, int], SocketT],
+    concurrency: int = 64,
+) -> list[SocketT | None]:
+    """One socket per token to `<base_url>/taxi/`, in the tokens' order: socket i is
+    `make(host, path, i)`, or None if it could not be opened (after a few attempts)."""
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(token: str) -> IdleSocket | None:
+    async def one(index: int, token: str) -> SocketT | None:
         async with gate:
             for _ in range(CONNECT_ATTEMPTS):
                 with contextlib.suppress(OSError, TimeoutError):
                     _, protocol = await loop.create_connection(
-                        lambda: IdleSocket(f"{host}:{port}", f"/taxi/?token={token}"), host, port
+                        lambda: make(f"{host}:{port}", f"/taxi/?token={token}", index), host, port
                     )
                     try:
                         await asyncio.wait_for(protocol.opened, OPEN_TIMEOUT_SECONDS)
@@ -151,7 +200,17 @@ async def open_idle(
                 await asyncio.sleep(0.5)
         return None
 
-    opened = await asyncio.gather(*(one(token) for token in tokens))
+    return list(await asyncio.gather(*(one(i, token) for i, token in enumerate(tokens))))
+
+
+async def open_idle(
+    base_url: str, tokens: list[str], concurrency: int = 64
+) -> tuple[list[IdleSocket], int]:
+    """One socket per token to `<base_url>/taxi/`; the sockets opened and how many
+    could not be (after a few attempts each)."""
+    opened = await open_sockets(
+        base_url, tokens, lambda host, path, _: IdleSocket(host, path), concurrency
+    )
     sockets = [s for s in opened if s is not None]
     return sockets, len(tokens) - len(sockets)
 

@@ -1,5 +1,6 @@
 """Tiny runs of the load generator, so the benchmark tool cannot rot unnoticed: the
-traffic scenario, the same side by side with another revision, and the idle one."""
+traffic scenario, the same side by side with another revision, the idle one and the
+city one."""
 
 from __future__ import annotations
 
@@ -129,3 +130,44 @@ def test_an_idle_run_measures_what_each_connection_costs(
         assert queues["connected"]["bindings"] - queues["disconnected"]["bindings"] == 20
         assert run["rabbitmq"]["queues_left_after_clean_up"] == 0
     assert "KB per connection" in (tmp_path / "idle.md").read_text()
+
+
+def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadcast(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("city", "--drivers", "300", "--rate", "10", "--seconds", "3"),
+        *("--baseline-seconds", "1", "--broadcast-seconds", "2", "--report-seconds", "2"),
+        *("--workers", "1", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "city.json").read_text())
+
+    assert list(result["phases"]) == ["baseline", "by distance", "broadcast"]
+    near, wide = result["phases"]["by distance"], result["phases"]["broadcast"]
+    for phase in (near, wide):
+        assert phase["trips"]["requested"] > 0
+        assert phase["trips"]["lost"] == 0
+        assert phase["double_assignments"] == 0
+        assert phase["error_frames"] == {}
+        assert phase["socket_closes"] == 0
+        for name in ("first_offer", "every_offer", "assign"):
+            assert set(phase["latency_ms"][name]) == LATENCY_FIELDS | {"p95"}
+            assert phase["latency_ms"][name]["count"] > 0
+        assert phase["generator_loop_lag_ms"]["count"] > 0
+        assert {"gateway", "dispatcher-0", "rabbitmq", "load generator"} <= set(phase["processes"])
+        assert phase["server_cpu_ms_per_trip"] > 0
+    max_offers = result["parameters"]["server"]["dispatch_max_offers"]
+    assert 0 < near["offers"]["first_ring_per_trip_max"] <= max_offers
+    check = near["nearest_check"]
+    assert check["first_ring_offers_checked"] > 0
+    assert check["rank_above_max_offers"] == 0
+    assert check["beyond_radius"] == 0
+    assert check["offered_without_a_location"] == 0
+    # A trip without a pick-up point goes to every free driver.
+    assert wide["offers"]["per_trip_mean"] > max_offers
+    assert "nearest_check" not in wide
+    assert result["comparison"]["offers_per_trip"] > 1
+    assert result["gateway_memory"]["kb_per_connection"] > 0
+    assert "nearest check" in (tmp_path / "city.md").read_text()
