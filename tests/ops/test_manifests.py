@@ -838,9 +838,28 @@ def test_dockerfile_is_multi_stage_and_non_root() -> None:
     assert user.isdigit() and int(user) != 0, "a numeric non-root UID (runAsNonRoot checks it)"
 
 
+def wheel_stage() -> list[tuple[str, str]]:
+    """The stage that builds the wheels (the one running `pip wheel`)."""
+    (stage,) = [
+        stage
+        for stage in dockerfile_stages()
+        if any(name == "RUN" and "pip wheel" in args for name, args in stage)
+    ]
+    return stage
+
+
+def test_dockerfile_builds_the_map_from_the_lockfile_into_the_package() -> None:
+    map_stage = dockerfile_stages()[0]
+    copied = " ".join(args for name, args in map_stage if name == "COPY")
+    assert "client-build/package-lock.json" in copied
+    assert any(name == "RUN" and "npm ci" in args for name, args in map_stage)
+    into_build = [args for name, args in wheel_stage() if name == "COPY" and "--from=map" in args]
+    assert into_build == ["--from=map /vendor/leaflet gateway/client/vendor/leaflet"]
+
+
 def test_dockerfile_builds_the_package_from_pyproject() -> None:
     project = pyproject()
-    build = dockerfile_stages()[0]
+    build = wheel_stage()
     copied = " ".join(args for name, args in build if name == "COPY").split()
     for needed in ("pyproject.toml", project["project"]["readme"]):
         assert needed in copied, needed
