@@ -42,6 +42,19 @@ export function clearTokens() {
   localStorage.removeItem(STORAGE_KEY);
 }
 
+/** End the session on the server too (its refresh token stops working), then here. */
+export function logOut() {
+  const tokens = loadTokens();
+  clearTokens();
+  if (!tokens) return;
+  // Best effort: an unreachable server does not keep the user logged in here.
+  fetch("/api/log_out/", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh: tokens.refresh }),
+  }).catch(() => {});
+}
+
 /** The claims of a JWT (not verified: the server does that), or null if unreadable. */
 export function claims(token) {
   try {
@@ -117,7 +130,9 @@ export function refreshAccess() {
         body: JSON.stringify({ refresh: tokens.refresh }),
       });
       if (response.status === 200 && body && body.access) {
-        saveTokens({ ...tokens, access: body.access });
+        // The refresh token sent is spent: the answer brings the session's next one,
+        // and sending the spent one again would end the session.
+        saveTokens({ access: body.access, refresh: body.refresh || tokens.refresh });
         return body.access;
       }
       if (response.status === 401 || response.status === 400) throw new SessionExpired();

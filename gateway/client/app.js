@@ -11,6 +11,7 @@ import {
   listTrips,
   loadTokens,
   logIn,
+  logOut,
   signUp,
 } from "./api.js";
 import { asPoint, distanceMeters, distanceText, etaText, offset, pointText } from "./geo.js";
@@ -960,7 +961,10 @@ function main() {
   byTestId("request-form").addEventListener("submit", requestTrip);
   byTestId("use-my-location").addEventListener("click", useMyLocation);
   byTestId("share-location").addEventListener("click", startPosition);
-  byTestId("log-out").addEventListener("click", () => endSession());
+  byTestId("log-out").addEventListener("click", () => {
+    logOut();
+    endSession();
+  });
   byTestId("dismiss-error").addEventListener("click", clearError);
   window.addEventListener("hashchange", () => {
     clearError();

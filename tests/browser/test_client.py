@@ -425,13 +425,18 @@ async def test_a_stale_access_token_is_refreshed_and_log_out_forgets_it(
     await expect_live(page, "rider")
     await expect(page.get_by_test_id("rider-trip").filter(has_text=pick_up)).to_have_count(1)
     await expect(page.get_by_test_id("error-banner")).to_be_hidden()
-    stored = await page.evaluate("() => JSON.parse(localStorage.getItem('taxi.tokens')).access")
-    assert stored != forged
+    stored = await page.evaluate("() => JSON.parse(localStorage.getItem('taxi.tokens'))")
+    assert stored["access"] != forged
+    # Refresh tokens rotate: the page keeps the one the last refresh gave it.
+    assert stored["refresh"] != account.refresh
 
     await page.get_by_test_id("log-out").click()
     await expect(page.get_by_test_id("log-in-page")).to_be_visible()
     await expect(page.get_by_test_id("connection")).to_be_hidden()
     assert await page.evaluate("() => localStorage.getItem('taxi.tokens')") is None
+    # Logging out ended the session on the server too.
+    refused = await http.post("/api/token/refresh/", json={"refresh": stored["refresh"]})
+    assert refused.status_code == 401
     await page.reload()
     await expect(page.get_by_test_id("log-in-page")).to_be_visible()
 
