@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: install run bench test test-unit test-integration test-e2e migrate lint format clean \
-	clean-broker reset browser client
+.PHONY: install run cluster cluster-stop bench test test-unit test-integration test-e2e migrate \
+	lint format clean clean-broker reset browser client
 
 install: $(INSTALLED)
 
@@ -49,6 +49,30 @@ run: install client
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
+
+# The system on a three-node RabbitMQ cluster of private nodes (shared/local_cluster.py):
+# node n on AMQP port CLUSTER_AMQP_PORT + n - 1 (distribution port that + 20000), one
+# epmd of their own on CLUSTER_EPMD_PORT; two gateways on TAXI_PORT and TAXI_PORT + 1
+# and CLUSTER_WORKERS workers (Procfile.cluster), every one given all three nodes in
+# TAXI_AMQP_URL. Gateway 1's metrics are on TAXI_METRICS_PORT, worker n's on
+# TAXI_METRICS_PORT + n, gateway 2's after the workers'. Ctrl-C, or `make cluster-stop`
+# from another terminal, stops it all and removes the nodes' data.
+CLUSTER_WORKERS ?= 3
+CLUSTER_AMQP_PORT ?= 5701
+CLUSTER_EPMD_PORT ?= 4370
+CLUSTER_ARGS = --workers $(CLUSTER_WORKERS) --amqp-port $(CLUSTER_AMQP_PORT) \
+	--epmd-port $(CLUSTER_EPMD_PORT)
+
+cluster: install client
+	$(BIN)/python -m shared.local_cluster check $(CLUSTER_ARGS)
+	$(BIN)/python -m shared.migrate
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m shared.local_cluster run $(CLUSTER_ARGS) -- \
+		honcho start --procfile Procfile.cluster \
+		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
+		--concurrency dispatcher=$(CLUSTER_WORKERS),gateway=1,gateway2=1
+
+cluster-stop: install
+	$(BIN)/python -m shared.local_cluster stop $(CLUSTER_ARGS)
 
 # Remove the exchanges and queues of TAXI_BROKER_PREFIX; `reset` also drops the database.
 clean-broker: install

@@ -6,6 +6,7 @@ and nobody depends on start-up order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -84,6 +85,13 @@ class ClusterConnection(RobustConnection):
     # RobustConnection makes every attempt through this (name-mangled) method; the
     # one override that sees each attempt, first and later, without copying its loop.
     async def _RobustConnection__connect_transport(self) -> None:
+        if self.connection_attempt:
+            # A reconnection: give the cluster a moment first. Within about 0.3 s of a
+            # node's loss, RabbitMQ 3.10 refuses every publish of a channel that goes
+            # to a quorum queue whose leader it was, for good, and refuses to declare
+            # again the exclusive queues of the lost connection (RESOURCE_LOCKED);
+            # reconnecting at once to the next node lands in that window.
+            await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)
         failure: BaseException | None = None
         for _ in self._urls:
             self.url = self._urls[self._next]

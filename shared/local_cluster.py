@@ -15,6 +15,7 @@ the `rabbitmq` system user, which owns the directory.
     python -m shared.local_cluster start    # three nodes on 5701-5703; prints TAXI_AMQP_URL
     python -m shared.local_cluster stop     # stops them and removes their data
     python -m shared.local_cluster run -- COMMAND ...   # start, run COMMAND, stop
+    python -m shared.local_cluster kill 2   # kill -9 node 2; `restart 2` boots it again
 
 `run` is what `make cluster` uses: COMMAND (honcho with two gateways and the
 workers) gets TAXI_AMQP_URL naming every node; when it ends (Ctrl-C, or
@@ -234,7 +235,7 @@ class ClusterPorts:
 
     def described(self) -> list[tuple[int, str]]:
         """(port, whose) for each port the nodes and epmd listen on."""
-        described = [(self.epmd, "the cluster's epmd port")]
+        described = [(self.epmd, "the cluster's epmd")]
         for n, node in enumerate(self.nodes, 1):
             described += [
                 (node.amqp, f"RabbitMQ node {n}'s AMQP port"),
@@ -774,9 +775,29 @@ def stop(args: argparse.Namespace) -> None:
     print(f"stopped the cluster of {base} and removed its data")
 
 
+def kill_or_restart(args: argparse.Namespace) -> None:
+    """Crash one node (kill -9) or boot it again, to watch the system ride it out."""
+    base = Path(args.dir) if args.dir else default_dir(args.amqp_port)
+    cluster = LocalCluster.load(base)
+    if cluster is None:
+        sys.exit(f"no cluster in {base}: `make cluster` first")
+    if args.node is None or not 1 <= args.node <= len(cluster.nodes):
+        sys.exit(f"{args.action}: name a node, 1 to {len(cluster.nodes)}")
+    node = cluster.nodes[args.node - 1]
+    started = time.monotonic()
+    if args.action == "kill":
+        node.kill()
+        print(f"killed {node.node} (kill -9)")
+    else:
+        if node.node_running:
+            sys.exit(f"{node.node} runs already")
+        cluster.restart(args.node - 1)
+        print(f"{node.node} back in the cluster after {time.monotonic() - started:.0f}s")
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the cluster, run the command on it, and remove the cluster when it ends."""
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command: list[str] = args.command
     if not command:
         sys.exit("run: give the command to run on the cluster after --")
     settings = _settings()
@@ -822,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("start", "stop", "run", "check"))
+    parser.add_argument("action", choices=("start", "stop", "run", "check", "kill", "restart"))
+    parser.add_argument("node", nargs="?", type=int, help="kill/restart: the node, from 1")
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES)
     parser.add_argument(
         "--amqp-port",
@@ -835,8 +857,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers", type=int, default=3, help="run/check: the workers whose ports to check"
     )
     parser.add_argument("--dir", help="where the nodes keep their data (default: a temp dir)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="run: the command")
-    args = parser.parse_args(argv)
+    parser.epilog = "run: the command to run on the cluster follows --"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.command = command
     if args.action == "check":
         check(args, system=True)
     elif args.action == "start":
@@ -844,6 +869,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         start(args)
     elif args.action == "stop":
         stop(args)
+    elif args.action in ("kill", "restart"):
+        kill_or_restart(args)
     else:
         check(args, system=True)
         sys.exit(run(args))

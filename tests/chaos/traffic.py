@@ -154,11 +154,23 @@ class Traffic:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, http: httpx.AsyncClient, base_url: str | list[str], pairs: int) -> Traffic:
+    async def open(
+        cls, http: httpx.AsyncClient, base_url: str | list[str], pairs: int, *, spread: bool = False
+    ) -> Traffic:
+        """`pairs` riders and drivers, connected. With `spread` (and several gateways),
+        pair n's rider starts on gateway n and its driver on gateway n + 1 (modulo
+        their number), each falling back to the next: riders and drivers are spread
+        over the gateways alike, and every trip crosses gateways."""
+        gateways = [base_url] if isinstance(base_url, str) else base_url
         opened = []
         for index in range(pairs):
-            rider = LiveSocket(base_url, await create_account(http, "rider"))
-            driver = LiveSocket(base_url, await create_account(http, "driver"))
+            rider_urls, driver_urls = (
+                (_rotated(gateways, index), _rotated(gateways, index + 1))
+                if spread
+                else (gateways, gateways)
+            )
+            rider = LiveSocket(rider_urls, await create_account(http, "rider"))
+            driver = LiveSocket(driver_urls, await create_account(http, "driver"))
             await rider.start()
             await driver.start()
             opened.append(Pair(index, rider, driver))
@@ -169,10 +181,14 @@ class Traffic:
             await pair.rider.stop()
             await pair.driver.stop()
 
-    async def run(self, trips_per_pair: int) -> None:
+    async def run(self, trips_per_pair: int, pause_seconds: float = 0.0) -> None:
+        """Every pair goes through `trips_per_pair` trips, one after another, resting
+        `pause_seconds` between two (a burst that lasts, at a rate one can tell)."""
         await asyncio.wait_for(
-            asyncio.gather(*(self._drive(pair, trips_per_pair) for pair in self.pairs)),
-            TRIP_DEADLINE_SECONDS * 3,
+            asyncio.gather(
+                *(self._drive(pair, trips_per_pair, pause_seconds) for pair in self.pairs)
+            ),
+            TRIP_DEADLINE_SECONDS * 3 + trips_per_pair * pause_seconds,
         )
 
     async def wait_until_completed(self, count: int) -> None:
@@ -180,8 +196,10 @@ class Traffic:
             self.progress.clear()
             await self.progress.wait()
 
-    async def _drive(self, pair: Pair, trips: int) -> None:
+    async def _drive(self, pair: Pair, trips: int, pause_seconds: float = 0.0) -> None:
         for number in range(trips):
+            if number and pause_seconds:
+                await asyncio.sleep(pause_seconds)
             label = f"pair {pair.index} trip {number}"
             trip_id = await self._request(pair, label, f"pair-{pair.index}-trip-{number}")
             pair.trips[label] = trip_id
@@ -252,6 +270,11 @@ class Traffic:
         except httpx.TransportError:
             return None
         return response if response.status_code == 200 else None
+
+
+def _rotated(items: list[str], by: int) -> list[str]:
+    by %= len(items)
+    return items[by:] + items[:by]
 
 
 @dataclass

@@ -70,6 +70,7 @@ EXPECTED_FILES = frozenset(
         "rabbitmq-policies.yaml",
         "gateway.yaml",
         "dispatcher.yaml",
+        "rabbitmq.yaml",
     }
 )
 KEDA_SCHEMA_FILES = {
@@ -672,6 +673,162 @@ def test_policy_job_fails_when_the_broker_refuses(
     assert "HTTP 401" in result.stderr
 
 
+# --- Kubernetes: the three-node RabbitMQ cluster ---------------------------------------
+
+RABBITMQ = "taxi-rabbitmq"
+RABBITMQ_NODES_SERVICE = "taxi-rabbitmq-nodes"
+RABBITMQ_SECRET = "taxi-rabbitmq-cluster"
+
+
+def rabbitmq_conf(text: str) -> dict[str, str]:
+    """rabbitmq.conf's `key = value` lines (sysctl format)."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if line.strip() and "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
+
+
+def rabbitmq_pod_labels() -> dict[str, str]:
+    labels: dict[str, str] = find("StatefulSet", RABBITMQ)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_rabbitmq_is_three_nodes_that_find_each_other_through_a_headless_service() -> None:
+    nodes = find("StatefulSet", RABBITMQ)
+    spec = nodes["spec"]
+    # Quorum queues serve while a majority runs: three nodes survive the loss of one.
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    labels = rabbitmq_pod_labels()
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    gateway_labels = find("Deployment", GATEWAY)["spec"]["template"]["metadata"]["labels"]
+    assert not spec["selector"]["matchLabels"].items() <= gateway_labels.items()
+    headless = find("Service", spec["serviceName"])
+    assert spec["serviceName"] == RABBITMQ_NODES_SERVICE
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True, "booting nodes must be found"
+    assert headless["spec"]["selector"].items() <= labels.items()
+    container = only_container(nodes)
+    for port in headless["spec"]["ports"]:
+        container_port(container, port["targetPort"])
+    names = {port["name"] for port in headless["spec"]["ports"]}
+    assert {"epmd", "cluster-rpc"} <= names
+    config = find("ConfigMap", "taxi-rabbitmq-config")["data"]
+    conf = rabbitmq_conf(config["rabbitmq.conf"])
+    assert conf["cluster_formation.peer_discovery_backend"] == "rabbit_peer_discovery_k8s"
+    assert "rabbitmq_peer_discovery_k8s" in config["enabled_plugins"]
+    assert conf["cluster_formation.k8s.service_name"] == RABBITMQ_NODES_SERVICE
+    suffix = f".{RABBITMQ_NODES_SERVICE}.{NAMESPACE}.svc.cluster.local"
+    assert conf["cluster_formation.k8s.hostname_suffix"] == suffix
+    env = {item["name"]: item for item in container["env"]}
+    assert env["RABBITMQ_NODENAME"]["value"] == f"rabbit@$(MY_POD_NAME){suffix}"
+    assert env["RABBITMQ_USE_LONGNAME"]["value"] == "true"
+    assert env["MY_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # A network split pauses the minority rather than letting two halves diverge.
+    assert conf["cluster_partition_handling"] == "pause_minority"
+    mounted = {
+        mount["mountPath"]: mount["subPath"]
+        for mount in container["volumeMounts"]
+        if mount["name"] == "config"
+    }
+    assert set(mounted.values()) == set(config)
+    assert mounted["/etc/rabbitmq/enabled_plugins"] == "enabled_plugins"
+    assert next(iter(spec["volumeClaimTemplates"]))["metadata"]["name"] in {
+        mount["name"] for mount in container["volumeMounts"]
+    }
+
+
+def test_rabbitmq_peer_discovery_may_read_the_endpoints_and_nothing_else() -> None:
+    pod = pod_spec(find("StatefulSet", RABBITMQ))
+    account = pod["serviceAccountName"]
+    find("ServiceAccount", account)
+    assert pod["automountServiceAccountToken"] is True
+    binding = find("RoleBinding", "taxi-rabbitmq-peer-discovery")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    role = find("Role", binding["roleRef"]["name"])
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert ("endpoints", "get") in granted
+    assert granted <= {("endpoints", "get"), ("events", "create")}
+
+
+def test_rabbitmq_loses_at_most_one_node_at_a_time_and_never_two_on_one_machine() -> None:
+    nodes = find("StatefulSet", RABBITMQ)
+    replicas = nodes["spec"]["replicas"]
+    budget = find("PodDisruptionBudget", RABBITMQ)["spec"]
+    assert budget["selector"]["matchLabels"].items() <= rabbitmq_pod_labels().items()
+    assert replicas - budget["maxUnavailable"] > replicas // 2, "a majority must stay up"
+    (term,) = pod_spec(nodes)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= rabbitmq_pod_labels().items()
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    match = re.fullmatch(r"([\d.]+)\s*([A-Za-z]*)", quantity)
+    assert match, quantity
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def test_rabbitmq_blocks_publishers_before_its_memory_limit() -> None:
+    container = only_container(find("StatefulSet", RABBITMQ))
+    limit = mebibytes(container["resources"]["limits"]["memory"])
+    assert (
+        container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    )
+    conf = rabbitmq_conf(find("ConfigMap", "taxi-rabbitmq-config")["data"]["rabbitmq.conf"])
+    watermark = mebibytes(conf["vm_memory_high_watermark.absolute"])
+    assert watermark <= 0.7 * limit, "the broker's own garbage collection needs headroom"
+
+
+def test_rabbitmq_pods_meet_the_restricted_pod_security_standard() -> None:
+    pod = pod_spec(find("StatefulSet", RABBITMQ))
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["limits"]["memory"]
+
+
+def test_the_processes_reach_the_cluster_through_its_service() -> None:
+    service = find("Service", RABBITMQ)
+    assert service["spec"]["selector"].items() <= rabbitmq_pod_labels().items()
+    ports = {port["name"]: port["port"] for port in service["spec"]["ports"]}
+    container = only_container(find("StatefulSet", RABBITMQ))
+    for port in service["spec"]["ports"]:
+        container_port(container, port["targetPort"])
+    host = f"{RABBITMQ}.{NAMESPACE}.svc.cluster.local"
+    cluster = secret_data(RABBITMQ_SECRET)
+    assert set(cluster) == {
+        "RABBITMQ_DEFAULT_USER",
+        "RABBITMQ_DEFAULT_PASS",
+        "RABBITMQ_ERLANG_COOKIE",
+    }
+    env = container["env"]
+    refs = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for item in env
+        if "valueFrom" in item and "secretKeyRef" in item["valueFrom"]
+    }
+    assert refs == set(cluster)
+    for url, port in (
+        (production_settings().amqp_urls[0], ports["amqp"]),
+        (secret_data("taxi-rabbitmq-admin")["RABBITMQ_MANAGEMENT_URL"], ports["management"]),
+    ):
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) == (host, port), url
+        assert parts.username == cluster["RABBITMQ_DEFAULT_USER"], url
+
+
 # --- docker compose --------------------------------------------------------------------
 
 
@@ -737,6 +894,31 @@ def test_compose_runs_the_whole_system() -> None:
     assert services["migrate"]["command"] == ["taxi-migrate"]
     assert services["gateway"]["command"] == ["taxi-gateway"]
     assert services["dispatcher"]["command"][0] == "taxi-dispatcher"
+
+
+def test_compose_runs_a_three_node_rabbitmq_cluster_the_processes_list() -> None:
+    services = compose()["services"]
+    nodes = [name for name in services if name == "rabbitmq" or name.startswith("rabbitmq-")]
+    assert nodes == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    config = compose()["configs"]["rabbitmq-cluster"]["content"]
+    conf = rabbitmq_conf(config)
+    assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = sorted(v for k, v in conf.items() if k.startswith("cluster_formation.classic_"))
+    assert listed == [f"rabbit@{services[name]['hostname']}" for name in nodes]
+    cookies = {compose_env(name)["RABBITMQ_ERLANG_COOKIE"] for name in nodes}
+    assert len(cookies) == 1 and "" not in cookies, "one cookie for every node"
+    volumes = [services[name]["volumes"][0].split(":")[0] for name in nodes]
+    assert len(set(volumes)) == len(nodes), "a data volume of its own for each node"
+    for name in nodes:
+        assert services[name]["configs"][0]["source"] == "rabbitmq-cluster"
+        assert compose_env(name) == compose_env("rabbitmq")
+    urls = Settings.from_env(compose_env("gateway")).amqp_urls
+    assert [urlsplit(url).hostname for url in urls] == [
+        services[name]["hostname"] for name in nodes
+    ]
+    for name in taxi_services():
+        if name != "migrate":
+            assert set(services[name]["depends_on"]) >= set(nodes), name
 
 
 def test_compose_start_order_uses_health_and_completion() -> None:
