@@ -538,9 +538,35 @@ class LocalCluster(PrivateServer):
         self.nodes[index].kill()
 
     def restart(self, index: int) -> None:
-        """Boot node `index` again on its data; return once it is back in the cluster."""
+        """Boot node `index` again on its data; return once it is back in the cluster
+        and every quorum queue has it as a member online again: only then may another
+        node go without the queues losing their majority."""
         self.nodes[index].boot()
         self.wait_until_clustered()
+        wait_until(self.quorum_queues_whole, "every quorum queue with all its members online")
+
+    def quorum_queues_whole(self) -> bool:
+        """Whether every quorum queue has all of its members online."""
+        for node in self.nodes:
+            if node.node_running and port_open(node.port):
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired, ValueError):
+                    queues = json.loads(
+                        node.ctl(
+                            "list_queues",
+                            "name",
+                            "type",
+                            "members",
+                            "online",
+                            "--formatter",
+                            "json",
+                        )
+                    )
+                    return all(
+                        set(queue.get("online") or []) == set(queue.get("members") or [])
+                        for queue in queues
+                        if queue.get("type") == "quorum"
+                    )
+        return False
 
     def running_nodes(self) -> set[str]:
         """The nodes the cluster counts as running, as a running member reports them."""
