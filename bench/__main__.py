@@ -6,7 +6,11 @@ scenario and tears everything down; `--url` targets a running system instead.
 Results go to `<out>/<scenario>.json` and `<out>/<scenario>.md`.
 
 The city scenario (`bench.city`): 10,000 drivers reporting where they are, trips
-at random points offered by distance, then by broadcast for comparison.
+at random points offered by distance, then by broadcast for comparison; riders on a
+trip receive their driver's position (`driver.location`), timed from the report.
+
+The cluster scenario (`bench.cluster`): steady traffic on one private RabbitMQ node
+and on a three-node cluster in the same run, as ratios; then nodes killed under it.
 
 `--compare-with REV` runs the scenario against this working tree and against REV
 (a temporary git worktree) in the same run: steady and smoke alternate rounds
@@ -29,6 +33,7 @@ from typing import Any
 import psutil
 
 from bench.city import city, city_markdown
+from bench.cluster import cluster, cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.idle import idle, idle_markdown
 from bench.load import Load
@@ -42,8 +47,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "workers": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 15, "racers": 3},
     "idle": {"connections": [5000, 20000], "rate": 0, "seconds": 60, "racers": 0},
     "smoke": {"drivers": 6, "riders": 3, "rate": 5, "seconds": 2, "racers": 2},
-    # Riders, when not given: ten seconds' worth of requests (bench.city).
+    # Riders, when not given: enough for a trip's length and ten seconds more of
+    # requests (bench.city).
     "city": {"drivers": 10_000, "riders": None, "rate": 100, "seconds": 60, "racers": 2},
+    # Steady's traffic, on one private RabbitMQ node and on a cluster of three (bench.cluster).
+    "cluster": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 60, "racers": 3},
 }
 SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
 OFFER_P99_LIMIT_MS = 100
@@ -108,8 +116,9 @@ def parse_args() -> argparse.Namespace:
     city.add_argument(
         "--trip-seconds",
         type=float,
-        default=1,
-        help="city: from accepted to completed, by the winning driver (default 1)",
+        default=12,
+        help="city: from accepted to completed, by the winning driver, who keeps "
+        "reporting meanwhile: its rider gets its position (default 12)",
     )
     city.add_argument(
         "--drain-seconds",
@@ -125,12 +134,49 @@ def parse_args() -> argparse.Namespace:
         "(position, free or busy) to lag this many seconds behind what was sent (default 1)",
     )
     city.add_argument("--seed", type=int, default=1, help="city: the random seed (default 1)")
+    on_cluster = parser.add_argument_group("cluster scenario (--rounds: rounds per system)")
+    on_cluster.add_argument(
+        "--gateways", type=int, default=2, help="cluster: gateways of each system (default 2)"
+    )
+    on_cluster.add_argument(
+        "--kills",
+        type=int,
+        default=3,
+        help="cluster: times the node gateway 1 is on is killed mid-traffic (default 3; 0: none)",
+    )
+    on_cluster.add_argument(
+        "--recovery-seconds",
+        type=float,
+        default=30,
+        help="cluster: the window measured after each kill, and before it; the node is "
+        "booted again at its end (default 30)",
+    )
+    on_cluster.add_argument(
+        "--city-drivers",
+        type=int,
+        default=2000,
+        help="cluster: drivers of the reduced city run on each (default 2000; 0: no city run)",
+    )
+    on_cluster.add_argument(
+        "--city-rate",
+        type=float,
+        default=10,
+        help="cluster: the city run's trips/s by distance (default 10)",
+    )
+    on_cluster.add_argument(
+        "--city-seconds",
+        type=float,
+        default=30,
+        help="cluster: the city run's seconds by distance, and by broadcast (default 30)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    if args.compare_with and args.scenario in ("saturation", "workers", "city"):
+    if args.compare_with and args.scenario in ("saturation", "workers", "city", "cluster"):
         parser.error("--compare-with applies to steady, smoke and idle")
     if args.compare_with and args.url:
         parser.error("--compare-with starts both systems itself: leave out --url")
+    if args.url and args.scenario == "cluster":
+        parser.error("cluster starts its RabbitMQ nodes and both systems itself: leave out --url")
     for name, default in SCENARIOS[args.scenario].items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -263,6 +309,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return await idle(args)
     if args.scenario == "city":
         return await city(args)
+    if args.scenario == "cluster":
+        return await cluster(args, summarise)
     if args.compare_with:
         return await compare_traffic(
             args, summarise, lambda: {**broker_and_database(), "load generator": [os.getpid()]}
@@ -313,6 +361,9 @@ def results_name(args: argparse.Namespace) -> str:
 def write(result: dict[str, Any], out: Path, scenario: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{scenario}.json").write_text(json.dumps(result, indent=2))
+    if "failover" in result:
+        (out / f"{scenario}.md").write_text(cluster_markdown(result))
+        return
     if "compare" in result:
         (out / f"{scenario}.md").write_text(compare_markdown(result))
         return

@@ -23,7 +23,9 @@ The run, on one driver population, after every driver has reported once:
 Each phase waits until its every trip has an outcome (or `--drain-seconds`). An offer
 is taken by the first `--racers` free drivers who see it (the rest are told it was
 taken); the winner moves it STARTED -> IN_PROGRESS -> COMPLETED over `--trip-seconds`
-and is free again.
+(12 by default: two or three reports) and is free again. Drivers report all along,
+on a trip too, and the trip's rider receives each of those reports as
+`driver.location` (PROTOCOL C3, "Live tracking").
 
 Measured per phase: offer latency (request sent -> first offer of the trip, and the
 same for every offer), assign latency (first accept sent -> the rider's
@@ -45,6 +47,18 @@ that instant), and which of its driver's reports each offer's `distance_m` match
 how much older it was than the driver's latest report before the request, and how
 often a newer one had been sent over `--slack` before the request (the dispatcher's
 picture lagging that far).
+
+Live tracking, per phase: every `driver.location` a rider receives is matched, by
+trip and position, to the report of the trip's driver it carries (the latest one
+with that position sent before it arrived). Location-to-rider latency runs from the
+generator sending that `update.location` to the rider receiving it, for the reports
+sent once the driver had its `trip.accepted`; the one the gateway sends when the
+trip is accepted (the driver's position then, reported earlier) is counted apart.
+As correctness figures: frames for a trip that is not the rider's, or whose position
+is no report of the trip's driver, or that arrive after the rider's `trip.completed`
+(or `trip.cancelled`), all of which must be 0; and, for information, the reports
+sent while under way (from the driver's `trip.accepted` until it sent COMPLETED)
+that never reached the rider.
 
 Also per phase: the whole machine's CPU and any other process busy meanwhile (this
 machine is shared), the generator's GC pauses; from the baseline, the CPU one
@@ -111,6 +125,7 @@ SPARE_FILES = 200
 SETTLE_SECONDS = 3
 OFFER_P99_LIMIT_MS = 100
 ASSIGN_P99_LIMIT_MS = 100
+LOCATION_P99_LIMIT_MS = 100
 KB_PER_CONNECTION_LIMIT = 30
 TARGET_DRIVERS = 10_000
 TARGET_RATE = 100
@@ -267,6 +282,19 @@ class Fleet:
         k = bisect.bisect_right(self.times[i], at)
         return self.points[i][k - 1] if k else None
 
+    def sent_with(self, i: int, point: tuple[float, float], until: float) -> float | None:
+        """When driver i sent its last report of exactly `point` by `until`, or None."""
+        end = bisect.bisect_right(self.times[i], until)
+        for k in range(end - 1, -1, -1):
+            if self.points[i][k] == point:
+                return self.times[i][k]
+        return None
+
+    def sent_between(self, i: int, start: float, end: float) -> list[float]:
+        """When driver i sent its reports in [start, end)."""
+        times = self.times[i]
+        return times[bisect.bisect_left(times, start) : bisect.bisect_left(times, end)]
+
     def steady(self, i: int, start: float, end: float) -> bool | None:
         """True if driver i was free all through [start, end], False if busy all through,
         None if it changed meanwhile."""
@@ -340,6 +368,21 @@ class CityTrip:
     assigned_at: float | None = None
     outcome: str | None = None
     closed: bool = False
+    # Live tracking: when each winner's trip.accepted arrived, when the winner sent
+    # COMPLETED, when the rider was told the trip ended.
+    driver_accepted_at: dict[int, float] = field(default_factory=dict)
+    completed_sent_at: float | None = None
+    ended_at: float | None = None
+
+
+class LiveFrame(NamedTuple):
+    """A `driver.location` a rider received: (rider, its trip_id, lat, lng, when)."""
+
+    rider: int
+    trip_id: Any
+    lat: Any
+    lng: Any
+    at: float
 
 
 @dataclass(eq=False)
@@ -359,6 +402,7 @@ class Phase:
     full_trip_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     frames: Counter[str] = field(default_factory=Counter)
+    live: list[LiveFrame] = field(default_factory=list)
     lost_races: int = 0
     retries: int = 0
     duplicate_offers: int = 0
@@ -643,6 +687,8 @@ class City:
 
     def _send_update(self, driver: int, trip: CityTrip, status: str) -> None:
         if trip.id is not None:
+            if status == "COMPLETED" and trip.completed_sent_at is None:
+                trip.completed_sent_at = time.perf_counter()
             request_id = f"{trip.key}-{driver}-{status}"
             frame = {
                 "type": "update.trip",
@@ -675,6 +721,7 @@ class City:
                 self.fleet.set_free(driver, True, now)
         elif kind == "trip.accepted":
             trip.winners.add(driver)
+            trip.driver_accepted_at.setdefault(driver, now)
             trip.closed = True
             self._loop.call_later(
                 self.args.trip_seconds / 2, self._send_update, driver, trip, "IN_PROGRESS"
@@ -731,6 +778,13 @@ class City:
         kind = frame.get("type")
         data = frame.get("data")
         self.phase.frames[f"rider {kind}"] += 1
+        if kind == "driver.location":
+            data = data if isinstance(data, dict) else {}
+            trip_id = data.get("trip_id")
+            located = self.by_id.get(trip_id) if isinstance(trip_id, str) else None
+            phase = self.phases.get(located.phase, self.phase) if located else self.phase
+            phase.live.append(LiveFrame(rider, trip_id, data.get("lat"), data.get("lng"), now))
+            return
         if kind == "error":
             data = data if isinstance(data, dict) else {}
             code = data.get("code")
@@ -767,6 +821,7 @@ class City:
             return
         trip.outcome = outcome
         trip.closed = True
+        trip.ended_at = now
         phase = self.phases[trip.phase]
         phase.open_trips -= 1
         if phase.open_trips == 0 and phase.sending_ended_at:
@@ -802,7 +857,7 @@ class City:
             print(
                 f"[{phase.name}] requested {len(phase.trips)} ended {ended}"
                 f" offers {len(phase.offer_ms)} (recent first-offer p99 {p99})"
-                f" locations {phase.locations_sent}"
+                f" locations {phase.locations_sent} to riders {len(phase.live)}"
                 f" errors {sum(phase.errors.values())} retries {phase.retries}"
                 f" loop lag max {max(recent, default=0):.0f}ms",
                 file=sys.stderr,
@@ -949,6 +1004,98 @@ class City:
         end = trip.first_offer_at + self.widen_seconds / 2
         return {driver: at for driver, at in trip.offers.items() if at < end}
 
+    # --- live tracking ------------------------------------------------------------
+
+    def live_tracking(self, phase: Phase) -> dict[str, Any]:
+        """The phase's `driver.location` frames against the generator's record: how
+        long each report took to reach the trip's rider, and any that reached a rider
+        who is not on the trip, carried no report of the trip's driver, or came after
+        the trip ended."""
+        fleet = self.fleet
+        latency_ms: list[float] = []
+        foreign = unmatched = after_end = before_accepted = at_acceptance = duplicates = 0
+        delivered: set[tuple[int, float]] = set()
+        per_trip: Counter[str] = Counter()
+        examples: list[dict[str, Any]] = []
+        for frame in phase.live:
+            trip = self.by_id.get(frame.trip_id) if isinstance(frame.trip_id, str) else None
+            if trip is None or trip.rider != frame.rider:
+                foreign += 1
+                if len(examples) < 5:
+                    examples.append({"why": "not the rider's trip", "trip_id": frame.trip_id})
+                continue
+            assert trip.id is not None
+            per_trip[trip.id] += 1
+            if trip.ended_at is not None and frame.at > trip.ended_at:
+                after_end += 1
+                if len(examples) < 5:
+                    examples.append(
+                        {
+                            "why": "after the trip ended",
+                            "trip_id": trip.id,
+                            "late_ms": round((frame.at - trip.ended_at) * 1000, 1),
+                        }
+                    )
+            if trip.assigned_at is None or frame.at < trip.assigned_at:
+                before_accepted += 1
+            match = None
+            for driver, accepted_at in trip.driver_accepted_at.items():
+                sent_at = fleet.sent_with(driver, (frame.lat, frame.lng), frame.at)
+                if sent_at is not None:
+                    match = (driver, sent_at, accepted_at)
+                    break
+            if match is None:
+                unmatched += 1
+                if len(examples) < 5:
+                    examples.append(
+                        {
+                            "why": "no report of the trip's driver",
+                            "trip_id": trip.id,
+                            "position": [frame.lat, frame.lng],
+                        }
+                    )
+                continue
+            driver, sent_at, accepted_at = match
+            if (driver, sent_at) in delivered:
+                duplicates += 1
+                continue
+            delivered.add((driver, sent_at))
+            if sent_at < accepted_at:
+                at_acceptance += 1  # where the driver was at acceptance, sent earlier
+            else:
+                latency_ms.append((frame.at - sent_at) * 1000)
+        # Reports sent under way (the driver had its trip.accepted and had not sent
+        # COMPLETED) by trips that completed: each should have reached the rider.
+        expected = missed = 0
+        trips_under_way = 0
+        for trip in phase.trips:
+            if trip.outcome != "completed" or not trip.driver_accepted_at:
+                continue
+            trips_under_way += 1
+            end = trip.completed_sent_at or trip.ended_at or math.inf
+            for driver, accepted_at in trip.driver_accepted_at.items():
+                for sent_at in fleet.sent_between(driver, accepted_at, end):
+                    expected += 1
+                    missed += (driver, sent_at) not in delivered
+        frames = [per_trip.get(t.id or "", 0) for t in phase.trips if t.driver_accepted_at]
+        return {
+            "location_to_rider_ms": latency(latency_ms),
+            "frames": len(phase.live),
+            "at_acceptance": at_acceptance,
+            "trips_with_a_driver": trips_under_way,
+            "trips_with_frames": sum(1 for n in frames if n),
+            "frames_per_trip_mean": round(sum(frames) / len(frames), 2) if frames else None,
+            "reports_under_way": expected,
+            "reports_under_way_not_delivered": missed,
+            "duplicates": duplicates,
+            "to_a_rider_not_on_the_trip": foreign,
+            "matching_no_report_of_the_trips_driver": unmatched,
+            "after_the_trip_ended": after_end,
+            "before_the_riders_trip_accepted": before_accepted,
+            "wrong": foreign + unmatched + after_end,
+            "examples": examples,
+        }
+
     # --- the figures of a phase -----------------------------------------------
 
     def summary(self, phase: Phase) -> dict[str, Any]:
@@ -1003,6 +1150,7 @@ class City:
             "machine_cpu_busy_percent": phase.machine_busy_percent,
             "busiest_other_processes": phase.others,
         }
+        result["live_tracking"] = self.live_tracking(phase)
         if phase.with_pick_up:
             result["nearest_check"] = self.check(phase)
         return result
@@ -1070,7 +1218,8 @@ SERVER_PROCESSES = ("gateway", "dispatcher", "rabbitmq", "postgres (this system)
 
 async def city(args: argparse.Namespace) -> dict[str, Any]:
     if args.riders is None:
-        args.riders = max(20, int(args.rate * 10))
+        # Each rider is busy for a trip's length and the wait for a driver.
+        args.riders = max(20, int(args.rate * (args.trip_seconds + 10)))
     if args.broadcast_rate is None:
         args.broadcast_rate = round(
             min(args.rate, BROADCAST_OFFERS_PER_SECOND / max(1, args.drivers)), 3
@@ -1304,6 +1453,8 @@ def _targets(result: dict[str, Any], max_offers: int) -> list[dict[str, Any]]:
 
     first_p99 = near["latency_ms"]["first_offer"]["p99"]
     assign_p99 = near["latency_ms"]["assign"]["p99"]
+    live = near["live_tracking"]
+    live_p99 = live["location_to_rider_ms"]["p99"]
     ring_max = near["offers"]["first_ring_per_trip_max"]
     kb = result["gateway_memory"]["kb_per_connection"]
     connected = result["setup"]["sockets_opened"] - params["riders"]
@@ -1331,6 +1482,18 @@ def _targets(result: dict[str, Any], max_offers: int) -> list[dict[str, Any]]:
             assign_p99,
             f"<= {ASSIGN_P99_LIMIT_MS}",
             at_most(assign_p99, ASSIGN_P99_LIMIT_MS),
+        ),
+        target(
+            "location -> rider p99 (ms, update.location sent -> driver.location received)",
+            live_p99,
+            f"<= {LOCATION_P99_LIMIT_MS}",
+            at_most(live_p99, LOCATION_P99_LIMIT_MS),
+        ),
+        target(
+            "driver.location to a rider not on the trip, or after it ended",
+            live["wrong"],
+            "0",
+            live["wrong"] == 0,
         ),
         target(
             "offers per trip in the first ring (max)",
@@ -1428,6 +1591,39 @@ def city_markdown(result: dict[str, Any]) -> str:
         row("rider notified ms p50 / p95 / p99 / max", lat("rider_notified")),
         row("**assign ms** p50 / p95 / p99 / max", lat("assign")),
         row("full trip ms p50 / p99", lat("full_trip", ("p50", "p99"))),
+        row(
+            "**location -> rider ms** (update.location sent -> driver.location received) "
+            "p50 / p95 / p99 / max (count)",
+            _live_latency_cell,
+        ),
+        row(
+            "driver.location frames: in all / at acceptance (position reported before); "
+            "trips with a driver / with frames; frames per trip (mean)",
+            lambda p: (
+                f"{p['live_tracking']['frames']} / {p['live_tracking']['at_acceptance']}; "
+                f"{p['live_tracking']['trips_with_a_driver']} / "
+                f"{p['live_tracking']['trips_with_frames']}; "
+                f"{p['live_tracking']['frames_per_trip_mean']}"
+            ),
+        ),
+        row(
+            "reports sent under way / not delivered to the rider; delivered twice",
+            lambda p: (
+                f"{p['live_tracking']['reports_under_way']} / "
+                f"{p['live_tracking']['reports_under_way_not_delivered']}; "
+                f"{p['live_tracking']['duplicates']}"
+            ),
+        ),
+        row(
+            "**driver.location wrong**: to a rider not on the trip / matching no report of "
+            "the trip's driver / after the trip ended (before the rider's trip.accepted)",
+            lambda p: (
+                f"**{p['live_tracking']['to_a_rider_not_on_the_trip']}** / "
+                f"**{p['live_tracking']['matching_no_report_of_the_trips_driver']}** / "
+                f"**{p['live_tracking']['after_the_trip_ended']}** "
+                f"({p['live_tracking']['before_the_riders_trip_accepted']})"
+            ),
+        ),
         row("offers per trip (mean)", lambda p: p["offers"]["per_trip_mean"]),
         row(
             "first-ring offers per trip mean / max",
@@ -1544,6 +1740,13 @@ def city_markdown(result: dict[str, Any]) -> str:
         f"{setup['seconds_to_open']} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _live_latency_cell(phase: dict[str, Any]) -> str:
+    stats = phase["live_tracking"]["location_to_rider_ms"]
+    if not stats["count"]:
+        return "-"
+    return " / ".join(str(stats[k]) for k in ("p50", "p95", "p99", "max")) + f" ({stats['count']})"
 
 
 def _position_used_cell(phase: dict[str, Any]) -> str:

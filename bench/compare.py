@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -68,32 +68,19 @@ async def compare_traffic(
             shared = shared_pids()
             # Postgres work each system causes: the backends of its own database.
             backends = {side: await systems[side].database_pids() for side in SIDES}
-            elapsed = dict.fromkeys(SIDES, 0.0)
-            usage: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-            order: list[str] = []
-            for number in range(rounds):
-                for side in SIDES if number % 2 == 0 else SIDES[::-1]:
-                    print(
-                        f"round {number + 1}/{rounds}: {side} ({labels[side]}), "
-                        f"{args.rate} requests/s for {per_round:g}s",
-                        file=sys.stderr,
-                    )
-                    monitor = ResourceMonitor()
-                    for name, pids in {
-                        **systems[side].pids(),
-                        **shared,
-                        "postgres backends of this system": backends[side],
-                    }.items():
-                        monitor.watch(name, pids)
-                    monitor.start()
-                    started = time.perf_counter()
-                    try:
-                        await loads[side].run(args.rate, per_round)
-                    finally:
-                        took = time.perf_counter() - started
-                        elapsed[side] += took
-                        usage[side].append({"seconds": took, "processes": monitor.stop()})
-                    order.append(side)
+            elapsed, usage, order = await alternate_rounds(
+                loads,
+                SIDES,
+                rounds,
+                per_round,
+                args.rate,
+                lambda side: {
+                    **systems[side].pids(),
+                    **shared,
+                    "postgres backends of this system": backends[side],
+                },
+                lambda side: f"{side} ({labels[side]})",
+            )
             results = {}
             for side in SIDES:
                 result = summarise(args, loads[side], elapsed[side], merge_usage(usage[side]))
@@ -226,3 +213,40 @@ def compare_markdown(result: dict[str, Any]) -> str:
 
 def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
+
+
+async def alternate_rounds(
+    loads: Mapping[str, Load],
+    sides: Sequence[str],
+    rounds: int,
+    per_round: float,
+    rate: float,
+    watched: Callable[[str], Mapping[str, list[int]]],
+    label: Callable[[str], str],
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]], list[str]]:
+    """Run each side's load for `rounds` rounds of `per_round` seconds, alternating the
+    order every round (a b b a a b ...), so drift over the run weighs on both sides
+    alike; watch each side's processes (`watched`) while its load runs. Return the
+    seconds each side ran, its per-round process usage, and the order of the rounds."""
+    elapsed = dict.fromkeys(sides, 0.0)
+    usage: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    order: list[str] = []
+    for number in range(rounds):
+        for side in sides if number % 2 == 0 else sides[::-1]:
+            print(
+                f"round {number + 1}/{rounds}: {label(side)}, {rate} requests/s for {per_round:g}s",
+                file=sys.stderr,
+            )
+            monitor = ResourceMonitor()
+            for name, pids in watched(side).items():
+                monitor.watch(name, pids)
+            monitor.start()
+            started = time.perf_counter()
+            try:
+                await loads[side].run(rate, per_round)
+            finally:
+                took = time.perf_counter() - started
+                elapsed[side] += took
+                usage[side].append({"seconds": took, "processes": monitor.stop()})
+            order.append(side)
+    return elapsed, usage, order

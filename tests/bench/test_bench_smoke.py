@@ -1,6 +1,6 @@
 """Tiny runs of the load generator, so the benchmark tool cannot rot unnoticed: the
-traffic scenario, the same side by side with another revision, the idle one and the
-city one."""
+traffic scenario, the same side by side with another revision, the idle one, the
+city one and the cluster one."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
         project_root,
         *("city", "--drivers", "300", "--rate", "10", "--seconds", "3"),
         *("--baseline-seconds", "1", "--broadcast-seconds", "2", "--report-seconds", "2"),
-        *("--workers", "1", "--out", str(tmp_path)),
+        *("--trip-seconds", "5", "--workers", "1", "--out", str(tmp_path)),
     )
     result = json.loads((tmp_path / "city.json").read_text())
 
@@ -170,4 +170,52 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
     assert "nearest_check" not in wide
     assert result["comparison"]["offers_per_trip"] > 1
     assert result["gateway_memory"]["kb_per_connection"] > 0
-    assert "nearest check" in (tmp_path / "city.md").read_text()
+    # Riders on a trip receive their driver's reports, and no one else's.
+    live = near["live_tracking"]
+    assert live["location_to_rider_ms"]["count"] > 0
+    assert set(live["location_to_rider_ms"]) == LATENCY_FIELDS | {"p95"}
+    assert live["trips_with_frames"] > 0
+    assert live["wrong"] == 0
+    targets = {t["target"]: t for t in result["targets"]}
+    assert any(name.startswith("location -> rider p99") for name in targets)
+    markdown = (tmp_path / "city.md").read_text()
+    assert "nearest check" in markdown
+    assert "location -> rider ms" in markdown
+
+
+def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("cluster", "--drivers", "6", "--riders", "4", "--rate", "4", "--seconds", "2"),
+        *("--rounds", "1", "--kills", "1", "--recovery-seconds", "4", "--workers", "1"),
+        *("--city-drivers", "0", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "cluster.json").read_text())
+
+    assert result["order"] == ["one node", "cluster"]
+    for side in ("one_node", "cluster"):
+        run = result[side]
+        assert run["trips"]["completed"] == run["trips"]["requested"] > 0
+        assert run["double_assignments"] == 0
+        assert run["latency_ms"]["offer"]["count"] > 0
+        assert run["server_cpu_ms_per_trip"] > 0
+        assert {"gateway-1", "gateway-2", "dispatcher-0", "rabbitmq"} <= set(run["processes"])
+    assert result["ratios"]["offer_p99"] > 0
+    assert result["ratios"]["server_cpu_ms_per_trip"] > 0
+    failover = result["failover"]
+    [kill] = failover["kills"]
+    assert "gateway-1" in kill["processes_on_it"]
+    # Trips flowed again through the gateway whose node was killed.
+    assert kill["gap_seconds"]["offer_on_affected_gateway"] is not None
+    assert kill["gap_seconds"]["assign_on_affected_gateway"] is not None
+    assert kill["windows"]["recovery"]["offer_ms"]["count"] > 0
+    assert failover["trips"]["requested"] > 0
+    assert failover["trips"]["lost"] == 0
+    assert failover["trips"]["requests_stored_twice"] == 0
+    assert failover["trips"]["accepted_more_than_once"] == 0
+    assert failover["double_assignments"] == 0
+    assert result["city"] is None  # --city-drivers 0
+    assert "failover" in (tmp_path / "cluster.md").read_text()
