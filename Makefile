@@ -81,7 +81,7 @@ clean-broker: install
 reset: install
 	$(BIN)/python -m shared.cleanup reset
 
-# Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|smoke|city
+# Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|city|cluster|smoke
 # for the others, BENCH_ARGS for more options (`python -m bench --help`).
 SCENARIO ?= steady
 bench: install
