@@ -74,16 +74,9 @@ class DriverReport:
         )
 
     @classmethod
-    def decode(cls, body: bytes) -> DriverReport:
-        """Raise ValueError for anything a gateway could not have sent."""
-        try:
-            fields = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"not a driver report: {exc}") from None
-        return cls.from_fields(fields)
-
-    @classmethod
     def from_fields(cls, fields: Any) -> DriverReport:
+        """One report as `decode_reports` reads it; ValueError for anything a gateway
+        could not have sent."""
         try:
             driver_id, lat, lng = fields["driver_id"], fields["lat"], fields["lng"]
             at, free = fields["at"], fields["free"]
