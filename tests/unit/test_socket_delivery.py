@@ -91,6 +91,20 @@ async def running(*writers: Outgoing) -> list[asyncio.Task[None]]:
     return [asyncio.create_task(writer.run()) for writer in writers]
 
 
+async def listening(
+    log: Log, *users: ConnectedUser
+) -> tuple[dict[int, Socket], list[Outgoing], list[asyncio.Task[None]]]:
+    """One socket each for the users, its writer running: the sockets by user id,
+    the writers and their tasks."""
+    sockets = {connected.user.id: Socket() for connected in users}
+    writers = []
+    for connected in users:
+        writer = outgoing(log, sockets[connected.user.id], connected.user)
+        connected.sockets.add(writer)
+        writers.append(writer)
+    return sockets, writers, await running(*writers)
+
+
 async def stop(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -363,13 +377,7 @@ async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_locati
     located, unlocated = await users.join(located_user), await users.join(unlocated_user)
     located.location = Location(Point(52.37, 4.89))
     users.located(located)
-    sockets = {5: Socket(), 6: Socket()}
-    writers = []
-    for connected in (located, unlocated):
-        writer = outgoing(log, sockets[connected.user.id], connected.user)
-        connected.sockets.add(writer)
-        writers.append(writer)
-    tasks = await running(*writers)
+    sockets, _, tasks = await listening(log, located, unlocated)
     fanout = OfferFanout(users)
 
     fanout.broadcast(Offer(b"for-the-unlocated", headers={AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
@@ -388,13 +396,7 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
         await users.join(User(number, str(number), "", "", "driver", None)) for number in (1, 2, 3)
     ]
     busy.under_way = TripUnderWay("trip-0", RIDER.id, busy.user.id)
-    sockets = {connected.user.id: Socket() for connected in (first, second, busy)}
-    writers = []
-    for connected in (first, second, busy):
-        writer = outgoing(log, sockets[connected.user.id], connected.user)
-        connected.sockets.add(writer)
-        writers.append(writer)
-    tasks = await running(*writers)
+    sockets, writers, tasks = await listening(log, first, second, busy)
     fanout = OfferFanout(users)
 
     def offer(kind: str, version: int, *named: int, distances: str | None = None) -> Offer:
@@ -436,13 +438,7 @@ async def test_a_broadcast_for_the_unlocated_still_comes_after_offers_by_name_of
     located.location = Location(Point(52.37, 4.89))
     users.located(located)
     unlocated = await users.join(User(9, "i", "", "", "driver", None))
-    sockets = {8: Socket(), 9: Socket()}
-    writers = []
-    for connected in (located, unlocated):
-        writer = outgoing(log, sockets[connected.user.id], connected.user)
-        connected.sockets.add(writer)
-        writers.append(writer)
-    tasks = await running(*writers)
+    sockets, writers, tasks = await listening(log, located, unlocated)
     fanout = OfferFanout(users)
     headers = {TRIP_HEADER: "t1", VERSION_HEADER: "1"}
 
