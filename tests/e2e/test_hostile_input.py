@@ -806,7 +806,7 @@ def test_signed_up_names_are_stored_verbatim_and_the_password_works(
 ) -> None:
     # The user name's own rules have a test of their own (below); here it only
     # needs to be new. The password keeps its hostile text, made uncommon.
-    password = f"{uuid.uuid4().hex[:6]}{password}"
+    password = f"pw-{uuid.uuid4().hex[:6]}{password}"
     fields = {
         "username": f"u{uuid.uuid4().hex[:8]}@example.org",
         "first_name": first_name,
