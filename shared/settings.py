@@ -75,6 +75,9 @@ class Settings:
     # Where the browser client's map takes its tiles ({z}/{x}/{y} filled in by the map);
     # without them the map still shows its markers on a plain background.
     map_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    # Origins (comma-separated, like http://localhost:3001) whose pages may call the
+    # HTTP API and load photos from another origin; empty: the gateway's own only.
+    cors_origins: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +139,11 @@ class Settings:
         return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        """The origins TAXI_CORS_ORIGINS allows, or none (same origin only)."""
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
     def database_name(self) -> str:
         return urlsplit(self.database_url).path.lstrip("/")
 
@@ -192,6 +200,35 @@ def _urls(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _origins(raw: str) -> str:
+    """Origins separated by commas, each scheme://host[:port] as a browser sends it in
+    its Origin header (no path, no trailing slash), or * for any origin."""
+    origins = [origin.strip() for origin in raw.split(",")]
+    if not all(origins):
+        raise ValueError("separate the origins with single commas, none empty")
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        try:
+            parts.port  # noqa: B018 (reading it checks it)
+        except ValueError:
+            raise ValueError(f"{origin!r}: its port must be a number from 1 to 65535") from None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ValueError(
+                f"{origin!r} is not an origin: write scheme://host[:port], like "
+                "http://localhost:3001, without a path or a trailing slash"
+            )
+    return raw
+
+
 def _upper(raw: str) -> str:
     return raw.upper()
 
@@ -222,6 +259,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "map_tiles_url": _tiles_url,
     "revoke_seconds": _positive_int,
     "max_sockets_per_user": _positive_int,
+    "cors_origins": _origins,
 }
 
 

@@ -32,6 +32,8 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.request_timeout_seconds == 120
     assert settings.notification_retention_seconds == 86400
     assert settings.slow_client_seconds == 10
+    assert settings.cors_origins == ""
+    assert settings.cors_origin_list == []
 
 
 def test_empty_and_blank_variables_mean_the_default() -> None:
@@ -68,6 +70,9 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
         ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
         ("TAXI_PORT", " 9000 ", 9000),
+        ("TAXI_CORS_ORIGINS", "http://localhost:3001", None),
+        ("TAXI_CORS_ORIGINS", "https://app.example.org,http://[::1]:8080", None),
+        ("TAXI_CORS_ORIGINS", "*", None),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, expected: Any) -> None:
@@ -119,6 +124,12 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_LOG_LEVEL", "LOUD"),
         ("TAXI_ENV", "staging"),
         ("TAXI_JWT_SECRET", "short"),
+        ("TAXI_CORS_ORIGINS", "localhost:3001"),
+        ("TAXI_CORS_ORIGINS", "http://localhost:3001/"),
+        ("TAXI_CORS_ORIGINS", "http://localhost:3001/app"),
+        ("TAXI_CORS_ORIGINS", "ftp://files.example.org"),
+        ("TAXI_CORS_ORIGINS", "http://localhost:99999"),
+        ("TAXI_CORS_ORIGINS", "http://localhost:3001,,https://app.example.org"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable: str, raw: str) -> None:
@@ -209,6 +220,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
         revoke_seconds=2,
         max_sockets_per_user=3,
+        cors_origins="http://localhost:3001,https://app.example.org",
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()
@@ -271,6 +283,22 @@ def test_the_broker_may_be_several_nodes_separated_by_commas() -> None:
         "amqp://u:p@node-2:5672/",
         "amqp://u:p@node-3/",
     ]
+
+
+def test_cors_origins_are_a_list_of_origins_separated_by_commas() -> None:
+    settings = Settings.from_env(
+        {"TAXI_CORS_ORIGINS": "http://localhost:3001, https://app.example.org"}
+    )
+
+    assert settings.cors_origin_list == ["http://localhost:3001", "https://app.example.org"]
+
+
+def test_an_origin_with_a_path_is_refused_saying_how_to_write_one() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAXI_CORS_ORIGINS": "http://localhost:3001/"})
+
+    assert "TAXI_CORS_ORIGINS" in str(refused.value)
+    assert "scheme://host[:port]" in str(refused.value)
 
 
 @pytest.mark.parametrize(
