@@ -5,6 +5,11 @@ index sees every report. The queue is exclusive and transient, and bounded by
 length and age: a location is worth nothing once stale, and losing one costs
 nothing but waiting for the next report. A worker that starts asks the gateways for
 the locations they hold, so it dispatches by distance at once.
+
+Every batch names its gateway, and every gateway sends one at least once a second,
+empty when it has nothing to report: the index notes when it last heard from each,
+and passes over the drivers of a gateway silent for TAXI_GATEWAY_SILENT_SECONDS
+(killed, or cut off from the broker), who could not be reached with an offer.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ class LocationFeed:
         drivers: NearbyDrivers,
         stale_seconds: float,
         clock: Callable[[], float] = time.time,
+        heard_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._drivers = drivers
         self._stale_seconds = stale_seconds
         self._clock = clock
+        # When a gateway was heard: a clock no adjustment of the wall clock moves back.
+        self._heard_clock = heard_clock
 
     async def start(
         self, channel: AbstractChannel, topology: Topology, notifications: AbstractExchange
@@ -63,18 +71,24 @@ class LocationFeed:
         self.apply(message.body)
 
     def apply(self, body: bytes) -> None:
-        """One gateway message: its reports, each a free driver's place, or that they
-        are busy or gone."""
-        reports, refused = decode_reports(body)
+        """One gateway message: that the gateway is there, and its reports, each a free
+        driver's place, or that they are busy or their last socket there closed."""
+        gateway, reports, refused = decode_reports(body)
         if refused:
             log.warning("driver reports ignored count=%d first=%s", len(refused), refused[0])
+        drivers = self._drivers
+        if gateway is not None:
+            drivers.heard(gateway, self._heard_clock())
         for report in reports:
-            if report.point is None or not report.free:
-                self._drivers.forget(report.driver_id)
-            else:
-                self._drivers.update(
-                    report.driver_id, report.point.lat, report.point.lng, report.at
+            if report.point is not None and report.free:
+                drivers.update(
+                    report.driver_id, report.point.lat, report.point.lng, report.at, gateway
                 )
+            elif report.free:
+                # Gone from this gateway; they may still be reporting through another.
+                drivers.forget(report.driver_id, gateway)
+            else:
+                drivers.forget(report.driver_id)
 
     async def sweep(self) -> None:
         """Drop drivers whose last report went stale, so the index holds who is around."""

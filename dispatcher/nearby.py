@@ -13,6 +13,15 @@ the cells of ever larger caps around the point, one cell size more each time, an
 stops once it holds `limit` drivers no farther than the cap it has covered: the
 nearest few cost about the same whether the radius is 3 km or 12 km. Why a grid, and
 not h3 cells, Redis GEO or PostGIS: docs/nearby.md (measured by `python -m bench.nearby`).
+
+Each entry remembers the gateway its report came through, and the index when it last
+heard from each gateway (every gateway speaks at least once a second). A gateway
+that falls silent for `silent_seconds` while others still speak has died, or lost
+the broker, and its drivers can be offered nothing: `nearest` passes over its
+entries until it speaks again, and `sweep` drops them once they could only be stale.
+Silence is measured against the latest word from any gateway, not against the
+worker's clock, so a worker that stalled for a while does not take every gateway for
+dead when it wakes.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ _CAP_MARGIN_M = 1.0
 # Cell keys pack (row, column) into one int, which hashes faster than a tuple.
 _ROW_STRIDE = 1 << 32
 DEFAULT_CELL_M = 500.0
+# TAXI_GATEWAY_SILENT_SECONDS's default (shared.settings): three missed heartbeats.
+DEFAULT_SILENT_SECONDS = 3.0
 # Probing one cell costs about a third of measuring one driver (bench.nearby).
 PROBES_PER_DRIVER = 3.0
 
@@ -44,6 +55,8 @@ class _Fix(NamedTuple):
     lng: float  # degrees
     at: float
     cell: int
+    # The gateway the report came through; None when it did not say.
+    gateway: str | None = None
 
 
 def check_point(lat: float, lng: float) -> None:
@@ -62,11 +75,21 @@ class NearbyDrivers:
     """
 
     def __init__(
-        self, cell_m: float = DEFAULT_CELL_M, probes_per_driver: float = PROBES_PER_DRIVER
+        self,
+        cell_m: float = DEFAULT_CELL_M,
+        probes_per_driver: float = PROBES_PER_DRIVER,
+        silent_seconds: float = DEFAULT_SILENT_SECONDS,
     ) -> None:
         if not cell_m > 0:
             raise ValueError(f"cell_m must be positive, got {cell_m!r}")
         self._cell_m = cell_m
+        self._silent_seconds = silent_seconds
+        # When each gateway last spoke (the caller's clock), the latest of those, and
+        # the gateways silent for `silent_seconds` before it: reworked on each word
+        # heard (a few gateways), so a query only looks an entry's gateway up.
+        self._heard: dict[str, float] = {}
+        self._latest = -math.inf
+        self._silent: frozenset[str] = frozenset()
         self._probes_per_driver = probes_per_driver
         self._row_deg = cell_m / (EARTH_RADIUS_M * _RADIANS_PER_DEGREE)
         self._rows = math.ceil(180.0 / self._row_deg)
@@ -78,13 +101,28 @@ class NearbyDrivers:
         """Drivers held, stale ones included until a sweep drops them."""
         return len(self._fixes)
 
-    def update(self, driver_id: int, lat: float, lng: float, at: float) -> None:
-        """The driver is at (lat, lng) as of `at` (seconds): the last report wins."""
+    @property
+    def silent_gateways(self) -> frozenset[str]:
+        """The gateways whose drivers `nearest` passes over now."""
+        return self._silent
+
+    def heard(self, gateway: str, moment: float) -> None:
+        """Gateway `gateway` spoke (a batch of reports, maybe empty) at `moment` (the
+        caller's own clock, which only has to move forward)."""
+        self._heard[gateway] = moment
+        self._latest = max(self._latest, moment)
+        self._judge_silence()
+
+    def update(
+        self, driver_id: int, lat: float, lng: float, at: float, gateway: str | None = None
+    ) -> None:
+        """The driver is at (lat, lng) as of `at` (seconds), as reported through
+        `gateway`: the last report wins, whichever gateway it came through."""
         check_point(lat, lng)
         row = self._row(lat)
         cell = row * _ROW_STRIDE + self._column(row, lng)
         phi = lat * _RADIANS_PER_DEGREE
-        fix = _Fix(phi, math.cos(phi), lng, at, cell)
+        fix = _Fix(phi, math.cos(phi), lng, at, cell, gateway)
         previous = self._fixes.get(driver_id)
         if previous is not None and previous.cell != cell:
             self._leave(driver_id, previous.cell)
@@ -94,19 +132,38 @@ class NearbyDrivers:
             self._cells[cell] = members = {}
         members[driver_id] = fix
 
-    def forget(self, driver_id: int) -> None:
-        """Drop the driver's location (they went offline); unknown drivers are ignored."""
-        fix = self._fixes.pop(driver_id, None)
-        if fix is not None:
-            self._leave(driver_id, fix.cell)
+    def forget(self, driver_id: int, gateway: str | None = None) -> None:
+        """Drop the driver's location (busy, or offline); unknown drivers are ignored.
+        With `gateway`, only if their last report came through it: a driver whose last
+        socket on one gateway closed may still report through another."""
+        fix = self._fixes.get(driver_id)
+        if fix is None or (gateway is not None and fix.gateway != gateway):
+            return
+        del self._fixes[driver_id]
+        self._leave(driver_id, fix.cell)
 
     def sweep(self, now: float, stale_seconds: float) -> int:
-        """Drop every driver whose last report is older than `stale_seconds`; how many."""
+        """Drop every driver whose last report is older than `stale_seconds`, and every
+        driver of a gateway silent that long (nothing it sent can still be fresh), and
+        forget those gateways; how many drivers."""
         oldest = now - stale_seconds
-        stale = [driver_id for driver_id, fix in self._fixes.items() if fix.at < oldest]
-        for driver_id in stale:
+        gone = {
+            gateway
+            for gateway, moment in self._heard.items()
+            if moment < self._latest - stale_seconds
+        }
+        dropped = [
+            driver_id
+            for driver_id, fix in self._fixes.items()
+            if fix.at < oldest or fix.gateway in gone
+        ]
+        for driver_id in dropped:
             self.forget(driver_id)
-        return len(stale)
+        if gone:
+            for gateway in gone:
+                del self._heard[gateway]
+            self._judge_silence()
+        return len(dropped)
 
     def nearest(
         self,
@@ -121,12 +178,13 @@ class NearbyDrivers:
     ) -> list[tuple[int, float]]:
         """At most `limit` (driver_id, distance_m), nearest first (ties by id), of the
         drivers within `radius_m` of the point whose location is fresh (reported at or
-        after `now - stale_seconds`) and who are not in `exclude`."""
+        after `now - stale_seconds`) through a gateway that is not silent, and who are
+        not in `exclude`."""
         check_point(lat, lng)
         if limit <= 0 or radius_m < 0 or not self._fixes:
             return []
         skip = exclude if isinstance(exclude, set | frozenset) else frozenset(exclude)
-        query = _Query(lat, lng, limit, radius_m, now - stale_seconds, skip)
+        query = _Query(lat, lng, limit, radius_m, now - stale_seconds, skip, self._silent)
         # Where drivers are few and far apart, most cells of a wide cap are empty:
         # past this many probes, measuring every driver is the cheaper way.
         probes_left = self._probes_per_driver * len(self._fixes)
@@ -137,7 +195,9 @@ class NearbyDrivers:
             for cell in self._cells_to_cover(lat, lng, reach, scanned):
                 probes_left -= 1
                 if probes_left < 0:
-                    query = _Query(lat, lng, limit, radius_m, now - stale_seconds, skip)
+                    query = _Query(
+                        lat, lng, limit, radius_m, now - stale_seconds, skip, self._silent
+                    )
                     query.scan(self._fixes)
                     return query.result()
                 members = self._cells.get(cell)
@@ -145,6 +205,12 @@ class NearbyDrivers:
                     query.scan(members)
             if reach >= radius_m or query.settled_within(reach):
                 return query.result()
+
+    def _judge_silence(self) -> None:
+        quiet_since = self._latest - self._silent_seconds
+        silent = [gateway for gateway, moment in self._heard.items() if moment < quiet_since]
+        if silent or self._silent:
+            self._silent = frozenset(silent)
 
     def _leave(self, driver_id: int, cell: int) -> None:
         members = self._cells[cell]
@@ -211,7 +277,7 @@ class NearbyDrivers:
 class _Query:
     """One `nearest` call's best drivers so far: a max-heap of (-distance, -driver_id)."""
 
-    __slots__ = ("best", "cos_phi", "limit", "lng", "oldest", "phi", "skip", "worst")
+    __slots__ = ("best", "cos_phi", "limit", "lng", "oldest", "phi", "silent", "skip", "worst")
 
     def __init__(
         self,
@@ -221,6 +287,7 @@ class _Query:
         radius_m: float,
         oldest: float,
         skip: Collection[int],
+        silent: Collection[str | None] = frozenset(),
     ) -> None:
         self.phi = lat * _RADIANS_PER_DEGREE
         self.cos_phi = math.cos(self.phi)
@@ -228,6 +295,7 @@ class _Query:
         self.limit = limit
         self.oldest = oldest
         self.skip = skip
+        self.silent = silent
         self.best: list[tuple[float, int]] = []
         # Farther than this never gets in: the radius, then the limit-th best.
         self.worst = radius_m
@@ -235,9 +303,10 @@ class _Query:
     def scan(self, members: dict[int, _Fix]) -> None:
         sin, asin, sqrt, radians_per_degree = math.sin, math.asin, math.sqrt, _RADIANS_PER_DEGREE
         phi1, cos_phi1, lng1 = self.phi, self.cos_phi, self.lng
-        oldest, skip, best, limit, worst = self.oldest, self.skip, self.best, self.limit, self.worst
-        for driver_id, (phi2, cos_phi2, lng2, at, _cell) in members.items():
-            if at < oldest or driver_id in skip:
+        oldest, skip, silent = self.oldest, self.skip, self.silent
+        best, limit, worst = self.best, self.limit, self.worst
+        for driver_id, (phi2, cos_phi2, lng2, at, _cell, gateway) in members.items():
+            if at < oldest or driver_id in skip or gateway in silent:
                 continue
             # shared.locations.distance_m(query, driver), inlined (this loop is the
             # query's whole cost) with the same operations in the same order: the

@@ -100,7 +100,7 @@ class Worker:
         self._prefetch = prefetch
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: NotificationPublisher | None = None
-        drivers = NearbyDrivers()
+        drivers = NearbyDrivers(silent_seconds=settings.gateway_silent_seconds)
         self._dispatch = Dispatch(drivers, DispatchPolicy.from_settings(settings))
         self._locations = driver_locations.LocationFeed(drivers, settings.location_stale_seconds)
 

@@ -18,7 +18,10 @@ Nothing waits on the broker: reports leave through one publisher task, and while
 the broker is away they are dropped, since the next one replaces them. The reports
 for the workers go out in batches, one message for all that came in since the
 last went out: at thousands of reports a second the broker's and the workers' cost
-is per message, not per report.
+is per message, not per report. Each batch names this gateway, and one goes out at
+least every `HEARTBEAT_SECONDS`, empty if need be: a worker that stops hearing from
+a gateway (killed, or cut off from the broker) stops offering trips to its drivers
+within TAXI_GATEWAY_SILENT_SECONDS, instead of until their locations go stale.
 """
 
 from __future__ import annotations
@@ -39,9 +42,15 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_SECONDS = 1.0
 # Reports waiting for the publisher at most; more are dropped (the broker is away).
 PENDING_REPORTS = 20_000
+# A batch, empty if need be, goes to the workers at least this often: the workers'
+# sign that this gateway, and so each driver whose location it sent, is still there.
+HEARTBEAT_SECONDS = 1.0
 
 
 class LocationsBroker(Protocol):
+    # Names this gateway in every batch; a restarted gateway has a new one.
+    gateway_id: str
+
     async def publish_location(self, body: bytes) -> None: ...
 
     async def publish_live_location(self, rider_id: int, trip_id: str, body: bytes) -> None: ...
@@ -72,6 +81,8 @@ class DriverLocations:
         self._reports: list[bytes] = []
         self._live: list[_Live] = []
         self._waiting = asyncio.Event()
+        # Whether a batch is due even if no report waits: the heartbeat.
+        self._beat = False
 
     def report(self, driver: ConnectedUser, location: Location) -> bool:
         """The driver's own report; False when it came too soon after the last one."""
@@ -109,11 +120,20 @@ class DriverLocations:
                 self._for_dispatch(driver)
 
     async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._publish_forever()
+        finally:
+            heartbeat.cancel()
+
+    async def _publish_forever(self) -> None:
+        gateway_id = self._broker.gateway_id
         while True:
             await self._waiting.wait()
             self._waiting.clear()
             live, self._live = self._live, []
             reports, self._reports = self._reports, []
+            beat, self._beat = self._beat, False
             for location in live:
                 await self._publish(
                     self._broker.publish_live_location(
@@ -121,10 +141,20 @@ class DriverLocations:
                     ),
                     1,
                 )
-            if reports:
+            if reports or beat:
                 await self._publish(
-                    self._broker.publish_location(encode_reports(reports)), len(reports)
+                    self._broker.publish_location(encode_reports(gateway_id, reports)),
+                    len(reports),
                 )
+
+    async def _heartbeat(self) -> None:
+        """A batch at least every HEARTBEAT_SECONDS: one more (empty) message a second
+        at most, whatever the number of drivers; riding along with reports when some
+        wait anyway."""
+        while True:
+            self._beat = True
+            self._waiting.set()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _publish(self, publishing: Awaitable[None], reports: int) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -95,19 +95,38 @@ class DriverReport:
         return cls(driver_id, point, float(at), free)
 
 
-def encode_reports(encoded: list[bytes]) -> bytes:
-    """Reports already encoded one by one, as the one message a gateway sends for
-    them: a JSON array. Thousands of drivers report every few seconds; a message per
-    batch, not per report, is what keeps the broker's and the workers' cost low."""
-    return b"[" + b",".join(encoded) + b"]"
+class ReportBatch(NamedTuple):
+    """One gateway message as a worker reads it: which gateway sent it (None from a
+    gateway that does not say), its reports, and why each item that is none was refused."""
+
+    gateway: str | None
+    reports: list[DriverReport]
+    refused: list[str]
 
 
-def decode_reports(body: bytes) -> tuple[list[DriverReport], list[str]]:
-    """The reports of one gateway message, and why each one that is none was refused."""
+def encode_reports(gateway_id: str, encoded: list[bytes]) -> bytes:
+    """Reports already encoded one by one, as the one message gateway `gateway_id`
+    sends for them. Thousands of drivers report every few seconds; a message per
+    batch, not per report, is what keeps the broker's and the workers' cost low. The
+    gateway's id is said once per batch (not per report): a worker tells by it whose
+    drivers to stop trusting when a gateway falls silent. An empty batch is the
+    gateway's heartbeat."""
+    return b'{"gateway":' + orjson.dumps(gateway_id) + b',"reports":[' + b",".join(encoded) + b"]}"
+
+
+def decode_reports(body: bytes) -> ReportBatch:
+    """The sender and the reports of one gateway message, and why each item that is no
+    report was refused. A bare array (a gateway that names no sender) is read too."""
     try:
-        items = orjson.loads(body)
+        message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return [], [f"not JSON: {exc}"]
+        return ReportBatch(None, [], [f"not JSON: {exc}"])
+    gateway = None
+    items = message
+    if isinstance(message, dict) and "reports" in message:
+        gateway, items = message.get("gateway"), message["reports"]
+        if not isinstance(gateway, str) or not gateway:
+            return ReportBatch(None, [], ["gateway must be a non-empty string"])
     if not isinstance(items, list):
         items = [items]
     reports, refused = [], []
@@ -116,7 +135,7 @@ def decode_reports(body: bytes) -> tuple[list[DriverReport], list[str]]:
             reports.append(DriverReport.from_fields(item))
         except ValueError as exc:
             refused.append(str(exc))
-    return reports, refused
+    return ReportBatch(gateway, reports, refused)
 
 
 def driver_location_frame(trip_id: str, location: Location, at: float) -> bytes:

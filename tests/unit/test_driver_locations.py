@@ -4,13 +4,17 @@ per driver, batched into one message, and read back into the index by a worker."
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import orjson
+import pytest
 
 from dispatcher.driver_locations import LocationFeed
 from dispatcher.nearby import NearbyDrivers
+from gateway import locations as gateway_locations
 from gateway.connected import ConnectedUsers
 from gateway.locations import DriverLocations
+from gateway.notification_log import Logged
 from shared.locations import DriverReport, Location, Point, decode_reports, encode_reports
 from shared.trips import TripUnderWay
 from shared.users import User
@@ -19,15 +23,27 @@ from shared.users import User
 class Broker:
     """The broker, as the gateway's locations see it: what was published, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_id: str = "gw-1") -> None:
+        self.gateway_id = gateway_id
         self.batches: list[bytes] = []
         self.live: list[tuple[int, str, bytes]] = []
+        self.published = asyncio.Event()
 
     async def publish_location(self, body: bytes) -> None:
         self.batches.append(body)
+        self.published.set()
+
+    def with_reports(self) -> list[bytes]:
+        """The batches published, heartbeats without reports left out."""
+        return [body for body in self.batches if decode_reports(body).reports]
 
     async def publish_live_location(self, rider_id: int, trip_id: str, body: bytes) -> None:
         self.live.append((rider_id, trip_id, body))
+
+
+class _NoLog:
+    async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:
+        return []
 
 
 async def _nothing(user_id: int) -> None:
@@ -40,7 +56,7 @@ def driver(number: int) -> User:
 
 async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> None:
     now = [100.0]
-    users, broker = ConnectedUsers(_nothing, _nothing), Broker()
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
     locations = DriverLocations(users, broker, clock=lambda: now[0], wall_clock=lambda: 5000.0)
     drivers = [await users.join(driver(n)) for n in range(1, 4)]
     publisher = asyncio.create_task(locations.run())
@@ -51,9 +67,9 @@ async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> 
         await asyncio.sleep(0)
     publisher.cancel()
 
-    assert len(broker.batches) == 1
-    reports, refused = decode_reports(broker.batches[0])
-    assert refused == []
+    (batch,) = broker.with_reports()
+    gateway, reports, refused = decode_reports(batch)
+    assert (gateway, refused) == ("gw-1", [])
     assert [(r.driver_id, r.point, r.at, r.free) for r in reports] == [
         (1, Point(52.0, 4.9), 5000.0, True),
         (2, Point(52.01, 4.9), 5000.0, True),
@@ -63,7 +79,7 @@ async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> 
 
 async def test_one_report_a_second_per_driver_is_acted_on() -> None:
     now = [100.0]
-    users, broker = ConnectedUsers(_nothing, _nothing), Broker()
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
     locations = DriverLocations(users, broker, clock=lambda: now[0])
     connected = await users.join(driver(1))
 
@@ -77,7 +93,7 @@ async def test_one_report_a_second_per_driver_is_acted_on() -> None:
 
 
 async def test_a_driver_on_a_trip_is_seen_by_its_rider_only_and_dispatch_forgets_them() -> None:
-    users, broker = ConnectedUsers(_nothing, _nothing), Broker()
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
     locations = DriverLocations(users, broker, clock=lambda: 100.0, wall_clock=lambda: 7.0)
     connected = await users.join(driver(4))
     publisher = asyncio.create_task(locations.run())
@@ -91,7 +107,7 @@ async def test_a_driver_on_a_trip_is_seen_by_its_rider_only_and_dispatch_forgets
         await asyncio.sleep(0)
     publisher.cancel()
 
-    busy = decode_reports(broker.batches[-1])[0]
+    busy = decode_reports(broker.batches[-1]).reports
     assert [(r.driver_id, r.free) for r in busy] == [(4, False)]
     ((rider_id, trip_id, frame),) = broker.live
     assert (rider_id, trip_id) == (77, "trip-9")
@@ -111,15 +127,85 @@ def test_a_worker_reads_a_batch_into_its_index_and_skips_what_is_no_report() -> 
     drivers = NearbyDrivers()
     feed = LocationFeed(drivers, stale_seconds=30, clock=lambda: 1000.0)
     batch = encode_reports(
+        "gw-1",
         [
             DriverReport(1, Point(52.0, 4.9), 990.0).encode(),
             DriverReport(2, Point(52.001, 4.9), 990.0).encode(),
             b'{"driver_id": "three"}',
             DriverReport(2, None, 995.0).encode(),  # went offline
-        ]
+        ],
     )
 
     feed.apply(batch)
 
     found = drivers.nearest(52.0, 4.9, radius_m=1000, limit=8, now=1000.0, stale_seconds=30)
     assert [driver_id for driver_id, _ in found] == [1]
+
+
+async def test_a_gateway_names_itself_and_speaks_every_second_with_nothing_to_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway_locations, "HEARTBEAT_SECONDS", 0.01)
+    broker = Broker("gw-7")
+    # No driver reports here: the heartbeat never looks at the users.
+    locations = DriverLocations(cast(ConnectedUsers, None), broker)
+    publisher = asyncio.create_task(locations.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(broker.batches) < 3:
+                broker.published.clear()
+                await broker.published.wait()
+    finally:
+        publisher.cancel()
+
+    assert [decode_reports(body) for body in broker.batches[:3]] == [("gw-7", [], [])] * 3
+
+
+def test_a_batch_reads_back_with_its_gateway_and_one_without_reads_as_from_nobody() -> None:
+    report = DriverReport(1, Point(52.0, 4.9), 990.0)
+
+    assert decode_reports(encode_reports("gw-1", [report.encode()])) == ("gw-1", [report], [])
+    assert decode_reports(b"[" + report.encode() + b"]") == (None, [report], [])
+    assert decode_reports(b'{"gateway": 5, "reports": []}').refused != []
+
+
+def test_a_worker_passes_over_the_drivers_of_a_gateway_it_stopped_hearing() -> None:
+    """Gateway A's drivers are nearest; A is killed and B keeps speaking: within the
+    silence allowed, B's driver is the nearest the worker knows."""
+    heard_at = [0.0]
+    drivers = NearbyDrivers(silent_seconds=3)
+    feed = LocationFeed(
+        drivers, stale_seconds=30, clock=lambda: 1000.0, heard_clock=lambda: heard_at[0]
+    )
+    near, farther = (
+        DriverReport(1, Point(52.0, 4.9), 999.0),
+        DriverReport(2, Point(52.01, 4.9), 999.0),
+    )
+    feed.apply(encode_reports("A", [near.encode()]))
+    feed.apply(encode_reports("B", [farther.encode()]))
+
+    def found() -> list[int]:
+        return [
+            d
+            for d, _ in drivers.nearest(
+                52.0, 4.9, radius_m=3000, limit=8, now=1000.0, stale_seconds=30
+            )
+        ]
+
+    assert found() == [1, 2]
+    for second in range(1, 5):  # A was killed at 0; B's heartbeats come on
+        heard_at[0] = float(second)
+        feed.apply(encode_reports("B", []))
+    assert found() == [2]
+
+
+def test_a_driver_gone_from_one_gateway_stays_while_reporting_through_another() -> None:
+    drivers = NearbyDrivers()
+    feed = LocationFeed(drivers, stale_seconds=30, clock=lambda: 1000.0, heard_clock=lambda: 0.0)
+    feed.apply(encode_reports("A", [DriverReport(1, Point(52.0, 4.9), 998.0).encode()]))
+    feed.apply(encode_reports("B", [DriverReport(1, Point(52.0, 4.9), 999.0).encode()]))
+
+    feed.apply(encode_reports("A", [DriverReport(1, None, 999.5).encode()]))
+    assert len(drivers) == 1
+    feed.apply(encode_reports("B", [DriverReport(1, None, 999.6).encode()]))
+    assert len(drivers) == 0

@@ -268,3 +268,126 @@ def test_nearest_agrees_with_a_full_scan_in_a_crowd(
         (distance_m(Point(*query), Point(*place)), driver_id) for driver_id, place in places.items()
     )
     assert found == [(driver_id, d) for d, driver_id in candidates if d <= radius_m][:limit]
+
+
+def test_the_drivers_of_a_silent_gateway_are_passed_over_until_it_speaks_again() -> None:
+    index = NearbyDrivers(silent_seconds=3)
+    index.heard("a", 0.0)
+    index.heard("b", 0.0)
+    index.update(1, *offset(*AMSTERDAM, 100, 0), NOW, "a")
+    index.update(2, *offset(*AMSTERDAM, 200, 0), NOW, "a")
+    index.update(3, *offset(*AMSTERDAM, 1100, 0), NOW, "b")
+
+    index.heard("b", 3.0)  # "a" silent for exactly the limit: still trusted
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [1, 2, 3]
+    index.heard("b", 3.5)
+    assert index.silent_gateways == {"a"}
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [3]
+    # Its broker link came back: the locations it sent are good again while fresh.
+    index.heard("a", 4.0)
+    assert index.silent_gateways == frozenset()
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [1, 2, 3]
+
+
+def test_a_worker_that_stalled_takes_no_gateway_for_silent() -> None:
+    """Silence is measured between gateways' words, not against the worker's clock: a
+    worker that reads its backlog after a long pause finds every gateway there."""
+    index = NearbyDrivers(silent_seconds=3)
+    index.heard("a", 0.0)
+    index.heard("b", 0.0)
+    index.update(1, *AMSTERDAM, NOW, "a")
+
+    index.heard("b", 100.0)
+    index.heard("a", 100.2)
+
+    assert index.silent_gateways == frozenset()
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [1]
+
+
+def test_a_driver_who_moved_to_another_gateway_outlives_the_one_that_died() -> None:
+    """A gateway restarted (a new id): its drivers who reconnected and reported are
+    offered; the ones who did not are passed over once the old id falls silent."""
+    index = NearbyDrivers(silent_seconds=3)
+    index.heard("old", 0.0)
+    index.update(1, *offset(*AMSTERDAM, 100, 0), NOW, "old")
+    index.update(2, *offset(*AMSTERDAM, 200, 0), NOW, "old")
+
+    index.heard("new", 1.0)
+    index.update(2, *offset(*AMSTERDAM, 250, 0), NOW, "new")
+    index.heard("new", 4.0)
+
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [2]
+
+
+def test_entries_without_a_gateway_are_never_silent() -> None:
+    index = NearbyDrivers(silent_seconds=3)
+    index.update(1, *AMSTERDAM, NOW)
+    index.heard("a", 0.0)
+    index.heard("a", 60.0)
+
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [1]
+
+
+def test_gone_from_one_gateway_forgets_only_what_came_through_it() -> None:
+    index = NearbyDrivers()
+    index.update(1, *AMSTERDAM, NOW, "a")
+    index.update(1, *AMSTERDAM, NOW + 1, "b")  # the driver's other device reports too
+
+    index.forget(1, "a")  # their socket on "a" closed; they are still on "b"
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM, now=NOW + 1)] == [1]
+    index.forget(1, "b")
+    assert len(index) == 0
+    index.update(2, *AMSTERDAM, NOW, "b")
+    index.forget(2)  # busy, whichever gateway says so
+    assert len(index) == 0
+
+
+def test_sweep_drops_the_drivers_of_a_gateway_silent_as_long_as_a_location_stays_fresh() -> None:
+    index = NearbyDrivers(silent_seconds=3)
+    index.heard("a", 0.0)
+    index.heard("b", 0.0)
+    index.update(1, *AMSTERDAM, NOW, "a")
+    index.update(2, *AMSTERDAM, NOW, "b")
+    index.heard("b", STALE - 1)
+
+    assert index.sweep(NOW, STALE) == 0  # silent, but it may still speak again
+    index.heard("b", STALE + 1)
+    assert index.sweep(NOW, STALE) == 1
+    assert len(index) == 1
+    assert index.silent_gateways == frozenset()  # "a" is forgotten, not kept for ever
+    # A late word of the forgotten gateway is a gateway like any other.
+    index.heard("a", STALE + 1.5)
+    index.update(1, *AMSTERDAM, NOW, "a")
+    assert [driver_id for driver_id, _ in nearest(index, AMSTERDAM)] == [1, 2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scene=scenes(),
+    gateways=st.lists(st.sampled_from([None, "a", "b", "c"]), min_size=61, max_size=61),
+    heard=st.fixed_dictionaries({}, optional={name: st.floats(0, 10) for name in ("a", "b", "c")}),
+    limit=st.integers(1, 10),
+)
+def test_nearest_agrees_with_a_full_scan_of_the_gateways_still_heard(
+    scene: tuple[tuple[float, float], dict[int, tuple[float, float, float]]],
+    gateways: list[str | None],
+    heard: dict[str, float],
+    limit: int,
+) -> None:
+    query, places = scene
+    index = NearbyDrivers(silent_seconds=3)
+    for gateway, moment in heard.items():
+        index.heard(gateway, moment)
+    for driver_id, (lat, lng, at) in places.items():
+        index.update(driver_id, lat, lng, at, gateways[driver_id])
+
+    found = nearest(index, query, radius_m=6000, limit=limit)
+
+    latest = max(heard.values(), default=0.0)
+    silent = {gateway for gateway, moment in heard.items() if moment < latest - 3}
+    candidates = sorted(
+        (distance_m(Point(*query), Point(lat, lng)), driver_id)
+        for driver_id, (lat, lng, at) in places.items()
+        if at >= NOW - STALE and gateways[driver_id] not in silent
+    )
+    assert found == [(driver_id, d) for d, driver_id in candidates if d <= 6000][:limit]
