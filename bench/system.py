@@ -94,6 +94,9 @@ class LocalSystem:
             # Every simulated user sends far below this; the limit is not what is measured.
             rate_limit_per_second=1000,
             rate_limit_burst=1000,
+            # Thousands of simulated users sign up and log in from one address.
+            login_attempts=1_000_000,
+            signup_attempts=1_000_000,
         )
         self.processes: list[ServiceProcess] = []
         self.base_url = ""

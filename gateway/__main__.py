@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import create_app
+from gateway.http_timeouts import bounded_http
 from shared.logs import configure_logging
 from shared.metrics import MetricsPortUnavailable, bind
 from shared.settings import Settings, SettingsError
@@ -38,7 +39,11 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with deadlines for reading each request (gateway.http_timeouts).
+        http=bounded_http(settings.http_read_seconds),
+        # An idle connection after an answer; one that never sends a whole request
+        # is cut off by the read deadlines.
+        timeout_keep_alive=5,
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         # Trip frames are small; compressing each one costs more CPU than it saves.

@@ -35,6 +35,7 @@ from gateway.offers import OfferFanout
 from gateway.passwords import Passwords
 from gateway.revocations import Revocations
 from gateway.sessions import Sessions
+from gateway.throttle import Throttle
 from gateway.tokens import TokenService
 from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
@@ -97,7 +98,13 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
         refresh_seconds=settings.refresh_token_days * 24 * 3600,
     )
     sessions = Sessions(database, tokens, users)
-    photos = PhotoStore(settings.media_dir, settings.max_photo_bytes)
+    photos = PhotoStore(settings.media_dir, settings.max_photo_bytes, settings.photo_max_pixels)
+    throttle = Throttle(
+        database,
+        login_attempts=settings.login_attempts,
+        signup_attempts=settings.signup_attempts,
+        window_seconds=settings.login_window_seconds,
+    )
     notification_log = NotificationLog(database)
     connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
     offers = OfferFanout(connected)
@@ -170,7 +177,7 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
             await database.close()
 
     routes = [
-        *AuthApi(users, sessions, photos, Passwords(settings.password_hashing)).routes(),
+        *AuthApi(users, sessions, photos, Passwords(settings.password_hashing), throttle).routes(),
         *TripsApi(database, users, tokens).routes(),
         WebSocketRoute(SOCKET_PATH, taxi_socket.endpoint),
         Route("/api/client-config/", client_config),

@@ -17,10 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields
-from gateway.media import PhotoError, PhotoStore
+from gateway.media import Photo, PhotoError, PhotoStore
 from gateway.passwords import Passwords
 from gateway.sessions import Sessions
-from gateway.signup import normalized_username, validate_sign_up
+from gateway.signup import TAKEN, normalized_username, validate_sign_up
+from gateway.throttle import Throttle
 from gateway.users import UsernameTaken, UserRepository
 from shared.wire import ErrorCode
 
@@ -37,11 +38,13 @@ class AuthApi:
         sessions: Sessions,
         photos: PhotoStore,
         passwords: Passwords,
+        throttle: Throttle,
     ) -> None:
         self._users = users
         self._passwords = passwords
         self._sessions = sessions
         self._photos = photos
+        self._throttle = throttle
 
     def routes(self) -> list[Route]:
         return [
@@ -52,20 +55,31 @@ class AuthApi:
         ]
 
     async def sign_up(self, request: Request) -> Response:
+        """Every bad field is named at once: a taken user name and an unfit photo too."""
+        # Counted before the body is read: a refused client sends its photo for nothing.
+        await self._throttle.sign_up(request)
         fields = await read_fields(request)
         sign_up = validate_sign_up(fields)
         photo = fields.get("photo")
         errors = sign_up if isinstance(sign_up, dict) else {}
+        username = fields.get("username")
+        if (
+            isinstance(username, str)
+            and "username" not in errors
+            and await self._users.is_taken(normalized_username(username))
+        ):
+            errors["username"] = [TAKEN]
+        prepared: Photo | None = None
         if photo not in (None, "") and not isinstance(photo, UploadFile):
             errors.setdefault("photo", []).append("Upload a file, as multipart/form-data.")
+        elif isinstance(photo, UploadFile) and photo.filename:
+            try:
+                prepared = await self._photos.prepare(photo)
+            except PhotoError as exc:
+                errors.setdefault("photo", []).append(str(exc))
         if errors or isinstance(sign_up, dict):
             raise invalid_fields(errors)
-        photo_url = None
-        if isinstance(photo, UploadFile) and photo.filename:
-            try:
-                photo_url = await self._photos.save(photo)
-            except PhotoError as exc:
-                raise invalid_fields({"photo": [str(exc)]}) from None
+        photo_url = await self._photos.store(prepared) if prepared else None
         try:
             user = await self._users.create(
                 username=sign_up.username,
@@ -78,9 +92,8 @@ class AuthApi:
         except UsernameTaken:
             if photo_url is not None:
                 await self._photos.delete(photo_url)
-            raise invalid_fields(
-                {"username": ["A user with that username already exists."]}
-            ) from None
+            # A look-alike signed up between the check above and this insert.
+            raise invalid_fields({"username": [TAKEN]}) from None
         return OrjsonResponse(user.public(), status_code=201)
 
     async def log_in(self, request: Request) -> Response:
@@ -89,6 +102,8 @@ class AuthApi:
         if errors:
             raise invalid_fields(errors)
         username = normalized_username(fields["username"])
+        # Recorded as a failure until it succeeds; 429 past the limit (`gateway.throttle`).
+        attempt = await self._throttle.log_in(username, request)
         # Postgres text cannot hold NUL, so no stored username contains one.
         found = None if "\x00" in username else await self._users.find_with_password_hash(username)
         user, password_hash = found if found else (None, None)
@@ -100,6 +115,7 @@ class AuthApi:
                 HttpCode.INVALID_CREDENTIALS,
                 "no active account has this username and password",
             )
+        await self._throttle.succeeded(attempt)
         return OrjsonResponse(await self._sessions.log_in(user))
 
     async def refresh(self, request: Request) -> Response:

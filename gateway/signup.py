@@ -1,17 +1,18 @@
 """Validation of a sign-up, as a pure function: fields in, a clean sign-up or field errors out.
 
 User names are NFKC-normalised (so one name typed in two Unicode forms is one user),
-then must be an e-mail address or letters, digits and `.`, `_`, `+`, `-` only; no
-spaces, control, zero-width or direction-changing characters anywhere. They are
-compared without regard to case. Passwords, as Django's validators have them: at
-least 8 characters, not all digits, and not one of the 30,000 most common
-passwords (zxcvbn's list).
+then must be 3 to 150 letters and digits (of any script, as Django's user names) and
+`@`, `.`, `_`, `+`, `-` only, and, if they hold an `@`, an e-mail address: no spaces,
+markup, quotes, control, zero-width or direction-changing characters anywhere. They
+are compared without regard to case and by their confusable skeleton
+(`shared.user_names`): a look-alike of a taken name is taken. Passwords, as
+Django's validators have them: at least 8 characters, not all digits, and not one
+of the 30,000 most common passwords (zxcvbn's list).
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -19,6 +20,7 @@ from typing import Any
 
 from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
+from shared.user_names import normalized
 from shared.users import GROUPS
 
 MAX_NAME_LENGTH = 150
@@ -27,16 +29,16 @@ MAX_PASSWORD_LENGTH = 1024
 
 FieldErrors = dict[str, list[str]]
 
-# After NFKC: an e-mail address (something@domain.tld), or a plain name.
+# After NFKC, every character is a letter or digit (str.isalnum: any script) or one
+# of these; a name with an `@` is an e-mail address (something@domain.tld).
+NAME_PUNCTUATION = frozenset("@._+-")
+MIN_USERNAME_LENGTH = 3
 EMAIL = re.compile(r"[^@]+@[^@.]+(\.[^@.]+)+")
-PLAIN_NAME = re.compile(r"[A-Za-z0-9._+-]{3,150}")
-# Unicode categories never allowed in a user name: controls, format characters
-# (zero-width, right-to-left marks), private use, unassigned, and separators.
-FORBIDDEN_CATEGORIES = ("C", "Z")
 USERNAME_RULE = (
     "Use an e-mail address, or 3 to 150 letters, digits and . _ + - "
-    "(no spaces or invisible characters)."
+    "(no spaces, markup, symbols or invisible characters)."
 )
+TAKEN = "A user with that username already exists."
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,15 @@ def validate_sign_up(fields: Mapping[str, Any]) -> SignUp | FieldErrors:
 
 def normalized_username(raw: str) -> str:
     """The user name as it is stored and looked up: NFKC, without outer whitespace."""
-    return unicodedata.normalize("NFKC", raw).strip()
+    return normalized(raw)
 
 
 def is_acceptable_username(username: str) -> bool:
-    if any(unicodedata.category(char).startswith(FORBIDDEN_CATEGORIES) for char in username):
+    if not MIN_USERNAME_LENGTH <= len(username) <= MAX_NAME_LENGTH:
         return False
-    return bool(EMAIL.fullmatch(username) or PLAIN_NAME.fullmatch(username))
+    if not all(char.isalnum() or char in NAME_PUNCTUATION for char in username):
+        return False
+    return "@" not in username or bool(EMAIL.fullmatch(username))
 
 
 def password_problems(password: str) -> list[str]:

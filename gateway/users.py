@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from shared.db import Database
+from shared.user_names import skeleton
 from shared.users import USER_COLUMNS as _COLUMNS
 from shared.users import User, user_from_row
 
@@ -31,8 +32,9 @@ class UserRepository:
             row = await self._database.pool.fetchrow(
                 f"""
                 INSERT INTO users
-                    (username, password_hash, first_name, last_name, user_group, photo)
-                VALUES ($1, $2, $3, $4, $5, $6)
+                    (username, password_hash, first_name, last_name, user_group, photo,
+                     username_skeleton)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 RETURNING {_COLUMNS}
                 """,
                 username,
@@ -41,6 +43,7 @@ class UserRepository:
                 last_name,
                 group,
                 photo,
+                skeleton(username),
             )
         except asyncpg.UniqueViolationError:
             raise UsernameTaken(username) from None
@@ -69,3 +72,19 @@ class UserRepository:
             username,
         )
         return (user_from_row(row), row["password_hash"]) if row else None
+
+    async def is_taken(self, username: str) -> bool:
+        """Whether a user has this name, in any case, or one that looks like it (the
+        same confusable skeleton: `shared.user_names`)."""
+        return bool(
+            await self._database.pool.fetchval(
+                """
+                SELECT EXISTS (
+                    SELECT 1 FROM users
+                    WHERE username_skeleton = $2 OR lower(username) = lower($1)
+                )
+                """,
+                username,
+                skeleton(username),
+            )
+        )

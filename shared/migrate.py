@@ -15,6 +15,7 @@ from psycopg import sql
 from yoyo import get_backend, read_migrations
 
 from shared.settings import Settings, SettingsError
+from shared.user_names import skeleton
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -27,7 +28,35 @@ def migrate(database_url: str) -> int:
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+    fill_username_skeletons(database_url)
     return len(pending)
+
+
+def fill_username_skeletons(database_url: str) -> int:
+    """Give every user who has none their user name's confusable skeleton (migration
+    0010: Postgres cannot compute it). Of two existing users whose names look alike,
+    the earlier gets it and the later keeps none (both still log in; a new look-alike
+    of either is refused). Return how many users got one."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id, username FROM users WHERE username_skeleton IS NULL ORDER BY id"
+        ).fetchall()
+        filled = 0
+        for user_id, username in rows:
+            key = skeleton(username)
+            try:
+                cursor = conn.execute(
+                    """
+                    UPDATE users SET username_skeleton = %s
+                    WHERE id = %s
+                      AND NOT EXISTS (SELECT 1 FROM users WHERE username_skeleton = %s)
+                    """,
+                    (key, user_id, key),
+                )
+            except psycopg.errors.UniqueViolation:
+                continue  # a look-alike signed up meanwhile, through a running gateway
+            filled += cursor.rowcount
+    return filled
 
 
 def create_database_if_missing(database_url: str) -> None:

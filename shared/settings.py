@@ -61,10 +61,6 @@ class Settings:
     slow_client_seconds: int = 10
     # A driver's reported location counts as unknown once it is this old.
     location_stale_seconds: int = 30
-    # Every gateway tells the workers it is there at least once a second; the drivers
-    # of one not heard from for this long (killed, or cut off from the broker) are
-    # offered nothing by distance until it speaks again. At least 2.
-    gateway_silent_seconds: int = 3
     # A trip with a pick-up point is offered first to at most `dispatch_max_offers` of
     # the nearest free drivers within `dispatch_radius_meters`; whenever nobody has
     # accepted for `dispatch_widen_seconds`, the radius doubles and more are offered.
@@ -79,6 +75,18 @@ class Settings:
     # Where the browser client's map takes its tiles ({z}/{x}/{y} filled in by the map);
     # without them the map still shows its markers on a plain background.
     map_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    # A photo of more pixels than this is refused, by its declared size, before it is decoded.
+    photo_max_pixels: int = 24_000_000
+    # Log-in answers 429 once one user name, or one client address, has had this many
+    # failed log-ins within the window; sign-up once one client address has made this
+    # many sign-ups (successful or not) within the same window.
+    login_attempts: int = 10
+    login_window_seconds: int = 300
+    signup_attempts: int = 20
+    # A request's headers must arrive within this long of the connection opening (or
+    # of the previous answer on it); its body within this long, plus a second for every
+    # 8 KiB of it. A slower request is cut off. WebSockets, once open, are not affected.
+    http_read_seconds: int = 10
     # Origins (comma-separated, like http://localhost:3001) whose pages may call the
     # HTTP API and load photos from another origin; empty: the gateway's own only.
     cors_origins: str = ""
@@ -170,16 +178,6 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = _positive_int(raw)
-        if value < low:
-            raise ValueError(f"must be at least {low}")
-        return value
-
-    return parse
-
-
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         parts = urlsplit(raw)
@@ -267,14 +265,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "notification_retention_seconds": _positive_int,
     "slow_client_seconds": _positive_int,
     "location_stale_seconds": _positive_int,
-    # Gateways speak every second: one late heartbeat must not silence one.
-    "gateway_silent_seconds": _at_least(2),
     "dispatch_radius_meters": _positive_int,
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,
     "map_tiles_url": _tiles_url,
     "revoke_seconds": _positive_int,
     "max_sockets_per_user": _positive_int,
+    "photo_max_pixels": _positive_int,
+    "login_attempts": _positive_int,
+    "login_window_seconds": _positive_int,
+    "signup_attempts": _positive_int,
+    "http_read_seconds": _positive_int,
     "cors_origins": _origins,
 }
 

@@ -40,6 +40,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             # is tested on gateways of its own (tests/e2e/test_limits.py).
             rate_limit_per_second=200,
             rate_limit_burst=400,
+            # Every test signs up and logs in from 127.0.0.1; the throttles are tested
+            # on gateways of their own (tests/e2e/test_http_abuse.py).
+            login_attempts=1_000_000,
+            signup_attempts=1_000_000,
         )
         try:
             yield run_settings

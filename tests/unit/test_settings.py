@@ -31,8 +31,12 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.log_level == "INFO"
     assert settings.request_timeout_seconds == 120
     assert settings.notification_retention_seconds == 86400
-    assert settings.gateway_silent_seconds == 3
     assert settings.slow_client_seconds == 10
+    assert settings.photo_max_pixels == 24_000_000
+    assert settings.login_attempts == 10
+    assert settings.login_window_seconds == 300
+    assert settings.signup_attempts == 20
+    assert settings.http_read_seconds == 10
     assert settings.cors_origins == ""
     assert settings.cors_origin_list == []
 
@@ -65,13 +69,17 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_MAX_PHOTO_BYTES", "2048", 2048),
         ("TAXI_DB_POOL_SIZE", "3", 3),
         ("TAXI_OFFER_TTL_SECONDS", "10", 10),
-        ("TAXI_GATEWAY_SILENT_SECONDS", "2", 2),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "45", 45),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "3600", 3600),
         ("TAXI_SLOW_CLIENT_SECONDS", "3", 3),
         ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
         ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
         ("TAXI_PORT", " 9000 ", 9000),
+        ("TAXI_PHOTO_MAX_PIXELS", "1000000", 1_000_000),
+        ("TAXI_LOGIN_ATTEMPTS", "3", 3),
+        ("TAXI_LOGIN_WINDOW_SECONDS", "60", 60),
+        ("TAXI_SIGNUP_ATTEMPTS", "5", 5),
+        ("TAXI_HTTP_READ_SECONDS", "30", 30),
         ("TAXI_CORS_ORIGINS", "http://localhost:3001", None),
         ("TAXI_CORS_ORIGINS", "https://app.example.org,http://[::1]:8080", None),
         ("TAXI_CORS_ORIGINS", "*", None),
@@ -113,14 +121,18 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_MAX_PHOTO_BYTES", "-5"),
         ("TAXI_DB_POOL_SIZE", "ten"),
         ("TAXI_OFFER_TTL_SECONDS", "0"),
-        ("TAXI_GATEWAY_SILENT_SECONDS", "1"),
-        ("TAXI_GATEWAY_SILENT_SECONDS", "2.5"),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "0"),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "2m"),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "-86400"),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "1.5"),
         ("TAXI_SLOW_CLIENT_SECONDS", "0"),
         ("TAXI_SLOW_CLIENT_SECONDS", "ten"),
+        ("TAXI_PHOTO_MAX_PIXELS", "0"),
+        ("TAXI_PHOTO_MAX_PIXELS", "24e6"),
+        ("TAXI_LOGIN_ATTEMPTS", "0"),
+        ("TAXI_LOGIN_WINDOW_SECONDS", "5m"),
+        ("TAXI_SIGNUP_ATTEMPTS", "-1"),
+        ("TAXI_HTTP_READ_SECONDS", "0"),
         ("TAXI_BROKER_PREFIX", "taxi.eu"),
         ("TAXI_BROKER_PREFIX", "taxi eu"),
         ("TAXI_BROKER_PREFIX", "taxi#"),
@@ -218,13 +230,17 @@ def test_to_env_round_trips_through_from_env() -> None:
         notification_retention_seconds=600,
         slow_client_seconds=2,
         location_stale_seconds=12,
-        gateway_silent_seconds=5,
         dispatch_radius_meters=1500,
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
         map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
         revoke_seconds=2,
         max_sockets_per_user=3,
+        photo_max_pixels=1_000_000,
+        login_attempts=3,
+        login_window_seconds=60,
+        signup_attempts=4,
+        http_read_seconds=5,
         cors_origins="http://localhost:3001,https://app.example.org",
     )
     # Every field differs from its default, so a field to_env forgot would show.
