@@ -26,7 +26,7 @@ from gateway.connected import ConnectedUsers
 from gateway.description import routes as description_routes
 from gateway.errors import ApiError, OrjsonResponse, api_error_handler, http_error_handler
 from gateway.http_api import MAX_JSON_BODY_BYTES, AuthApi
-from gateway.http_guards import BodyLimit, SecurityHeaders
+from gateway.http_guards import BodyLimit, Cors, SecurityHeaders
 from gateway.inbox import Inbox, forward
 from gateway.locations import DriverLocations
 from gateway.media import MEDIA_URL, PhotoStore
@@ -193,6 +193,9 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
         lifespan=lifespan,
         middleware=[
             Middleware(SecurityHeaders, tiles_url=settings.map_tiles_url),
+            # Inside the security headers (pre-flights carry them too), outside the body
+            # limit (a 413 names the origin, so the page can read it).
+            *cors(settings),
             Middleware(BodyLimit, limit_for=body_limits(settings)),
         ],
         exception_handlers={
@@ -204,6 +207,13 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
     # The server calls this on SIGTERM, before it stops the event loop.
     app.state.close_sockets = taxi_socket.close_all
     return app
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """Cross-origin calls for the origins of TAXI_CORS_ORIGINS; none when it is empty
+    (then an OPTIONS request is a 405 like any other method the path does not take)."""
+    origins = settings.cors_origin_list
+    return [Middleware(Cors, origins=origins)] if origins else []
 
 
 def body_limits(settings: Settings) -> Callable[[str, str], int]:

@@ -5,6 +5,9 @@
 and, for a request whose fields were wrong, `"fields": {"<name>": ["<message>"]}`
 naming each one. Handlers raise `ApiError`; the app turns it, and Starlette's own
 404 and 405, into that body, so no error leaves in another shape.
+
+The one exception is the course's client (`gateway.course_dialect`): the errors of
+its sign-up and log-in forms come as those forms read them, `{"<field>": [...]}`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.course_dialect import course_form_errors, speaks_course_forms
 from shared.wire import ErrorCode
 
 FieldErrors = Mapping[str, Sequence[str]]
@@ -57,11 +61,26 @@ class ApiError(Exception):
         self.fields = fields
         self.headers = headers
 
-    def response(self) -> Response:
-        body: dict[str, Any] = {"detail": self.detail, "code": self.code}
-        if self.fields is not None:
-            body["fields"] = {name: list(messages) for name, messages in self.fields.items()}
+    def response(self, *, course_form: bool = False) -> Response:
+        """The answer; in the course's form dialect if `course_form`
+        (`speaks_course_forms` of the request)."""
+        body: dict[str, Any]
+        if course_form:
+            body = course_form_errors(
+                self.detail,
+                self.fields,
+                photo_too_large=self.code == HttpCode.PAYLOAD_TOO_LARGE,
+            )
+        else:
+            body = {"detail": self.detail, "code": self.code}
+            if self.fields is not None:
+                body["fields"] = {name: list(messages) for name, messages in self.fields.items()}
         return OrjsonResponse(body, status_code=self.status, headers=self.headers)
+
+    def response_to(self, request: Request) -> Response:
+        return self.response(
+            course_form=speaks_course_forms(request.url.path, request.headers.get("accept"))
+        )
 
 
 def invalid_fields(fields: FieldErrors) -> ApiError:
@@ -80,14 +99,16 @@ def token_not_valid(reason: str) -> ApiError:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return exc.response()
+    return exc.response_to(request)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no such path, a method the path does not take)."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return ApiError(404, ErrorCode.NOT_FOUND, f"nothing here: {request.url.path}").response()
+        return ApiError(404, ErrorCode.NOT_FOUND, f"nothing here: {request.url.path}").response_to(
+            request
+        )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return ApiError(
@@ -95,5 +116,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
             HttpCode.METHOD_NOT_ALLOWED,
             f"{request.method} is not allowed here; allowed: {allowed}",
             headers={"Allow": allowed},
-        ).response()
-    return ApiError(exc.status_code, f"http_{exc.status_code}", str(exc.detail)).response()
+        ).response_to(request)
+    return ApiError(exc.status_code, f"http_{exc.status_code}", str(exc.detail)).response_to(
+        request
+    )

@@ -6,6 +6,10 @@
 - `SecurityHeaders`: every response says what the browser may do with it: scripts,
   styles and connections only from this origin, images also from the map's tile
   server, never framed, never sniffed into another type, and no referrer sent along.
+- `Cors`: pages from the origins of TAXI_CORS_ORIGINS (the course's React client on
+  `localhost:3001`, say) may call the API: pre-flights are answered, and answers name
+  the origin. Starlette's `CORSMiddleware`, except that a refused pre-flight is a JSON
+  error like every other.
 """
 
 from __future__ import annotations
@@ -13,10 +17,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.course_dialect import speaks_course_forms
 from gateway.errors import ApiError, HttpCode
+from shared.wire import ErrorCode
+
+# What a page from an allowed origin may do: the API's methods and the headers its
+# clients send; what it may read besides the safelisted headers: the next page of
+# trips and how long to wait after a 429.
+CORS_METHODS = ("GET", "POST")
+CORS_HEADERS = ("Authorization", "Content-Type")
+CORS_EXPOSED = ("Link", "Retry-After")
 
 
 def too_large(limit: int) -> ApiError:
@@ -41,7 +56,9 @@ class BodyLimit:
         limit = self._limit_for(scope["path"], content_type.split(";")[0].strip().lower())
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await too_large(limit).response()(scope, receive, send)
+            accept = headers.get(b"accept", b"").decode("latin-1")
+            course_form = speaks_course_forms(scope["path"], accept)
+            await too_large(limit).response(course_form=course_form)(scope, receive, send)
             return
         received = 0
 
@@ -89,3 +106,27 @@ class SecurityHeaders:
             await send(message)
 
         await self._app(scope, receive, with_headers)
+
+
+class Cors(CORSMiddleware):
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
+        )
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        # Starlette says what it refused in plain text ("Disallowed CORS origin, method").
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        return ApiError(
+            403,
+            ErrorCode.FORBIDDEN,
+            f"this cross-origin request is not allowed (its {refused}); allowed origins "
+            "are set by TAXI_CORS_ORIGINS",
+        ).response()
