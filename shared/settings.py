@@ -61,6 +61,10 @@ class Settings:
     slow_client_seconds: int = 10
     # A driver's reported location counts as unknown once it is this old.
     location_stale_seconds: int = 30
+    # Every gateway tells the workers it is there at least once a second; the drivers
+    # of one not heard from for this long (killed, or cut off from the broker) are
+    # offered nothing by distance until it speaks again. At least 2.
+    gateway_silent_seconds: int = 3
     # A trip with a pick-up point is offered first to at most `dispatch_max_offers` of
     # the nearest free drivers within `dispatch_radius_meters`; whenever nobody has
     # accepted for `dispatch_widen_seconds`, the radius doubles and more are offered.
@@ -178,6 +182,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = _positive_int(raw)
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        return value
+
+    return parse
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         parts = urlsplit(raw)
@@ -265,6 +279,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "notification_retention_seconds": _positive_int,
     "slow_client_seconds": _positive_int,
     "location_stale_seconds": _positive_int,
+    # Gateways speak every second: one late heartbeat must not silence one.
+    "gateway_silent_seconds": _at_least(2),
     "dispatch_radius_meters": _positive_int,
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,

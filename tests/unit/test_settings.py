@@ -31,6 +31,7 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.log_level == "INFO"
     assert settings.request_timeout_seconds == 120
     assert settings.notification_retention_seconds == 86400
+    assert settings.gateway_silent_seconds == 3
     assert settings.slow_client_seconds == 10
     assert settings.photo_max_pixels == 24_000_000
     assert settings.login_attempts == 10
@@ -69,6 +70,7 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_MAX_PHOTO_BYTES", "2048", 2048),
         ("TAXI_DB_POOL_SIZE", "3", 3),
         ("TAXI_OFFER_TTL_SECONDS", "10", 10),
+        ("TAXI_GATEWAY_SILENT_SECONDS", "2", 2),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "45", 45),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "3600", 3600),
         ("TAXI_SLOW_CLIENT_SECONDS", "3", 3),
@@ -121,6 +123,8 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_MAX_PHOTO_BYTES", "-5"),
         ("TAXI_DB_POOL_SIZE", "ten"),
         ("TAXI_OFFER_TTL_SECONDS", "0"),
+        ("TAXI_GATEWAY_SILENT_SECONDS", "1"),
+        ("TAXI_GATEWAY_SILENT_SECONDS", "2.5"),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "0"),
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "2m"),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "-86400"),
@@ -230,6 +234,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         notification_retention_seconds=600,
         slow_client_seconds=2,
         location_stale_seconds=12,
+        gateway_silent_seconds=5,
         dispatch_radius_meters=1500,
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
