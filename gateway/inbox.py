@@ -2,11 +2,12 @@
 
 The gateway's own queue (`gateway.broker`) carries:
 - `user.<id>` with a number (x-seq): a notification of the user, for every socket
-  of theirs here (`ConnectedUser.notify`);
+  of theirs here (`ConnectedUser.pass_on`);
 - `user.<id>` without one: an offer or its withdrawal, sent to drivers by name
   (`OfferFanout.by_name`: the key, and the keys in CC, name them), or a driver's
   location for the rider of their trip under way (`driver.location`), passed on
-  only while that trip is the rider's;
+  only while that trip is the rider's, or a worker's refusal of the user's command
+  (`error`, a reply: for every socket of theirs here, whatever their state);
 - `gateways.locations`: a worker that started asks for the drivers' locations
   held here (`DriverLocations.replay`).
 The offers queue carries the broadcasts (`OfferFanout.broadcast`).
@@ -27,6 +28,9 @@ from shared.locations import DRIVER_LOCATION
 from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, TRIP_HEADER
 
 log = logging.getLogger(__name__)
+
+# The frame type of a worker's refusal: unnumbered, for the sender's sockets open now.
+REFUSAL = "error"
 
 Route = Callable[[AbstractIncomingMessage], None]
 
@@ -56,19 +60,19 @@ class Inbox:
             return
         headers = message.headers or {}
         seq = headers.get(SEQ_HEADER)
-        if seq is None and message.type != DRIVER_LOCATION:
+        if seq is None and message.type not in (DRIVER_LOCATION, REFUSAL):
             self._offers.by_name(message)
             return
         _, _, user_id = key.partition(".")
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
+        if seq is None and message.type == REFUSAL:
+            connected.put_live(Frame(message.body.decode(), REFUSAL))
+            return
         if seq is None:
             trip = connected.under_way
             if trip is not None and trip.id == headers.get(TRIP_HEADER):
                 connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
             return
-        before = connected.under_way
-        connected.notify(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))
-        if connected.under_way != before and connected.user.is_driver:
-            self._locations.trip_changed(connected)
+        connected.pass_on(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))

@@ -1,15 +1,19 @@
 """Each socket's way out: a bounded buffer and one writer, so no socket waits on another.
 
 Frames meant for a socket are put in its buffer without waiting; the socket's own
-writer sends them in order. A user's notifications are numbered, and the writer
-sends each exactly once and in order: it skips one it has sent already, and fills
-a gap from the notification log before going on. So a notification dropped
-anywhere on the way (a full buffer, a broker restart, two workers publishing out
-of order) is read back from Postgres, never lost and never doubled.
+writer sends them in order. A user's notifications are numbered and reach the
+socket through its user (`ConnectedUser.pass_on`), and the writer sends each
+exactly once and in order: it skips one it has sent already, and before a number
+it has not reached it sends what it lacks from the user's history (what the user
+passed on before the socket opened, or what a full buffer dropped). So a socket
+never loses a notification and never shows one twice.
 
-A socket whose buffer stays full for TAXI_SLOW_CLIENT_SECONDS is too slow: its
-writer stops (`too_slow`), the socket is closed with 4010, and its client resumes
-with `since` when it reconnects.
+A socket whose data has not drained for TAXI_SLOW_CLIENT_SECONDS is too slow: one
+send has not finished in that time (the client stopped reading, so the server
+stopped writing to it), or its buffer stayed full that long. Its writer stops
+(`too_slow`), the socket is closed with 4010, and its client resumes with `since`
+when it reconnects. The gateway checks every socket now and then (`check_drained`),
+so a client that stops reading is closed whether or not anything new is sent to it.
 
 A gateway holds tens of thousands of these, so each is lean: a plain list for the
 buffer and one future to wake the writer, not an asyncio.Queue (whose deques and
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -39,18 +44,19 @@ class Frame:
     seq: int | None = None
 
 
-# Put in a buffer to make its writer read the log for anything it has not sent
-# (after the broker connection was lost, some notifications may never arrive).
+# Put in a buffer to wake its writer, which then sends anything of the user's
+# history it has not sent (a marker, never sent itself).
 CATCH_UP: Final = Frame("", "catch-up")
 
 SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
 
 
-class LogReader(Protocol):
-    """Where a socket reads back what it missed (`gateway.notification_log`)."""
+class History(Protocol):
+    """The notifications a socket's user passed on after `after` (up to `upto`), at most
+    READ_BATCH of them (`ConnectedUser.history`)."""
 
-    async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]: ...
+    async def __call__(self, after: int, upto: int | None = None) -> list[Logged]: ...
 
 
 class Outgoing:
@@ -61,7 +67,8 @@ class Outgoing:
         "_dropped",
         "_frames",
         "_full_since",
-        "_log",
+        "_history",
+        "_send_started",
         "_send_text",
         "_slow_seconds",
         "_wakeup",
@@ -69,6 +76,7 @@ class Outgoing:
         "issued_at",
         "opened_at",
         "sent_up_to",
+        "session",
         "too_slow",
         "user_id",
     )
@@ -77,25 +85,29 @@ class Outgoing:
         self,
         user_id: int,
         send_text: SendText,
-        log: LogReader,
+        history: History,
         *,
         sent_up_to: int,
         slow_seconds: float,
         close: Close | None = None,
         issued_at: float = 0.0,
+        session: uuid.UUID | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.user_id = user_id
         # When the token the socket was opened with was issued (a revocation of the
         # user's sessions after that closes it), and when the socket opened.
         self.issued_at = issued_at
+        # The session family of that token (its `sid`; None for an older token): when
+        # the family ends, the socket is closed (`gateway.revocations`).
+        self.session = session
         self.opened_at = clock()
         # The number of the last notification this socket was sent.
         self.sent_up_to = sent_up_to
         # Set when the buffer stayed full too long; the writer has stopped then.
         self.too_slow = False
         self._send_text = send_text
-        self._log = log
+        self._history = history
         # Frames waiting, oldest first, and what the writer waits on when there are none.
         self._frames: list[Frame] = []
         self._wakeup: asyncio.Future[None] | None = None
@@ -103,6 +115,8 @@ class Outgoing:
         self._slow_seconds = slow_seconds
         self._clock = clock
         self._full_since: float | None = None
+        # When the send under way started (None: the writer is not sending).
+        self._send_started: float | None = None
         # A numbered frame was dropped: read the log once the buffer has drained, even
         # if no later notification comes to reveal the gap.
         self._dropped = False
@@ -123,11 +137,23 @@ class Outgoing:
         now = self._clock()
         if self._full_since is None:
             self._full_since = now
-        elif now - self._full_since >= self._slow_seconds and not self.too_slow:
-            self.too_slow = True
-            # The writer is stuck in a send to a client that does not read: stop it.
-            if self._writer is not None:
-                self._writer.cancel()
+        elif now - self._full_since >= self._slow_seconds:
+            self._stop_too_slow()
+
+    def check_drained(self) -> None:
+        """Close the socket as too slow if its writer has been stuck in one send for
+        TAXI_SLOW_CLIENT_SECONDS: the client is not reading."""
+        started = self._send_started
+        if started is not None and self._clock() - started >= self._slow_seconds:
+            self._stop_too_slow()
+
+    def _stop_too_slow(self) -> None:
+        if self.too_slow:
+            return
+        self.too_slow = True
+        # The writer is stuck in a send to a client that does not read: stop it.
+        if self._writer is not None:
+            self._writer.cancel()
 
     def close_after_sending(self, code: int, reason: str) -> None:
         """Close the socket once everything already in its buffer was sent (so a client
@@ -190,9 +216,9 @@ class Outgoing:
         return self._frames.pop(0)
 
     async def _catch_up(self, upto: int | None = None) -> None:
-        """Send from the log everything numbered after what this socket was sent."""
+        """Send from the user's history everything numbered after what this socket was sent."""
         while True:
-            missed = await self._log.read(self.user_id, self.sent_up_to, upto)
+            missed = await self._history(self.sent_up_to, upto)
             for logged in missed:
                 await self._send(logged.body.decode(), logged.frame_type)
                 self.sent_up_to = logged.seq
@@ -200,5 +226,9 @@ class Outgoing:
                 return
 
     async def _send(self, text: str, frame_type: str) -> None:
-        await self._send_text(text)
+        self._send_started = self._clock()
+        try:
+            await self._send_text(text)
+        finally:
+            self._send_started = None
         metrics.FRAMES_OUT.labels(frame_type).inc()

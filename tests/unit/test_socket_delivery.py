@@ -1,5 +1,6 @@
 """How the gateway gets frames to sockets, with in-memory sockets and log: every socket
-of a user gets every notification once and in order, gaps are read back from the log,
+of a user gets every notification once and in order, gaps are read back from the log
+through the user (so what the gateway believes follows every frame a socket shows),
 offers reach free drivers only, and a slow socket holds up no one."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.connected import ConnectedUser, ConnectedUsers
-from gateway.notification_log import READ_BATCH, Logged
+from gateway.notification_log import READ_BATCH, Logged, ResumePoint
 from gateway.offers import OfferFanout
 from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
 from shared.locations import Location, Point
@@ -67,10 +68,15 @@ class Socket:
         return [int(text.split(",")[0].removeprefix('{"seq":')) for text in self.sent]
 
 
-def outgoing(log: Log, socket: Socket, user: User = RIDER, **kwargs: Any) -> Outgoing:
+def outgoing(owner: ConnectedUser, socket: Socket, **kwargs: Any) -> Outgoing:
     kwargs.setdefault("sent_up_to", 0)
     kwargs.setdefault("slow_seconds", 10)
-    return Outgoing(user.id, socket.send_text, log, **kwargs)
+    return Outgoing(owner.user.id, socket.send_text, owner.history, **kwargs)
+
+
+def started(user: User, log: Log, last_seq: int = 0) -> ConnectedUser:
+    """The user as a gateway holds them once their first socket read where they stand."""
+    return ConnectedUser(user, log, last_seq=last_seq)
 
 
 async def settle(condition: Callable[[], bool]) -> None:
@@ -92,14 +98,14 @@ async def running(*writers: Outgoing) -> list[asyncio.Task[None]]:
 
 
 async def listening(
-    log: Log, *users: ConnectedUser
+    *users: ConnectedUser,
 ) -> tuple[dict[int, Socket], list[Outgoing], list[asyncio.Task[None]]]:
     """One socket each for the users, its writer running: the sockets by user id,
     the writers and their tasks."""
     sockets = {connected.user.id: Socket() for connected in users}
     writers = []
     for connected in users:
-        writer = outgoing(log, sockets[connected.user.id], connected.user)
+        writer = outgoing(connected, sockets[connected.user.id])
         connected.sockets.add(writer)
         writers.append(writer)
     return sockets, writers, await running(*writers)
@@ -113,18 +119,19 @@ async def stop(tasks: list[asyncio.Task[None]]) -> None:
 
 async def test_every_socket_of_a_user_gets_every_notification_once_in_order() -> None:
     log, phone, laptop = Log(), Socket(), Socket()
-    user = ConnectedUser(RIDER)
-    writers = [outgoing(log, phone), outgoing(log, laptop)]
+    user = started(RIDER, log)
+    writers = [outgoing(user, phone), outgoing(user, laptop)]
     user.sockets.update(writers)
     tasks = await running(*writers)
     frames = [log.add(RIDER.id, seq) for seq in range(1, 6)]
 
     for frame in [frames[0], frames[1], frames[1], frames[2], frames[4], frames[3]]:
-        user.notify(frame)
+        user.pass_on(frame)
     await settle(lambda: len(phone.sent) == len(laptop.sent) == 5)
 
-    # 5 came before 4: the writers read 4 back from the log, and 4 itself is dropped.
+    # 5 came before 4: the user read 4 and 5 back from the log, and 4 itself is dropped.
     assert phone.seqs() == laptop.seqs() == [1, 2, 3, 4, 5]
+    assert user.last_seq == 5
     await stop(tasks)
 
 
@@ -132,15 +139,33 @@ async def test_a_new_socket_first_gets_what_it_missed_from_the_log_then_live() -
     log, socket = Log(), Socket()
     for seq in range(1, 4):
         log.add(RIDER.id, seq)
-    user = ConnectedUser(RIDER, last_seq=3)
-    writer = outgoing(log, socket, sent_up_to=1)
+    user = started(RIDER, log, last_seq=3)
+    writer = outgoing(user, socket, sent_up_to=1)
     user.sockets.add(writer)
     tasks = await running(writer)
 
-    user.notify(log.add(RIDER.id, 4))
+    user.pass_on(log.add(RIDER.id, 4))
     await settle(lambda: len(socket.sent) == 3)
 
     assert socket.seqs() == [2, 3, 4]
+    await stop(tasks)
+
+
+async def test_a_socket_is_never_sent_a_number_its_user_has_not_passed_on() -> None:
+    log, socket = Log(), Socket()
+    for seq in range(1, 4):
+        log.add(RIDER.id, seq)  # 3 is committed, still on its way here
+    user = started(RIDER, log, last_seq=2)
+    writer = outgoing(user, socket)
+    user.sockets.add(writer)
+    tasks = await running(writer)
+
+    await settle(lambda: len(socket.sent) == 2)
+    user.put_live(Frame("end", "echo.message"))
+    await settle(lambda: socket.sent[-1] == "end")
+
+    assert len(socket.sent) == 3  # 1, 2 and "end": not 3, which the user has not seen
+    assert Socket(socket.sent[:2]).seqs() == [1, 2]
     await stop(tasks)
 
 
@@ -148,7 +173,9 @@ async def test_catching_up_reads_every_batch_of_a_long_absence() -> None:
     log, socket = Log(), Socket()
     for seq in range(1, 2 * READ_BATCH + 3):
         log.add(RIDER.id, seq)
-    tasks = await running(outgoing(log, socket))
+    user = started(RIDER, log, last_seq=2 * READ_BATCH + 2)
+    user.sockets.add(writer := outgoing(user, socket))
+    tasks = await running(writer)
 
     await settle(lambda: len(socket.sent) == 2 * READ_BATCH + 2)
 
@@ -158,9 +185,10 @@ async def test_catching_up_reads_every_batch_of_a_long_absence() -> None:
 
 async def test_after_a_broker_outage_each_socket_reads_what_never_arrived() -> None:
     log, socket = Log(), Socket()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     user = await users.join(RIDER)
-    writer = outgoing(log, socket)
+    user.start_from(ResumePoint(0, 0, 1, under_way=None))
+    writer = outgoing(user, socket)
     user.sockets.add(writer)
     tasks = await running(writer)
     log.add(RIDER.id, 1)  # committed, published while the connection was down: lost
@@ -170,32 +198,98 @@ async def test_after_a_broker_outage_each_socket_reads_what_never_arrived() -> N
     await stop(tasks)
 
 
+async def test_what_is_read_back_after_a_broker_outage_moves_the_users_trip_on() -> None:
+    """A driver finished their trip through another gateway while this one's broker
+    link was down: once it is back, this gateway knows they are free (offers again,
+    and their position no longer goes to the former rider)."""
+    log = Log()
+    changed: list[TripUnderWay | None] = []
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
+    users.trip_changed = lambda user: changed.append(user.under_way)
+    driver = await users.join(DRIVER)
+    driver.start_from(ResumePoint(0, 0, 1, under_way=None))
+    sockets, _, tasks = await listening(driver)
+    driver.pass_on(log.add(DRIVER.id, 1, "trip.accepted"))
+    assert driver.busy
+    log.add(DRIVER.id, 2, "trip.picked_up")  # published while the link was down
+    log.add(DRIVER.id, 3, "trip.completed")
+
+    users.catch_up_all()
+    await settle(lambda: len(sockets[DRIVER.id].sent) == 3)
+
+    assert not driver.busy and driver.under_way is None
+    assert changed == [TripUnderWay("trip-1", RIDER.id, DRIVER.id), None]
+    await stop(tasks)
+
+
+async def test_a_second_socket_opening_while_a_notification_is_on_its_way_hides_it_from_none() -> (
+    None
+):
+    log, phone, laptop = Log(), Socket(), Socket()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
+    rider = await users.join(RIDER)
+    rider.start_from(ResumePoint(0, 0, 1, under_way=None))
+    rider.sockets.add(on_phone := outgoing(rider, phone))
+    tasks = await running(on_phone)
+    rider.pass_on(log.add(RIDER.id, 1))
+    accepted = log.add(RIDER.id, 2, "trip.accepted")  # committed; on its way here
+
+    again = await users.join(RIDER)  # the laptop opens, and reads where the rider stands
+    again.start_from(ResumePoint(2, 0, 1, TripUnderWay("trip-1", RIDER.id, DRIVER.id)))
+    rider.sockets.add(on_laptop := outgoing(rider, laptop))
+    tasks += await running(on_laptop)
+    await settle(lambda: phone.seqs() == laptop.seqs() == [1, 2])
+    rider.pass_on(accepted)  # arrives live at last
+    rider.put_live(Frame("end", "echo.message"))
+    await settle(lambda: phone.sent[-1] == laptop.sent[-1] == "end")
+
+    assert Socket(phone.sent[:-1]).seqs() == Socket(laptop.sent[:-1]).seqs() == [1, 2]
+    assert rider.under_way == TripUnderWay("trip-1", RIDER.id, DRIVER.id)
+    await stop(tasks)
+
+
+async def test_what_arrives_before_the_first_socket_knows_where_the_user_stands_is_read_back() -> (
+    None
+):
+    log, socket = Log(), Socket()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
+    rider = await users.join(RIDER)
+    rider.pass_on(log.add(RIDER.id, 1))  # live, before the resume point was read
+    rider.start_from(ResumePoint(0, 0, 1, under_way=None))  # read before 1 was committed
+    rider.sockets.add(writer := outgoing(rider, socket))
+    tasks = await running(writer)
+
+    await settle(lambda: socket.seqs() == [1])
+    assert rider.last_seq == 1
+    await stop(tasks)
+
+
 async def test_a_driver_is_busy_from_accepting_until_the_trip_ends() -> None:
     log = Log()
-    driver = ConnectedUser(DRIVER)
+    driver = started(DRIVER, log)
     under_way = TripUnderWay("trip-1", RIDER.id, DRIVER.id)
 
-    driver.notify(log.add(DRIVER.id, 1, "trip.accepted"))
+    driver.pass_on(log.add(DRIVER.id, 1, "trip.accepted"))
     assert driver.busy
     assert driver.under_way == under_way
-    driver.notify(log.add(DRIVER.id, 2, "trip.picked_up"))
+    driver.pass_on(log.add(DRIVER.id, 2, "trip.picked_up"))
     assert driver.busy
-    driver.notify(log.add(DRIVER.id, 3, "trip.completed"))
+    driver.pass_on(log.add(DRIVER.id, 3, "trip.completed"))
     assert not driver.busy
     assert driver.under_way is None
     # A late "accepted" (older than what was applied) does not make them busy again.
-    driver.notify(Frame("{}", "trip.accepted", 1))
+    driver.pass_on(Frame("{}", "trip.accepted", 1))
     assert not driver.busy
 
 
 async def test_a_rider_has_their_trip_under_way_but_is_never_busy() -> None:
     log = Log()
-    rider = ConnectedUser(RIDER)
+    rider = started(RIDER, log)
 
-    rider.notify(log.add(RIDER.id, 1, "trip.accepted"))
+    rider.pass_on(log.add(RIDER.id, 1, "trip.accepted"))
     assert rider.under_way == TripUnderWay("trip-1", RIDER.id, DRIVER.id)
     assert not rider.busy
-    rider.notify(log.add(RIDER.id, 2, "trip.cancelled"))
+    rider.pass_on(log.add(RIDER.id, 2, "trip.cancelled"))
     assert rider.under_way is None
 
 
@@ -209,7 +303,7 @@ class Offer:
 
 async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
     log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     sockets: dict[str, Socket] = {}
     writers = []
     for name, user in (
@@ -223,7 +317,7 @@ async def test_offers_reach_every_socket_of_free_drivers_only() -> None:
         if name == "busy":
             connected.under_way = TripUnderWay("trip-0", RIDER.id, user.id)
         sockets[name] = Socket()
-        writer = outgoing(log, sockets[name], user)
+        writer = outgoing(connected, sockets[name])
         connected.sockets.add(writer)
         writers.append(writer)
     tasks = await running(*writers)
@@ -242,21 +336,43 @@ async def test_a_stalled_socket_holds_up_no_other_and_is_called_too_slow() -> No
     log = Log()
     now = [0.0]
     stalled, healthy = Socket(stalled=asyncio.Event()), Socket()
-    user = ConnectedUser(RIDER)
-    slow = outgoing(log, stalled, slow_seconds=10, clock=lambda: now[0])
-    fine = outgoing(log, healthy)
+    user = started(RIDER, log)
+    slow = outgoing(user, stalled, slow_seconds=10, clock=lambda: now[0])
+    fine = outgoing(user, healthy)
     user.sockets.update((slow, fine))
     tasks = await running(slow, fine)
 
     for seq in range(1, BUFFER_FRAMES + 10):
-        user.notify(log.add(RIDER.id, seq))
+        user.pass_on(log.add(RIDER.id, seq))
     await settle(lambda: len(healthy.sent) == BUFFER_FRAMES + 9)
     assert not slow.too_slow  # full, but not yet for long
     now[0] = 10.0
-    user.notify(log.add(RIDER.id, BUFFER_FRAMES + 10))
+    user.pass_on(log.add(RIDER.id, BUFFER_FRAMES + 10))
 
     assert slow.too_slow
     assert healthy.seqs() == list(range(1, BUFFER_FRAMES + 10))
+    await stop(tasks)
+
+
+async def test_a_client_that_stops_reading_is_too_slow_with_nothing_more_sent_to_it() -> None:
+    log = Log()
+    now = [0.0]
+    stalled = Socket(stalled=asyncio.Event())
+    user = started(RIDER, log)
+    slow = outgoing(user, stalled, slow_seconds=10, clock=lambda: now[0])
+    user.sockets.add(slow)
+    tasks = await running(slow)
+    await settle(lambda: True)  # the writer has caught up with the (empty) log
+    user.pass_on(log.add(RIDER.id, 1))  # one frame, and the client reads no more
+    await settle(lambda: writer_waits_on(slow))
+
+    slow.check_drained()
+    assert not slow.too_slow  # its send has not been stuck for long yet
+    now[0] = 10.0
+    slow.check_drained()
+
+    assert slow.too_slow
+    await settle(lambda: tasks[0].done())
     await stop(tasks)
 
 
@@ -264,15 +380,15 @@ async def test_frames_dropped_from_a_full_buffer_come_back_from_the_log() -> Non
     log = Log()
     reading = asyncio.Event()
     socket = Socket(stalled=reading)
-    user = ConnectedUser(RIDER)
-    writer = outgoing(log, socket)
+    user = started(RIDER, log)
+    writer = outgoing(user, socket)
     user.sockets.add(writer)
     tasks = await running(writer)
 
     total = BUFFER_FRAMES + 50
     for seq in range(1, total + 1):
-        user.notify(log.add(RIDER.id, seq))
-    user.notify(log.add(RIDER.id, total + 1))
+        user.pass_on(log.add(RIDER.id, seq))
+    user.pass_on(log.add(RIDER.id, total + 1))
     reading.set()
     await settle(lambda: len(socket.sent) == total + 1)
 
@@ -289,7 +405,7 @@ async def test_the_binding_stays_while_any_socket_of_the_user_is_open() -> None:
     async def unbind(user_id: int) -> None:
         calls.append(("unbind", user_id))
 
-    users = ConnectedUsers(bind, unbind)
+    users = ConnectedUsers(bind, unbind, Log())
     first = await users.join(RIDER)
     second = await users.join(RIDER)
     assert first is second
@@ -304,7 +420,7 @@ async def test_the_binding_stays_while_any_socket_of_the_user_is_open() -> None:
 
 async def test_catch_up_is_a_marker_not_a_frame() -> None:
     log, socket = Log(), Socket()
-    writer = outgoing(log, socket)
+    writer = outgoing(started(RIDER, log), socket)
     tasks = await running(writer)
     writer.put(CATCH_UP)
     writer.put(Frame("hello", "echo.message"))
@@ -318,9 +434,9 @@ async def _nothing(user_id: int) -> None:
 
 async def test_an_offer_older_than_what_drivers_here_were_sent_is_dropped() -> None:
     log, socket = Log(), Socket()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     driver = await users.join(DRIVER)
-    writer = outgoing(log, socket, DRIVER)
+    writer = outgoing(driver, socket)
     driver.sockets.add(writer)
     tasks = await running(writer)
     fanout = OfferFanout(users)
@@ -349,17 +465,17 @@ async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_la
     log = Log()
     reading = asyncio.Event()
     socket = Socket(stalled=reading)
-    user = ConnectedUser(RIDER)
-    writer = outgoing(log, socket)
+    user = started(RIDER, log)
+    writer = outgoing(user, socket)
     user.sockets.add(writer)
     tasks = await running(writer)
 
     await settle(lambda: True)  # the writer has caught up with the (empty) log
-    user.notify(log.add(RIDER.id, 1))
+    user.pass_on(log.add(RIDER.id, 1))
     await settle(lambda: writer_waits_on(writer))  # it holds frame 1, blocked on the socket
     total = BUFFER_FRAMES + 50  # the last 49 find the buffer full
     for seq in range(2, total + 1):
-        user.notify(log.add(RIDER.id, seq))
+        user.pass_on(log.add(RIDER.id, seq))
     reading.set()
     await settle(lambda: len(socket.sent) == total)
 
@@ -369,7 +485,7 @@ async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_la
 
 async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_location() -> None:
     log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     located_user, unlocated_user = (
         User(5, "e", "", "", "driver", None),
         User(6, "f", "", "", "driver", None),
@@ -377,7 +493,7 @@ async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_locati
     located, unlocated = await users.join(located_user), await users.join(unlocated_user)
     located.location = Location(Point(52.37, 4.89))
     users.located(located)
-    sockets, _, tasks = await listening(log, located, unlocated)
+    sockets, _, tasks = await listening(located, unlocated)
     fanout = OfferFanout(users)
 
     fanout.broadcast(Offer(b"for-the-unlocated", headers={AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
@@ -391,12 +507,12 @@ async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_locati
 
 async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_withdrawal() -> None:
     log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     first, second, busy = [
         await users.join(User(number, str(number), "", "", "driver", None)) for number in (1, 2, 3)
     ]
     busy.under_way = TripUnderWay("trip-0", RIDER.id, busy.user.id)
-    sockets, writers, tasks = await listening(log, first, second, busy)
+    sockets, writers, tasks = await listening(first, second, busy)
     fanout = OfferFanout(users)
 
     def offer(kind: str, version: int, *named: int, distances: str | None = None) -> Offer:
@@ -433,12 +549,12 @@ async def test_a_broadcast_for_the_unlocated_still_comes_after_offers_by_name_of
     None
 ):
     log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing)
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
     located = await users.join(User(8, "h", "", "", "driver", None))
     located.location = Location(Point(52.37, 4.89))
     users.located(located)
     unlocated = await users.join(User(9, "i", "", "", "driver", None))
-    sockets, writers, tasks = await listening(log, located, unlocated)
+    sockets, writers, tasks = await listening(located, unlocated)
     fanout = OfferFanout(users)
     headers = {TRIP_HEADER: "t1", VERSION_HEADER: "1"}
 
