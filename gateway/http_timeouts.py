@@ -13,8 +13,9 @@ that trickles its body. Its httptools protocol, subclassed here, adds two deadli
   a slow link is fine; a byte every few seconds is not).
 
 A request past its deadline gets 408 if nothing was answered yet, and the connection
-is closed (one that never began a request is closed without a word). A WebSocket handshake ends the HTTP part: once upgraded, a socket lives as
-long as it needs to (its own limits are the socket endpoint's).
+is closed (one that never began a request is closed without a word). A WebSocket
+handshake ends the HTTP part: once upgraded, a socket lives as long as it needs to
+(its own limits are the socket endpoint's).
 """
 
 from __future__ import annotations
