@@ -13,6 +13,7 @@ from dispatcher import repository
 from shared import trips
 from shared.commands import Command, CreateTrip, UpdateTrip
 from shared.db import Connection
+from shared.sessions import live_user
 from shared.trips import RuleViolation, Status, Transition
 from shared.users import User
 from shared.wire import ErrorCode
@@ -24,7 +25,7 @@ MAX_CONFLICT_ROUNDS = 3
 
 async def create_trip(conn: Connection, command: Command, now: datetime) -> Transition:
     assert isinstance(command.data, CreateTrip)
-    rider = await _active_user(conn, command.user_id)
+    rider = await _active_user(conn, command)
     # Two racing requests of one rider both find no live trip here; the unique index
     # `trips_one_live_per_rider` fails the loser's insert, the worker retries the
     # command, and this query then finds the winner's trip.
@@ -46,7 +47,7 @@ async def create_trip(conn: Connection, command: Command, now: datetime) -> Tran
 
 async def update_trip(conn: Connection, command: Command, now: datetime) -> Transition:
     assert isinstance(command.data, UpdateTrip)
-    user = await _active_user(conn, command.user_id)
+    user = await _active_user(conn, command)
     for _ in range(MAX_CONFLICT_ROUNDS):
         trip = await repository.get_trip(conn, command.data.trip_id)
         if trip is None or (user.group == "rider" and trip.rider.id != user.id):
@@ -63,8 +64,13 @@ async def update_trip(conn: Connection, command: Command, now: datetime) -> Tran
     raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "the trip changed meanwhile; try again")
 
 
-async def _active_user(conn: Connection, user_id: int) -> User:
-    user = await repository.get_user(conn, user_id)
-    if user is None or not user.is_active:
-        raise RuleViolation(ErrorCode.FORBIDDEN, "your account is not active")
+async def _active_user(conn: Connection, command: Command) -> User:
+    """The sender, if active and the session their command was sent in has not ended
+    (PROTOCOL D1: a command sent after the end committed is refused, whenever the
+    gateway gets round to closing the socket)."""
+    user = await live_user(conn, command.user_id, command.issued_at, command.session)
+    if user is None:
+        raise RuleViolation(
+            ErrorCode.FORBIDDEN, "your account is not active, or this session has ended"
+        )
     return user

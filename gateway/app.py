@@ -122,7 +122,13 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
         max_sockets_per_user=settings.max_sockets_per_user,
     )
     # Checked twice within the time allowed, so a socket closes well within it.
-    revocations = Revocations(database, connected, settings.revoke_seconds / 2)
+    revocations = Revocations(
+        database,
+        connected,
+        settings.revoke_seconds / 2,
+        # An ended session's record outlives every token it could refuse.
+        keep_seconds=settings.access_token_minutes * 60 + settings.refresh_token_days * 86400,
+    )
     Path(settings.media_dir).mkdir(parents=True, exist_ok=True)
 
     async def healthz(request: Request) -> Response:

@@ -33,6 +33,15 @@ LOCATIONS_DROPPED = Counter(
     "Driver location reports not passed on to dispatch (the broker was away or behind).",
 )
 
+REVOCATION_CHECKS = Counter(
+    "taxi_gateway_revocation_checks_total",
+    "Looks at the sessions that ended since the last one (gateway.revocations).",
+)
+SOCKETS_REVOKED = Counter(
+    "taxi_gateway_sockets_revoked_total",
+    "Sockets closed with 4003 because the session they were opened in ended.",
+)
+
 KNOWN_FRAME_TYPES = frozenset({"echo.message", UPDATE_LOCATION, *COMMAND_TYPES})
 
 

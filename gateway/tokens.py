@@ -1,7 +1,9 @@
 """JSON Web Tokens: the course's access/refresh pair, HS256 with the algorithm pinned.
 
 Access and refresh tokens carry a `token_type` claim and are never accepted in
-each other's place. Every token must carry `exp`, `iat` and `jti`.
+each other's place. Every token must carry `exp`, `iat` and `jti`. Tokens issued
+within a session also carry its family as `sid` (`shared.sessions`): when the
+family ends, every token of it is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Literal
 
 import jwt
 
+from shared.sessions import session_id
 from shared.users import User
 
 ALGORITHM = "HS256"
@@ -35,6 +38,9 @@ class TokenClaims:
     # When it was issued, in seconds since the epoch (to the microsecond): a token
     # issued before the user's sessions were ended is refused.
     issued_at: float = 0.0
+    # The session family it was issued from (`sid`); None for a token from before
+    # tokens named theirs.
+    session: uuid.UUID | None = None
 
 
 class TokenService:
@@ -52,16 +58,24 @@ class TokenService:
         }
         self._clock = clock
 
-    def issue_pair(self, user: User, refresh_jti: str | None = None) -> dict[str, str]:
+    def issue_pair(
+        self, user: User, refresh_jti: str | None = None, session: uuid.UUID | None = None
+    ) -> dict[str, str]:
         return {
-            "refresh": self.issue(user, "refresh", refresh_jti),
-            "access": self.issue(user, "access"),
+            "refresh": self.issue(user, "refresh", refresh_jti, session),
+            "access": self.issue(user, "access", session=session),
         }
 
     def lifetime(self, token_type: TokenType) -> int:
         return self._lifetimes[token_type]
 
-    def issue(self, user: User, token_type: TokenType, jti: str | None = None) -> str:
+    def issue(
+        self,
+        user: User,
+        token_type: TokenType,
+        jti: str | None = None,
+        session: uuid.UUID | None = None,
+    ) -> str:
         now = self._clock()
         payload: dict[str, Any] = {
             "token_type": token_type,
@@ -72,6 +86,8 @@ class TokenService:
             "jti": jti or uuid.uuid4().hex,
             **user.public(),
         }
+        if session is not None:
+            payload["sid"] = session.hex
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str, expected_type: TokenType) -> TokenClaims:
@@ -105,6 +121,10 @@ class TokenService:
         user_id = payload["id"]
         if not isinstance(user_id, int) or isinstance(user_id, bool):
             raise TokenError("this token is invalid: its 'id' names no user")
+        try:
+            session = session_id(payload.get("sid"))
+        except ValueError:
+            raise TokenError("this token is invalid: its 'sid' names no session") from None
         return TokenClaims(
             user_id=user_id,
             username=str(payload.get("username", "")),
@@ -112,6 +132,7 @@ class TokenService:
             token_type=payload["token_type"],
             jti=str(payload["jti"]),
             issued_at=float(payload["iat"]),
+            session=session,
         )
 
 

@@ -108,7 +108,7 @@ class TripsApi:
             claims = self._tokens.verify(token.strip(), "access")
         except TokenError as exc:
             raise token_not_valid(str(exc)) from None
-        user = await self._users.active(claims.user_id, claims.issued_at)
+        user = await self._users.active(claims.user_id, claims.issued_at, claims.session)
         if user is None:
             raise token_not_valid("this account does not exist or is no longer active")
         return user

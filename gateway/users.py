@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 
 from shared.db import Database
+from shared.sessions import live_user
 from shared.user_names import skeleton
 from shared.users import USER_COLUMNS as _COLUMNS
 from shared.users import User, user_from_row
@@ -50,21 +53,14 @@ class UserRepository:
         assert row is not None
         return user_from_row(row)
 
-    async def active(self, user_id: int, issued_at: float | None = None) -> User | None:
+    async def active(
+        self, user_id: int, issued_at: float | None = None, session: uuid.UUID | None = None
+    ) -> User | None:
         """The user, if they exist and are active: whom a valid token may still speak
         for, unless it was issued (`issued_at`, seconds since the epoch) before their
-        sessions were ended."""
-        row = await self._database.pool.fetchrow(
-            f"""
-            SELECT {_COLUMNS} FROM users
-            WHERE id = $1 AND is_active
-              AND ($2::float8 IS NULL OR sessions_revoked_at IS NULL
-                   OR sessions_revoked_at <= to_timestamp($2::float8))
-            """,
-            user_id,
-            issued_at,
-        )
-        return user_from_row(row) if row else None
+        sessions were ended, or its session family (`session`) has ended
+        (`shared.sessions`). One query."""
+        return await live_user(self._database.pool, user_id, issued_at, session)
 
     async def find_with_password_hash(self, username: str) -> tuple[User, str] | None:
         row = await self._database.pool.fetchrow(

@@ -30,7 +30,7 @@ from gateway.locations import DriverLocations
 from gateway.notification_log import NotificationLog, ResumePoint
 from gateway.outgoing import Frame, Outgoing
 from gateway.rate_limit import TokenBucket
-from gateway.tokens import TokenError, TokenService
+from gateway.tokens import TokenClaims, TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
 from shared.commands import COMMAND_TYPES, UPDATE_LOCATION, new_command, new_location
@@ -132,7 +132,7 @@ class TaxiSocket:
             return
         if authenticated is None:
             return
-        user, issued_at = authenticated
+        user, claims = authenticated
         # This gateway receives the user's notifications from before the resume point
         # is read: whatever is committed later arrives live, the rest is in the log.
         try:
@@ -155,7 +155,7 @@ class TaxiSocket:
                 return
             connected.resume_from(point)
             await websocket.accept()
-            await self._serve(websocket, connected, _resume_after(since, point), issued_at)
+            await self._serve(websocket, connected, _resume_after(since, point), claims)
         except DATABASE_OUTAGE as exc:
             log.warning("socket ended, database unavailable user_id=%s error=%r", user.id, exc)
             if websocket.client_state is WebSocketState.CONNECTING:
@@ -171,7 +171,7 @@ class TaxiSocket:
         websocket: WebSocket,
         connected: ConnectedUser,
         resume: tuple[int, int | None],
-        issued_at: float,
+        claims: TokenClaims,
     ) -> None:
         user = connected.user
         sent_up_to, resync_from = resume
@@ -182,7 +182,8 @@ class TaxiSocket:
             sent_up_to=sent_up_to,
             slow_seconds=self._slow_client_seconds,
             close=websocket.close,
-            issued_at=issued_at,
+            issued_at=claims.issued_at,
+            session=claims.session,
         )
         if resync_from is not None:
             outgoing.put(Frame(wire.resync_frame(resync_from).decode(), "resync"))
@@ -238,9 +239,9 @@ class TaxiSocket:
                     websocket.close(CloseCode.TOO_SLOW, "too slow"), CLOSE_TIMEOUT_SECONDS
                 )
 
-    async def _authenticate(self, websocket: WebSocket) -> tuple[User, float] | None:
-        """The connecting user and when their token was issued, or None after refusing
-        the handshake with 401."""
+    async def _authenticate(self, websocket: WebSocket) -> tuple[User, TokenClaims] | None:
+        """The connecting user and their token's claims (when it was issued, its session),
+        or None after refusing the handshake with 401."""
         token = websocket.query_params.get("token")
         reason = "a token is required: connect to /taxi/?token=<access token>"
         if token:
@@ -249,9 +250,9 @@ class TaxiSocket:
             except TokenError as exc:
                 reason = str(exc)
             else:
-                user = await self._users.active(claims.user_id, claims.issued_at)
+                user = await self._users.active(claims.user_id, claims.issued_at, claims.session)
                 if user is not None:
-                    return user, claims.issued_at
+                    return user, claims
                 reason = "this account does not exist or is no longer active"
         await _refuse(websocket, 401, reason, "token_not_valid")
         return None
@@ -328,7 +329,16 @@ class TaxiSocket:
         self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame
     ) -> None:
         user = connected.user
-        command = new_command(frame.type, user.id, user.group, frame.data, frame.request_id)
+        command = new_command(
+            frame.type,
+            user.id,
+            user.group,
+            frame.data,
+            frame.request_id,
+            # The dispatcher refuses it if this socket's session has ended meanwhile.
+            issued_at=outgoing.issued_at,
+            session=outgoing.session,
+        )
         started = time.perf_counter()
         try:
             await self._broker.publish_command(command.type, command.encode(), str(command.id))

@@ -21,6 +21,7 @@ import orjson
 
 from shared import locations
 from shared.locations import Location, Point
+from shared.sessions import session_id
 from shared.trips import Status
 from shared.wire import REQUEST_ID, ErrorCode, FrameError
 
@@ -58,6 +59,11 @@ class Command:
     data: CreateTrip | UpdateTrip
     sent_at: float
     request_id: str | None = None
+    # The session the sender's token belongs to: when it was issued and its family
+    # (`sid`). The dispatcher refuses a command whose session has ended
+    # (`shared.sessions`); None from a gateway that did not say (checks is_active only).
+    issued_at: float | None = None
+    session: uuid.UUID | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -68,6 +74,8 @@ class Command:
                 "data": _data_fields(self.data),
                 "sent_at": self.sent_at,
                 "request_id": self.request_id,
+                "issued_at": self.issued_at,
+                "session": None if self.session is None else self.session.hex,
             }
         )
 
@@ -82,9 +90,17 @@ class InvalidCommand(ValueError):
 
 
 def new_command(
-    command_type: str, user_id: int, group: str, data: Any, request_id: str | None = None
+    command_type: str,
+    user_id: int,
+    group: str,
+    data: Any,
+    request_id: str | None = None,
+    *,
+    issued_at: float | None = None,
+    session: uuid.UUID | None = None,
 ) -> Command:
-    """Validate a client's frame data as the given command; raise FrameError if unfit."""
+    """Validate a client's frame data as the given command; raise FrameError if unfit.
+    `issued_at` and `session` are those of the sender's token."""
     return Command(
         id=command_id(user_id, request_id),
         type=command_type,
@@ -92,6 +108,8 @@ def new_command(
         data=parse_data(command_type, data, user_id, group),
         sent_at=time.time(),
         request_id=request_id,
+        issued_at=issued_at,
+        session=session,
     )
 
 
@@ -115,6 +133,11 @@ def decode_command(body: bytes) -> Command:
             isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)
         ):
             raise ValueError("request_id is not one a client could have sent")
+        issued_at = fields.get("issued_at")
+        if issued_at is not None and (
+            isinstance(issued_at, bool) or not isinstance(issued_at, int | float)
+        ):
+            raise TypeError("issued_at must be a number")
         return Command(
             id=uuid.UUID(fields["id"]),
             type=command_type,
@@ -122,6 +145,8 @@ def decode_command(body: bytes) -> Command:
             data=parse_data(command_type, fields["data"], user_id, group=None),
             sent_at=float(fields["sent_at"]),
             request_id=request_id,
+            issued_at=None if issued_at is None else float(issued_at),
+            session=session_id(fields.get("session")),
         )
     except (
         orjson.JSONDecodeError,

@@ -405,6 +405,8 @@ def test_the_encoded_body_holds_only_validated_fields() -> None:
         "data": ADDRESSES,
         "sent_at": command.sent_at,
         "request_id": None,
+        "issued_at": None,
+        "session": None,
     }
 
 
