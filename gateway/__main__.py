@@ -11,6 +11,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.http_timeouts import bounded_http
+from gateway.socket_protocol import limited_protocol
 from shared.logs import configure_logging
 from shared.metrics import MetricsPortUnavailable, bind
 from shared.settings import Settings, SettingsError
@@ -44,7 +45,8 @@ def main() -> None:
         # An idle connection after an answer; one that never sends a whole request
         # is cut off by the read deadlines.
         timeout_keep_alive=5,
-        ws="websockets-sansio",
+        # websockets-sansio, with pings rate-limited and pongs bounded.
+        ws=limited_protocol((settings.rate_limit_per_second, settings.rate_limit_burst)),
         ws_max_size=settings.max_frame_bytes,
         # Trip frames are small; compressing each one costs more CPU than it saves.
         ws_per_message_deflate=False,

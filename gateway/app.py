@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
@@ -32,6 +33,7 @@ from gateway.locations import DriverLocations
 from gateway.media import MEDIA_URL, PhotoStore
 from gateway.notification_log import NotificationLog
 from gateway.offers import OfferFanout
+from gateway.open_sockets import OpenSockets
 from gateway.passwords import Passwords
 from gateway.revocations import Revocations
 from gateway.sessions import Sessions
@@ -106,10 +108,14 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
         window_seconds=settings.login_window_seconds,
     )
     notification_log = NotificationLog(database)
-    connected = ConnectedUsers(broker.bind_user, broker.unbind_user)
+    connected = ConnectedUsers(broker.bind_user, broker.unbind_user, notification_log)
     offers = OfferFanout(connected)
     locations = DriverLocations(connected, broker)
+    # Dispatch learns at once that a driver took or finished a trip, however the
+    # gateway learned it (live, or read back from the log).
+    connected.trip_changed = locations.trip_changed
     inbox = Inbox(connected, offers, locations)
+    open_sockets = OpenSockets(database, broker.gateway_id, settings.max_sockets_per_user)
     taxi_socket = TaxiSocket(
         tokens,
         users,
@@ -117,9 +123,9 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
         connected,
         notification_log,
         locations,
+        open_sockets,
         rate_limit=(settings.rate_limit_per_second, settings.rate_limit_burst),
         slow_client_seconds=settings.slow_client_seconds,
-        max_sockets_per_user=settings.max_sockets_per_user,
     )
     # Checked twice within the time allowed, so a socket closes well within it.
     revocations = Revocations(
@@ -155,6 +161,7 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
     async def running() -> AsyncIterator[None]:
         await database.start()
         try:
+            await open_sockets.start()
             await broker.start()
             offer_messages = broker.offers()
             notifications = broker.notifications()
@@ -166,6 +173,11 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
                 asyncio.create_task(forward(notifications, inbox.route)),
                 asyncio.create_task(locations.run()),
                 asyncio.create_task(revocations.run()),
+                asyncio.create_task(open_sockets.run()),
+                # Twice within the time allowed, so a stalled socket closes well within it.
+                asyncio.create_task(
+                    connected.check_drained_every(settings.slow_client_seconds / 2)
+                ),
             ]
             broker.on_reconnect(connected.catch_up_all)
             # Modules, pools and routes live as long as the process: keep the cyclic
@@ -179,6 +191,8 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
                 for task in tasks:
                     task.cancel()
                 await broker.close()
+                with contextlib.suppress(*DATABASE_OUTAGE):
+                    await open_sockets.stop()
         finally:
             await database.close()
 

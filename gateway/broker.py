@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 import aio_pika
+import orjson
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -33,6 +34,7 @@ from shared.settings import Settings
 from shared.topology import (
     DRIVER_OFFERS_KEY,
     LOCATIONS_WANTED_KEY,
+    SOCKETS_REPLACED,
     TRIP_HEADER,
     Topology,
     command_key,
@@ -152,6 +154,18 @@ class GatewayBroker:
             expiration=LIVE_LOCATION_TTL_SECONDS,
         )
         await self._live.publish(message, user_key(rider_id))
+
+    async def publish_replaced(self, user_id: int, socket_ids: list[str]) -> None:
+        """Tell the gateways holding the user's sockets to close these: unconfirmed,
+        like a live location (a lost one leaves a socket open until the next)."""
+        if self._live is None:
+            raise PublishFailed("the gateway is not connected to the broker")
+        message = aio_pika.Message(
+            orjson.dumps(socket_ids),
+            type=SOCKETS_REPLACED,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        await self._live.publish(message, user_key(user_id))
 
     def notifications(self) -> AbstractQueueIterator:
         """The notifications of the users connected here, unacknowledged: Postgres keeps

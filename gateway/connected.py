@@ -29,6 +29,7 @@ from shared.db import DATABASE_OUTAGE
 from shared.locations import Location
 from shared.trips import EventType, TripUnderWay
 from shared.users import User
+from shared.wire import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ _UNDER_WAY_AFTER = {
     EventType.COMPLETED.value: False,
     EventType.CANCELLED.value: False,
 }
+
+# Why a socket that made room for a newer one of its user was closed.
+REPLACED_REASON = "replaced by a newer connection: at most TAXI_MAX_SOCKETS_PER_USER per user"
 
 # How long a read of the log that failed waits before it is tried again.
 RETRY_SECONDS = 1.0
@@ -117,6 +121,12 @@ class ConnectedUser:
         """A frame that is worth something only now (no number, never kept)."""
         for socket in self.sockets:
             socket.put(frame)
+
+    def replace(self, socket_ids: set[str]) -> None:
+        """Close the user's sockets here that made room for newer ones (4011)."""
+        for socket in self.sockets:
+            if socket.id in socket_ids:
+                socket.close_after_sending(CloseCode.REPLACED, REPLACED_REASON)
 
     def catch_up(self) -> None:
         """Read the log for every notification after the last passed on, and pass

@@ -7,7 +7,9 @@ The gateway's own queue (`gateway.broker`) carries:
   (`OfferFanout.by_name`: the key, and the keys in CC, name them), or a driver's
   location for the rider of their trip under way (`driver.location`), passed on
   only while that trip is the rider's, or a worker's refusal of the user's command
-  (`error`, a reply: for every socket of theirs here, whatever their state);
+  (`error`, a reply: for every socket of theirs here, whatever their state), or
+  the ids of their sockets that made room for a newer one on another gateway
+  (`sockets.replaced`, `gateway.open_sockets`);
 - `gateways.locations`: a worker that started asks for the drivers' locations
   held here (`DriverLocations.replay`).
 The offers queue carries the broadcasts (`OfferFanout.broadcast`).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
 
 from gateway.connected import ConnectedUsers
@@ -25,12 +28,14 @@ from gateway.locations import DriverLocations
 from gateway.offers import OfferFanout
 from gateway.outgoing import Frame
 from shared.locations import DRIVER_LOCATION
-from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, TRIP_HEADER
+from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, SOCKETS_REPLACED, TRIP_HEADER
 
 log = logging.getLogger(__name__)
 
 # The frame type of a worker's refusal: unnumbered, for the sender's sockets open now.
 REFUSAL = "error"
+# Unnumbered messages for one user's sockets here (the others name drivers for offers).
+_FOR_ONE_USER = frozenset({DRIVER_LOCATION, REFUSAL, SOCKETS_REPLACED})
 
 Route = Callable[[AbstractIncomingMessage], None]
 
@@ -60,19 +65,21 @@ class Inbox:
             return
         headers = message.headers or {}
         seq = headers.get(SEQ_HEADER)
-        if seq is None and message.type not in (DRIVER_LOCATION, REFUSAL):
+        kind = message.type or "unknown"
+        if seq is None and kind not in _FOR_ONE_USER:
             self._offers.by_name(message)
             return
         _, _, user_id = key.partition(".")
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
-        if seq is None and message.type == REFUSAL:
-            connected.put_live(Frame(message.body.decode(), REFUSAL))
-            return
-        if seq is None:
+        if seq is not None:
+            connected.pass_on(Frame(message.body.decode(), kind, int(str(seq))))
+        elif kind == DRIVER_LOCATION:
             trip = connected.under_way
             if trip is not None and trip.id == headers.get(TRIP_HEADER):
                 connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
-            return
-        connected.pass_on(Frame(message.body.decode(), message.type or "unknown", int(str(seq))))
+        elif kind == REFUSAL:
+            connected.put_live(Frame(message.body.decode(), REFUSAL))
+        else:
+            connected.replace(set(orjson.loads(message.body)))

@@ -49,6 +49,9 @@ class Frame:
 CATCH_UP: Final = Frame("", "catch-up")
 
 SendText = Callable[[str], Awaitable[None]]
+# What a socket speaking another dialect is sent for one of our frames (its type, its
+# text, whether it is numbered), or None for nothing (`gateway.course_dialect`).
+Dialect = Callable[[str, str, bool], str | None]
 Close = Callable[[int, str], Awaitable[None]]
 
 
@@ -64,6 +67,7 @@ class Outgoing:
         "_clock",
         "_close",
         "_closing",
+        "_dialect",
         "_dropped",
         "_frames",
         "_full_since",
@@ -73,6 +77,7 @@ class Outgoing:
         "_slow_seconds",
         "_wakeup",
         "_writer",
+        "id",
         "issued_at",
         "opened_at",
         "sent_up_to",
@@ -90,11 +95,14 @@ class Outgoing:
         sent_up_to: int,
         slow_seconds: float,
         close: Close | None = None,
+        dialect: Dialect | None = None,
         issued_at: float = 0.0,
         session: uuid.UUID | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.user_id = user_id
+        # Names the socket among all of its user's, on every gateway (`gateway.open_sockets`).
+        self.id = uuid.uuid4().hex
         # When the token the socket was opened with was issued (a revocation of the
         # user's sessions after that closes it), and when the socket opened.
         self.issued_at = issued_at
@@ -123,6 +131,7 @@ class Outgoing:
         # Set by `close_after_sending`: the close frame to send once the buffer is empty.
         self._closing: tuple[int, str] | None = None
         self._close = close
+        self._dialect = dialect
 
     def put(self, frame: Frame) -> None:
         """Queue a frame for the socket, never waiting. When the buffer is full the frame
@@ -198,11 +207,11 @@ class Outgoing:
             if frame is CATCH_UP:
                 await self._catch_up()
             elif frame.seq is None:
-                await self._send(frame.text, frame.type)
+                await self._send(frame.text, frame.type, numbered=False)
             elif frame.seq > self.sent_up_to:
                 if frame.seq > self.sent_up_to + 1:
                     await self._catch_up(frame.seq - 1)
-                await self._send(frame.text, frame.type)
+                await self._send(frame.text, frame.type, numbered=True)
                 self.sent_up_to = frame.seq
 
     async def _next(self) -> Frame:
@@ -220,12 +229,17 @@ class Outgoing:
         while True:
             missed = await self._history(self.sent_up_to, upto)
             for logged in missed:
-                await self._send(logged.body.decode(), logged.frame_type)
+                await self._send(logged.body.decode(), logged.frame_type, numbered=True)
                 self.sent_up_to = logged.seq
             if len(missed) < READ_BATCH:
                 return
 
-    async def _send(self, text: str, frame_type: str) -> None:
+    async def _send(self, text: str, frame_type: str, *, numbered: bool) -> None:
+        if self._dialect is not None:
+            translated = self._dialect(frame_type, text, numbered)
+            if translated is None:
+                return  # nothing this socket's client can read
+            text = translated
         self._send_started = self._clock()
         try:
             await self._send_text(text)

@@ -25,11 +25,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gateway import metrics
 from gateway.broker import GatewayBroker, PublishFailed
 from gateway.connected import ConnectedUser, ConnectedUsers
+from gateway.course_dialect import OUR_SUBPROTOCOL, course_frame
 from gateway.errors import OrjsonResponse
 from gateway.locations import DriverLocations
 from gateway.notification_log import NotificationLog, ResumePoint
+from gateway.open_sockets import OpenSockets, Replaced
 from gateway.outgoing import Frame, Outgoing
 from gateway.rate_limit import TokenBucket
+from gateway.socket_protocol import RATE_LIMIT_EXTENSION
 from gateway.tokens import TokenClaims, TokenError, TokenService
 from gateway.users import UserRepository
 from shared import wire
@@ -57,6 +60,9 @@ CLOSE_TIMEOUT_SECONDS = 1
 FLUSH_SECONDS = 5
 # The largest `since` accepted: a sequence number fits in a bigint.
 MAX_SEQ = 2**63 - 1
+# What a socket's end says when no close frame came from the client: 1005 (none
+# received) and 1006 (the connection was lost).
+_NO_CLOSE_FRAME = frozenset({1005, 1006})
 
 
 class TaxiSocket:
@@ -68,10 +74,10 @@ class TaxiSocket:
         connected: ConnectedUsers,
         log_reader: NotificationLog,
         locations: DriverLocations,
+        open_sockets: OpenSockets,
         *,
         rate_limit: tuple[int, int],
         slow_client_seconds: float,
-        max_sockets_per_user: int,
     ) -> None:
         self._tokens = tokens
         self._users = users
@@ -79,10 +85,11 @@ class TaxiSocket:
         self._connected = connected
         self._log = log_reader
         self._locations = locations
+        self._open_sockets = open_sockets
         self._rate_limit = rate_limit
         self._slow_client_seconds = slow_client_seconds
-        self._max_sockets_per_user = max_sockets_per_user
         self._open: set[WebSocket] = set()
+        self._shutting_down = False
         self._handlers: dict[str, FrameHandler] = {
             "echo.message": self._echo,
             UPDATE_LOCATION: self._location,
@@ -102,6 +109,7 @@ class TaxiSocket:
                     CLOSE_TIMEOUT_SECONDS,
                 )
 
+        self._shutting_down = True
         await asyncio.gather(*(close(websocket) for websocket in list(self._open)))
 
     async def endpoint(self, websocket: WebSocket) -> None:
@@ -153,9 +161,14 @@ class TaxiSocket:
                     ErrorCode.INVALID_DATA,
                 )
                 return
-            connected.resume_from(point)
-            await websocket.accept()
-            await self._serve(websocket, connected, _resume_after(since, point), claims)
+            connected.start_from(point)
+            # Our own dialect for clients that ask for it; the course's for the others.
+            asked = websocket.scope.get("subprotocols", [])
+            dialect = OUR_SUBPROTOCOL if OUR_SUBPROTOCOL in asked else None
+            await websocket.accept(subprotocol=dialect)
+            await self._serve(
+                websocket, connected, _resume_after(since, point), claims, course=dialect is None
+            )
         except DATABASE_OUTAGE as exc:
             log.warning("socket ended, database unavailable user_id=%s error=%r", user.id, exc)
             if websocket.client_state is WebSocketState.CONNECTING:
@@ -172,16 +185,19 @@ class TaxiSocket:
         connected: ConnectedUser,
         resume: tuple[int, int | None],
         claims: TokenClaims,
+        *,
+        course: bool,
     ) -> None:
         user = connected.user
         sent_up_to, resync_from = resume
         outgoing = Outgoing(
             user.id,
             websocket.send_text,
-            self._log,
+            connected.history,
             sent_up_to=sent_up_to,
             slow_seconds=self._slow_client_seconds,
             close=websocket.close,
+            dialect=course_frame if course else None,
             issued_at=claims.issued_at,
             session=claims.session,
         )
@@ -190,31 +206,48 @@ class TaxiSocket:
         connections = metrics.OPEN_CONNECTIONS.labels(user.group)
         connections.inc()
         log.debug("socket opened user_id=%s group=%s", user.id, user.group)
-        if len(connected.sockets) >= self._max_sockets_per_user:
-            # The user's oldest socket here makes room: most likely a tab or phone
-            # they left, and a new socket must never be the one refused.
-            oldest = min(connected.sockets, key=lambda socket: socket.opened_at)
-            oldest.close_after_sending(
-                CloseCode.REPLACED,
-                f"replaced by a newer connection: at most {self._max_sockets_per_user} per user",
-            )
         connected.sockets.add(outgoing)
         self._open.add(websocket)
+        client_closed = False
         try:
-            await self._until_closed(websocket, connected, outgoing)
+            # Counted with the user's sockets on every gateway only now that it can be
+            # told to close: beyond the limit, their oldest make room (most likely a
+            # tab or phone they left; a new socket is never the one refused).
+            await self._make_room(connected, await self._open_sockets.opened(user.id, outgoing.id))
+            client_closed = await self._until_closed(websocket, connected, outgoing)
         finally:
             self._open.discard(websocket)
             connected.sockets.discard(outgoing)
             connections.dec()
             with contextlib.suppress(*DATABASE_OUTAGE):
+                await self._open_sockets.closed(outgoing.id)
+        # Where a later socket without `since` starts: only a close the client asked
+        # for says it read what it was sent. After a reset, a server-side close or a
+        # shutdown it may not have, so the next socket is sent it again (a repeat is
+        # harmless to a client that upserts; a loss is not).
+        if client_closed and not self._shutting_down:
+            with contextlib.suppress(*DATABASE_OUTAGE):
                 await self._log.record_delivered(user.id, outgoing.sent_up_to)
         log.debug("socket closed user_id=%s", user.id)
 
+    async def _make_room(self, connected: ConnectedUser, replaced: Replaced) -> None:
+        """Close the sockets that made room for a new one: those here at once, those on
+        other gateways by a word to each gateway holding the user's sockets."""
+        here = self._open_sockets.gateway_id
+        connected.replace({socket_id for socket_id, gateway in replaced if gateway == here})
+        elsewhere = [socket_id for socket_id, gateway in replaced if gateway != here]
+        if elsewhere:
+            try:
+                await self._broker.publish_replaced(connected.user.id, elsewhere)
+            except BROKER_OUTAGE as exc:
+                log.warning("sockets elsewhere not told to make room error=%r", exc)
+
     async def _until_closed(
         self, websocket: WebSocket, connected: ConnectedUser, outgoing: Outgoing
-    ) -> None:
+    ) -> bool:
         """Read the client's frames and write the socket's own, until either side ends:
-        the client goes, a send fails, or the client reads too slowly (4010)."""
+        the client goes, a send fails, or the client reads too slowly (4010). True if
+        the client closed the socket with a close frame of its own."""
         user = connected.user
         tasks = [
             asyncio.create_task(self._receive(websocket, connected, outgoing)),
@@ -238,6 +271,9 @@ class TaxiSocket:
                 await asyncio.wait_for(
                     websocket.close(CloseCode.TOO_SLOW, "too slow"), CLOSE_TIMEOUT_SECONDS
                 )
+            return False
+        code = outcomes[0]
+        return isinstance(code, int) and code not in _NO_CLOSE_FRAME and not outgoing.closing
 
     async def _authenticate(self, websocket: WebSocket) -> tuple[User, TokenClaims] | None:
         """The connecting user and their token's claims (when it was issued, its session),
@@ -259,20 +295,25 @@ class TaxiSocket:
 
     async def _receive(
         self, websocket: WebSocket, connected: ConnectedUser, outgoing: Outgoing
-    ) -> None:
+    ) -> int | None:
+        """The client's frames, each handled in turn, until it goes: the close code."""
         user = connected.user
-        bucket = TokenBucket(*self._rate_limit)
+        # The connection's own bucket, which its pings take from too (`gateway.socket_protocol`).
+        bucket = websocket.scope["extensions"].get(RATE_LIMIT_EXTENSION) or TokenBucket(
+            *self._rate_limit
+        )
         refused_in_a_row = 0
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return
+                code = message.get("code")
+                return code if isinstance(code, int) else None
             if not bucket.take():
                 refused_in_a_row += 1
                 if refused_in_a_row > MAX_RATE_LIMITED_FRAMES:
                     log.warning("socket cut off for flooding user_id=%s", user.id)
                     outgoing.close_after_sending(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                    return
+                    return None
                 reply_error(
                     outgoing,
                     FrameError(

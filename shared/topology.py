@@ -64,6 +64,10 @@ SEQ_HEADER = "x-seq"
 # drops one older than what it already passed on.
 TRIP_HEADER = "x-trip"
 VERSION_HEADER = "x-trip-version"
+# The type of a message to `user.<id>` naming sockets of the user (a JSON list of
+# ids) that made room for a newer one on another gateway: each gateway closes those
+# it holds.
+SOCKETS_REPLACED = "sockets.replaced"
 
 
 @dataclass(frozen=True, slots=True)

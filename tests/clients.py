@@ -14,8 +14,13 @@ import httpx
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
+
+from gateway.course_dialect import OUR_SUBPROTOCOL
 
 PASSWORD = "pAssw0rd!"
+# Our clients speak our own dialect (PROTOCOL D4), not the course's.
+SUBPROTOCOLS = [Subprotocol(OUR_SUBPROTOCOL)]
 RECEIVE_TIMEOUT_SECONDS = 10
 _counter = itertools.count()
 
@@ -70,7 +75,9 @@ def ws_url(base_url: str, token: str | None, since: int | None = None) -> str:
 
 
 async def connect(base_url: str, token: str | None, since: int | None = None) -> ClientConnection:
-    return await websockets.connect(ws_url(base_url, token, since), open_timeout=10)
+    return await websockets.connect(
+        ws_url(base_url, token, since), open_timeout=10, subprotocols=SUBPROTOCOLS
+    )
 
 
 async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from shared.processes import start_gateway
 from shared.settings import Settings
-from tests.clients import create_account, receive
+from tests.clients import SUBPROTOCOLS, create_account, receive
 
 SMALL_FRAME_LIMIT = 1024
 RATE_PER_SECOND = 2
@@ -54,7 +54,7 @@ async def connect_to(base_url: str, http: httpx.AsyncClient) -> ClientConnection
     """A rider (signed up through the main gateway: same database) connected to `base_url`."""
     rider = await create_account(http, "rider")
     url = base_url.replace("http://", "ws://") + f"/taxi/?token={rider.access}"
-    return await websockets.connect(url, open_timeout=10)
+    return await websockets.connect(url, open_timeout=10, subprotocols=SUBPROTOCOLS)
 
 
 def echo_of_size(size: int) -> str:
@@ -168,3 +168,22 @@ async def test_a_client_under_the_limit_is_never_refused(
             await asyncio.sleep(max(0.0, started + (n - BURST + 1) * interval - time.monotonic()))
             await ws.send(orjson.dumps({"type": "echo.message", "data": n}).decode())
             assert await receive(ws) == {"type": "echo.message", "data": n}
+
+
+async def test_pings_count_toward_the_rate_limit_and_a_client_that_keeps_pinging_is_cut_off(
+    rate_limited_url: str, http: httpx.AsyncClient
+) -> None:
+    async with await connect_to(rate_limited_url, http) as ws:
+        pongs = []
+        for _ in range(BURST + REFUSALS_BEFORE_CLOSE + 5):
+            try:
+                pongs.append(await ws.ping())
+            except ConnectionClosed:
+                break
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    assert ws.close_code == 4008
+    assert ws.close_reason == "rate limit exceeded"
+    # The burst's pings were answered; those over the limit were not.
+    answered = [pong for pong in pongs if pong.done() and not pong.cancelled()]
+    answered = [pong for pong in answered if pong.exception() is None]
+    assert BURST <= len(answered) < len(pongs)

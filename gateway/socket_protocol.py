@@ -1,0 +1,82 @@
+"""uvicorn's WebSocket protocol (websockets-sansio), with the limits a public gateway
+needs on what the app never sees: control frames, and the connection's own buffer.
+
+- A ping takes a token from the socket's rate limit (TAXI_RATE_LIMIT_PER_SECOND), the
+  same bucket its frames take from (`RATE_LIMIT_EXTENSION`, read by the socket
+  endpoint). A ping over the limit gets no pong; a client that goes on pinging over
+  it is cut off with 4008, as one that goes on sending frames is.
+- A pong is written only while the client reads: while the connection's outgoing
+  buffer is above its high-water mark, a pong is dropped, so a client that pings and
+  never reads cannot make the gateway hold its answers.
+- When the app is done with a connection whose client does not read, the connection
+  is aborted rather than closed: a close waits for the buffer to drain, which for
+  such a client is never, and would hold its memory until the client left.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+from gateway.rate_limit import TokenBucket
+from shared.wire import CloseCode
+
+# Where the socket endpoint finds the connection's rate limit in the ASGI scope.
+RATE_LIMIT_EXTENSION: Final = "taxi.rate_limit"
+# Pings over the limit in a row after which the client is cut off.
+MAX_REFUSED_PINGS: Final = 10
+
+
+class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
+    # Set by `limited_protocol` from the settings.
+    rate_limit: tuple[int, int] = (20, 40)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bucket = TokenBucket(*self.rate_limit)
+        self.refused_pings = 0
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][RATE_LIMIT_EXTENSION] = self.bucket
+
+    def handle_ping(self) -> None:
+        # websockets answered the ping already; its pong waits in `data_to_send`.
+        pong = b"".join(self.conn.data_to_send())
+        if self.conn.close_rcvd is not None:
+            self.transport.write(pong)  # a close came with it: that answer must go
+            return
+        if not self.bucket.take():
+            self.refused_pings += 1
+            if self.refused_pings > MAX_REFUSED_PINGS:
+                self._cut_off(CloseCode.RATE_LIMITED, "rate limit exceeded")
+            return
+        self.refused_pings = 0
+        if self.writable.is_set():
+            self.transport.write(pong)
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        if not self.writable.is_set() and not self.disconnected:
+            self.transport.abort()
+
+    def _cut_off(self, code: int, reason: str) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        if self.writable.is_set():
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+        else:
+            self.transport.abort()
+        self.close_sent = True
+
+
+def limited_protocol(rate_limit: tuple[int, int]) -> type[LimitedWebSocketProtocol]:
+    """The protocol class for uvicorn's `ws` setting, with this rate limit."""
+    return type("LimitedWebSocketProtocol", (LimitedWebSocketProtocol,), {"rate_limit": rate_limit})
