@@ -12,6 +12,7 @@ the commands queue.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP)
 UPDATE_LOCATION = "update.location"
 MAX_ADDRESS_LENGTH = 500
 # A command's id is derived from its user and request id when the client gave one:
-# a retried frame then carries the same id, which the dispatcher applies only once.
+# a retried frame then carries the same id, which the dispatcher applies only once
+# (and refuses with `request_id_reused` if it asks for something else: `fingerprint`).
+# Nothing else is derived from it: a request id may be used again once forgotten.
 REQUEST_ID_NAMESPACE = uuid.UUID("5d0c7a6e-3c1b-4f5e-9a57-7c1f3d2b9e10")
 
 
@@ -78,6 +81,15 @@ class Command:
                 "session": None if self.session is None else self.session.hex,
             }
         )
+
+    @property
+    def fingerprint(self) -> bytes:
+        """What the command asks for, as a digest of its type and data: a frame with the
+        same request id and the same fingerprint is a retry; with another, a different
+        request. Only the fields that matter count (the course's client sends a whole
+        trip with an update, of which only `id` and `status` do)."""
+        asked = orjson.dumps([self.type, _data_fields(self.data)], option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(asked).digest()
 
     @property
     def trip_id(self) -> str | None:

@@ -71,6 +71,9 @@ class Settings:
     dispatch_radius_meters: int = 3000
     dispatch_max_offers: int = 8
     dispatch_widen_seconds: int = 15
+    # A trip under way whose driver has had no open socket and sent nothing for this
+    # long, or whose driver was deactivated, is cancelled (cancel_reason "driver_lost").
+    driver_lost_seconds: int = 300
     # A user whose sessions end (deactivated, password changed) has their open sockets
     # closed within this many seconds.
     revoke_seconds: int = 5
@@ -284,6 +287,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dispatch_radius_meters": _positive_int,
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,
+    "driver_lost_seconds": _positive_int,
     "map_tiles_url": _tiles_url,
     "revoke_seconds": _positive_int,
     "max_sockets_per_user": _positive_int,

@@ -3,6 +3,12 @@
     REQUESTED --accept (a driver)--> STARTED --pick up--> IN_PROGRESS --drop off--> COMPLETED
     REQUESTED or STARTED --cancel (the rider)--> CANCELLED, cancel_reason "rider"
     REQUESTED --expire (nobody accepted in time)--> CANCELLED, cancel_reason "no_driver"
+    STARTED or IN_PROGRESS --driver lost (gone too long, or deactivated)-->
+        CANCELLED, cancel_reason "driver_lost"
+
+A driver accepts only a trip that was offered to them (with a pick-up point, the
+drivers of its rings; without one, every free driver). Trips always end: one whose
+driver vanished is cancelled, so its rider may request again.
 
 A rider holds one live trip (REQUESTED, STARTED or IN_PROGRESS) at a time. Every
 transition adds one to the trip's `version`, so a stale copy is told from a fresh one.
@@ -68,6 +74,8 @@ class CancelReason(StrEnum):
 
     RIDER = "rider"
     NO_DRIVER = "no_driver"
+    # The driver of a trip under way was gone too long, or their account was deactivated.
+    DRIVER_LOST = "driver_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +174,15 @@ def request(
     return Transition(None, trip, EventType.REQUESTED)
 
 
-def accept(trip: Trip, driver: User, now: datetime) -> Transition:
+def accept(trip: Trip, driver: User, now: datetime, offered: bool = True) -> Transition:
+    """`offered`: whether the trip was offered to this driver (the caller's query)."""
     if driver.group != "driver":
         raise RuleViolation(ErrorCode.FORBIDDEN, "only drivers accept trips")
     if trip.status is not Status.REQUESTED:
         raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")
+    if not offered:
+        # Said as for a trip someone else took: whether it exists is none of their business.
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is not on offer to you")
     return _change(trip, Status.STARTED, now, driver=driver)
 
 
@@ -203,12 +215,25 @@ def expire(trip: Trip, now: datetime) -> Transition:
     return _change(trip, Status.CANCELLED, now, cancel_reason=CancelReason.NO_DRIVER.value)
 
 
-def update(trip: Trip, user: User, status: Status, now: datetime) -> Transition:
-    """An `update.trip` command: the status asked for decides which rule applies."""
+def driver_lost(trip: Trip, now: datetime) -> Transition:
+    """The trip's driver has been gone too long, or was deactivated: the trip ends so
+    that its rider is free to request another. Whether they are lost is the caller's query."""
+    if trip.status not in ACTIVE_STATUSES:
+        raise RuleViolation(
+            ErrorCode.INVALID_TRANSITION, f"a {trip.status} trip has no driver under way to lose"
+        )
+    return _change(trip, Status.CANCELLED, now, cancel_reason=CancelReason.DRIVER_LOST.value)
+
+
+def update(
+    trip: Trip, user: User, status: Status, now: datetime, offered: bool = True
+) -> Transition:
+    """An `update.trip` command: the status asked for decides which rule applies.
+    `offered`: whether the trip was offered to `user`, for an accept."""
     if status is Status.CANCELLED:
         return cancel(trip, user, now)
     if status is Status.STARTED and trip.status is Status.REQUESTED:
-        return accept(trip, user, now)
+        return accept(trip, user, now, offered)
     lost_the_race = trip.driver is None or trip.driver.id != user.id
     if status is Status.STARTED and user.group == "driver" and lost_the_race:
         raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")

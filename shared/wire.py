@@ -32,6 +32,9 @@ class ErrorCode:
     DRIVER_BUSY = "driver_busy"
     # A rider asked for a trip while one of theirs is still REQUESTED, STARTED or IN_PROGRESS.
     TRIP_IN_PROGRESS = "trip_in_progress"
+    # A request_id the user already gave, within its retention, to a different request
+    # (another type, or other data): the first request's effect stands.
+    REQUEST_ID_REUSED = "request_id_reused"
     UNAVAILABLE = "service_unavailable"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"

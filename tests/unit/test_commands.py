@@ -446,6 +446,31 @@ def test_a_request_id_gives_the_same_command_id_for_the_same_user_only() -> None
     assert decode_command(first.encode()) == first
 
 
+def test_a_retry_has_the_fingerprint_of_its_first_sending_and_another_request_not() -> None:
+    trip_id = str(uuid.uuid4())
+    first = new_command(CREATE_TRIP, RIDER_ID, "rider", dict(ADDRESSES), "ride-1")
+    # The same request: sent again, decoded by a worker, or with fields that do not matter.
+    again = decode_command(
+        new_command(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": RIDER_ID}).encode()
+    )
+    elsewhere = new_command(
+        CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "drop_off_address": "1 Elsewhere Road"}
+    )
+    with_points = new_command(
+        CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "pick_up": {"lat": 52.37, "lng": 4.89}}
+    )
+    accept = new_command(UPDATE_TRIP, 7, "driver", {"id": trip_id, "status": "STARTED"})
+    whole_trip = new_command(
+        UPDATE_TRIP, 7, "driver", {"id": trip_id, "status": "STARTED", "driver": 7, "rider": 1}
+    )
+    cancel = new_command(UPDATE_TRIP, 7, "rider", {"id": trip_id, "status": "CANCELLED"})
+
+    assert first.fingerprint == again.fingerprint
+    assert accept.fingerprint == whole_trip.fingerprint
+    fingerprints = {first, elsewhere, with_points, accept, cancel}
+    assert len({command.fingerprint for command in fingerprints}) == 5
+
+
 def test_a_body_with_a_request_id_no_client_could_send_is_refused() -> None:
     with pytest.raises(InvalidCommand):
         decode_command(with_field("request_id", "no spaces allowed"))

@@ -33,6 +33,7 @@ def test_without_variables_the_defaults_point_at_local_services() -> None:
     assert settings.notification_retention_seconds == 86400
     assert settings.gateway_silent_seconds == 3
     assert settings.slow_client_seconds == 10
+    assert settings.driver_lost_seconds == 300
     assert settings.photo_max_pixels == 24_000_000
     assert settings.login_attempts == 10
     assert settings.login_window_seconds == 300
@@ -74,6 +75,7 @@ def test_variables_of_other_programs_are_ignored() -> None:
         ("TAXI_REQUEST_TIMEOUT_SECONDS", "45", 45),
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "3600", 3600),
         ("TAXI_SLOW_CLIENT_SECONDS", "3", 3),
+        ("TAXI_DRIVER_LOST_SECONDS", "2", 2),
         ("TAXI_LOG_LEVEL", "WARNING", "WARNING"),
         ("TAXI_LOG_LEVEL", "debug", "DEBUG"),
         ("TAXI_PORT", " 9000 ", 9000),
@@ -131,6 +133,8 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_NOTIFICATION_RETENTION_SECONDS", "1.5"),
         ("TAXI_SLOW_CLIENT_SECONDS", "0"),
         ("TAXI_SLOW_CLIENT_SECONDS", "ten"),
+        ("TAXI_DRIVER_LOST_SECONDS", "0"),
+        ("TAXI_DRIVER_LOST_SECONDS", "5m"),
         ("TAXI_PHOTO_MAX_PIXELS", "0"),
         ("TAXI_PHOTO_MAX_PIXELS", "24e6"),
         ("TAXI_LOGIN_ATTEMPTS", "0"),
@@ -238,6 +242,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         dispatch_radius_meters=1500,
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
+        driver_lost_seconds=90,
         map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
         revoke_seconds=2,
         max_sockets_per_user=3,

@@ -240,6 +240,61 @@ def test_only_a_requested_trip_expires(status: Status) -> None:
     assert refusal_code(trips.expire, trip_in(status), LATER) == "invalid_transition"
 
 
+# driver lost: a trip under way whose driver vanished ends, and its rider is free again
+
+
+@pytest.mark.parametrize("status", [Status.STARTED, Status.IN_PROGRESS])
+def test_a_trip_under_way_whose_driver_is_lost_is_cancelled(status: Status) -> None:
+    trip = trip_in(status)
+
+    transition = trips.driver_lost(trip, LATER)
+
+    assert transition.event is EventType.CANCELLED
+    assert transition.before == trip
+    assert transition.after == dataclasses.replace(
+        trip, status=Status.CANCELLED, updated=LATER, version=2, cancel_reason="driver_lost"
+    )
+    assert transition.after.payload()["cancel_reason"] == "driver_lost"
+    # The driver stays named, so they are told too.
+    assert transition.after.driver == DRIVER
+
+
+@pytest.mark.parametrize("status", [Status.REQUESTED, Status.COMPLETED, Status.CANCELLED])
+def test_only_a_trip_under_way_can_lose_its_driver(status: Status) -> None:
+    assert refusal_code(trips.driver_lost, trip_in(status), LATER) == "invalid_transition"
+
+
+def test_a_rider_whose_driver_was_lost_may_request_again_at_once() -> None:
+    lost = trips.driver_lost(trip_in(Status.IN_PROGRESS), LATER).after
+
+    assert lost.status not in trips.LIVE_STATUSES
+    again = trips.request(uuid.uuid4(), RIDER, "1 Main St", "2 South St", LATER, live_trip=None)
+    assert again.after.status is Status.REQUESTED
+
+
+# offered: a driver accepts only what was offered to them
+
+
+def test_a_driver_who_was_not_offered_the_trip_cannot_accept_it() -> None:
+    trip = requested_trip()
+
+    assert refusal_code(trips.accept, trip, DRIVER, LATER, False) == "trip_unavailable"
+    code = refusal_code(trips.update, trip, DRIVER, Status.STARTED, LATER, False)
+    assert code == "trip_unavailable"
+
+
+def test_a_driver_who_was_offered_the_trip_accepts_it() -> None:
+    transition = trips.update(requested_trip(), DRIVER, Status.STARTED, LATER, offered=True)
+
+    assert transition.after.driver == DRIVER
+
+
+def test_a_rider_accepting_is_forbidden_whether_or_not_anything_was_offered() -> None:
+    code = refusal_code(trips.accept, requested_trip(), RIDER, LATER, False)
+
+    assert code == "forbidden"
+
+
 # version: one more for every change
 
 
