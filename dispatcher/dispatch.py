@@ -2,10 +2,11 @@
 
 A trip with a pick-up point is offered to at most `max_offers` of the free drivers
 with a fresh location within `radius_m` of it, nearest first, each told how far
-they are; drivers whose location is unknown hear of it by broadcast, as every free
-driver does of a trip without a pick-up point. Whenever nobody has accepted for
-`widen_seconds`, the next ring doubles the radius and offers the trip to the next
-nearest. When the trip is taken or cancelled, everyone who was offered it is told.
+they are, and to nobody else: a driver whose location is unknown is offered only
+trips without a pick-up point, which every free driver hears of by broadcast.
+Whenever nobody has accepted for `widen_seconds`, the next ring doubles the radius
+and offers the trip to the next nearest. When the trip is taken or cancelled,
+everyone who was offered it is told.
 
 Where drivers are comes from this worker's own index (`dispatcher.nearby`, fed by
 `dispatcher.driver_locations`). Who is busy, who was offered the trip and when its
@@ -62,13 +63,12 @@ class Dispatch:
         if transition.event is EventType.REQUESTED:
             if trip.pick_up is None:
                 return Audience(broadcast=Broadcast.EVERYONE)
-            first = await self._ring(conn, trip, 1, self._policy.radius_m, set(), now)
-            return Audience(first, Broadcast.UNLOCATED)
+            return Audience(await self._ring(conn, trip, 1, self._policy.radius_m, set(), now))
         if transition.before is not None and transition.before.status is Status.REQUESTED:
             offered = await repository.withdraw_offers(conn, trip.id)
             return Audience(
                 [(driver_id, None) for driver_id in offered],
-                Broadcast.EVERYONE if trip.pick_up is None else Broadcast.UNLOCATED,
+                Broadcast.EVERYONE if trip.pick_up is None else Broadcast.NOBODY,
             )
         return NOBODY
 

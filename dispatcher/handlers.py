@@ -7,6 +7,7 @@ turns either into notifications, stored in the same transaction.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from dispatcher import repository
@@ -30,9 +31,10 @@ async def create_trip(conn: Connection, command: Command, now: datetime) -> Tran
     # `trips_one_live_per_rider` fails the loser's insert, the worker retries the
     # command, and this query then finds the winner's trip.
     live_trip = await repository.live_trip_of(conn, rider.id)
-    # The command's id doubles as the trip's id: a redelivered command names the same trip.
+    # A trip id of its own, never derived from the command's: a request id may be used
+    # again once its retention is over, and must then make a new trip.
     transition = trips.request(
-        command.id,
+        uuid.uuid4(),
         rider,
         command.data.pick_up_address,
         command.data.drop_off_address,
@@ -52,7 +54,10 @@ async def update_trip(conn: Connection, command: Command, now: datetime) -> Tran
         trip = await repository.get_trip(conn, command.data.trip_id)
         if trip is None or (user.group == "rider" and trip.rider.id != user.id):
             raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
-        transition = trips.update(trip, user, command.data.status, now)
+        offered = True
+        if command.data.status is Status.STARTED and trip.status is Status.REQUESTED:
+            offered = await repository.was_offered(conn, trip, user.id)
+        transition = trips.update(trip, user, command.data.status, now, offered)
         if await repository.save_transition(conn, transition):
             return transition
         if transition.event is trips.EventType.ACCEPTED:

@@ -2,16 +2,18 @@
 
 - the rider gets every change of their trip;
 - drivers are offered a new trip: by name, the nearest free ones dispatch chose
-  (`dispatcher.dispatch`), each told their distance to the pick-up; by broadcast,
-  every free driver when the trip has no pick-up point, or else those whose location
-  dispatch does not know. Offers expire;
+  (`dispatcher.dispatch`), each told their distance to the pick-up, when it has a
+  pick-up point; by broadcast, every free driver, when it has none. Offers expire;
 - when an offered trip is taken or cancelled, the same audience is told it is gone;
 - the assigned driver gets every change of their trip (the gateway pauses their
   offers while they are busy with it).
 
 A notification for one user's sequence names them: it is numbered and kept for
 resume when stored (`dispatcher.notification_log`). Offers are worth nothing later:
-no number, and never kept, whether sent by name or broadcast.
+no number, and never kept, whether sent by name or broadcast. A refusal is a reply to
+one request, as the gateway's own error frames are: it goes to the sender's sockets
+open at the time, without a number, and is not kept in the log (a request with a
+`request_id` gets it again when retried: `dispatcher.repository.keep_refusal`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ import orjson
 
 from shared import wire
 from shared.topology import (
-    AUDIENCE_HEADER,
     CC_HEADER,
     DISTANCES_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
-    UNLOCATED,
     VERSION_HEADER,
     user_key,
 )
@@ -65,8 +65,6 @@ class Broadcast(Enum):
     NOBODY = "nobody"
     # Every free driver: the trip has no pick-up point to measure from.
     EVERYONE = "everyone"
-    # The free drivers whose location dispatch does not know.
-    UNLOCATED = UNLOCATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +150,6 @@ def offers(
         broadcast: dict[str, str | list[str]] = {}
         if excluded is not None:
             broadcast[EXCLUDE_USER_HEADER] = str(excluded)
-        if audience.broadcast is Broadcast.UNLOCATED:
-            broadcast[AUDIENCE_HEADER] = UNLOCATED
         sent.append(offer(DRIVER_OFFERS_KEY, broadcast))
     return sent
 
@@ -166,7 +162,14 @@ def for_refusal(
     request_id: str | None = None,
     trip_id: str | None = None,
 ) -> Notification:
+    """The error frame that refuses a user's command: a reply, unnumbered (see above)."""
     frame = wire.error_frame(
         code, message, request, request_id, trip_id, event_id=str(uuid.uuid4())
     )
-    return for_user(user_id, frame, "error")
+    return reply(user_id, frame)
+
+
+def reply(user_id: int, frame: bytes) -> Notification:
+    """An error frame for the user's sockets open now: routed as their notifications are,
+    but not numbered and not kept (`user_id` stays None)."""
+    return Notification(user_key(user_id), frame, "error")

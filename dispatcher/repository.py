@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from shared.db import Connection
@@ -13,13 +14,68 @@ from shared.users import USER_COLUMNS, User, user_from_row
 _LIVE = sorted(status.value for status in LIVE_STATUSES)
 
 
-async def mark_processed(conn: Connection, command_id: uuid.UUID) -> bool:
-    """Record the command as handled; False if it already was (a redelivery)."""
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """A command id handled before: whether it asked for the same thing (a retry, or a
+    redelivery) or not (its request id reused for a different request), and the error
+    frame that refused it, if one did."""
+
+    same_request: bool
+    answer: bytes | None = None
+
+
+async def mark_processed(
+    conn: Connection, command_id: uuid.UUID, user_id: int, fingerprint: bytes
+) -> Earlier | None:
+    """Record the command as handled, with who sent it and what it asked for; None if it
+    is new, else what was recorded for it before."""
     inserted = await conn.fetchval(
-        "INSERT INTO processed_commands (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+        """
+        INSERT INTO processed_commands (id, user_id, fingerprint) VALUES ($1, $2, $3)
+        ON CONFLICT DO NOTHING RETURNING true
+        """,
         command_id,
+        user_id,
+        fingerprint,
     )
-    return bool(inserted)
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT fingerprint, answer FROM processed_commands WHERE id = $1", command_id
+    )
+    if row is None:  # pruned between the two statements: it was handled, long ago
+        return Earlier(same_request=True)
+    # Rows from before fingerprints were kept count as the same request.
+    same = row["fingerprint"] is None or bytes(row["fingerprint"]) == fingerprint
+    answer = row["answer"]
+    return Earlier(same, bytes(answer) if answer is not None else None)
+
+
+async def keep_refusal(
+    conn: Connection, command_id: uuid.UUID, user_id: int, answer: bytes, keep: int
+) -> None:
+    """Keep the error frame that refused the command with its processed row, for a retry
+    to get the same answer; of the user's refused commands, only the newest `keep` stay
+    remembered, so what one user's refusals make the database keep is bounded."""
+    await conn.execute(
+        "UPDATE processed_commands SET answer = $2 WHERE id = $1", command_id, answer
+    )
+    # One of the user's refusals at a time counts what is kept, each seeing the others'
+    # (the lock waits for their commit; the next statement's snapshot includes them).
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('refusals:' || $1::bigint, 0))", user_id
+    )
+    await conn.execute(
+        """
+        DELETE FROM processed_commands WHERE id = ANY(ARRAY(
+            SELECT id FROM processed_commands
+            WHERE user_id = $1 AND answer IS NOT NULL
+            ORDER BY processed DESC
+            OFFSET $2))
+        """,
+        user_id,
+        keep,
+    )
 
 
 async def get_user(conn: Connection, user_id: int) -> User | None:
@@ -58,6 +114,37 @@ async def requested_before(conn: Connection, cutoff: datetime, limit: int) -> li
         limit,
     )
     return [trip_from_row(row) for row in rows]
+
+
+async def under_way_with_driver_lost(conn: Connection, cutoff: datetime, limit: int) -> list[Trip]:
+    """STARTED or IN_PROGRESS trips whose driver is deactivated, or was last seen (a
+    gateway holding an open socket of theirs, or their last change of the trip) before
+    `cutoff`; oldest change first, locked for this transaction (SKIP LOCKED: workers
+    sweeping at once take different trips)."""
+    rows = await conn.fetch(
+        f"""
+        {TRIP_SELECT}
+        WHERE t.status IN ('STARTED', 'IN_PROGRESS')
+          AND (NOT d.is_active OR GREATEST(d.seen_at, t.updated) < $1)
+        ORDER BY t.updated, t.id
+        LIMIT $2
+        FOR UPDATE OF t SKIP LOCKED
+        """,
+        cutoff,
+        limit,
+    )
+    return [trip_from_row(row) for row in rows]
+
+
+async def was_offered(conn: Connection, trip: Trip, driver_id: int) -> bool:
+    """Whether the open trip was offered to the driver: a trip with a pick-up point to
+    the drivers of its rings, one without to every free driver."""
+    if trip.pick_up is None:
+        return True
+    offered = await conn.fetchval(
+        "SELECT true FROM trip_offers WHERE trip_id = $1 AND driver_id = $2", trip.id, driver_id
+    )
+    return bool(offered)
 
 
 async def insert_trip(conn: Connection, trip: Trip) -> None:

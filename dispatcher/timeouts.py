@@ -1,4 +1,7 @@
-"""Requests nobody accepted in time end as CANCELLED with cancel_reason "no_driver".
+"""Trips always end. Requests nobody accepted in time end as CANCELLED with
+cancel_reason "no_driver"; trips under way whose driver is lost (no gateway has held
+an open socket of theirs, and they changed nothing, for the lost-driver time, or their
+account was deactivated) end as CANCELLED with cancel_reason "driver_lost".
 
 The deadline is kept by the database, not by a timer in some process: any worker
 sweeping now finds every trip that is due, even one requested before every worker
@@ -31,3 +34,22 @@ async def expire_due(
         if await repository.save_transition(conn, transition):
             expired.append(transition)
     return expired
+
+
+async def end_lost(
+    conn: Connection, now: datetime, lost_seconds: int, limit: int = 100
+) -> list[Transition]:
+    """Cancel up to `limit` trips under way whose driver is lost, in the caller's
+    transaction; return the transitions to notify about once it commits.
+
+    When a driver was last seen is kept by the gateways (`gateway.presence`: every few
+    seconds, the drivers with an open socket there), so this holds whichever gateway or
+    worker died. Locked when read, saved only if unchanged since: a drop-off racing the
+    sweep wins or loses cleanly."""
+    cutoff = now - timedelta(seconds=lost_seconds)
+    ended = []
+    for trip in await repository.under_way_with_driver_lost(conn, cutoff, limit):
+        transition = trips.driver_lost(trip, now)
+        if await repository.save_transition(conn, transition):
+            ended.append(transition)
+    return ended

@@ -38,7 +38,14 @@ from dispatcher import (
 )
 from dispatcher.dispatch import Dispatch, DispatchPolicy
 from dispatcher.nearby import NearbyDrivers
-from dispatcher.notifications import Notification, for_refusal, for_transition, offers
+from dispatcher.notifications import (
+    NOBODY,
+    Notification,
+    for_refusal,
+    for_transition,
+    offers,
+    reply,
+)
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
@@ -65,6 +72,11 @@ SHUTDOWN_GRACE_SECONDS = 3
 # Requests expired, or widened, in one transaction; more wait for the next round at once.
 EXPIRY_BATCH = 100
 WIDEN_BATCH = 100
+LOST_BATCH = 100
+# A refused command is remembered with its refusal (a retry of its request_id gets the
+# same answer) for the user's newest this many refusals; older ones are forgotten, so
+# that no user can make the database keep more by sending commands that are refused.
+REFUSALS_KEPT_PER_USER = 100
 # Drivers whose location went stale leave the index this often.
 SWEEP_SECONDS = 5
 # Each broker call made while stopping gets this long: during an outage it would
@@ -175,6 +187,11 @@ class Worker:
             ),
             asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
             asyncio.create_task(
+                periodic.every(
+                    _lost_sweep_seconds(self._settings), self._end_lost_trips, "lost drivers"
+                )
+            ),
+            asyncio.create_task(
                 periodic.every(SWEEP_SECONDS, self._locations.sweep, "stale locations")
             ),
             asyncio.create_task(
@@ -264,11 +281,30 @@ class Worker:
 
     async def _transaction(self, command: Command, handler: Handler) -> Outcome:
         async with self._database.pool.acquire() as conn, conn.transaction():
-            if not await repository.mark_processed(conn, command.id):
+            earlier = await repository.mark_processed(
+                conn, command.id, command.user_id, command.fingerprint
+            )
+            now = datetime.now(UTC)
+            if earlier is not None and not earlier.same_request:
+                log.debug("request id reused message_id=%s", command.id)
+                refused = for_refusal(
+                    command.user_id,
+                    ErrorCode.REQUEST_ID_REUSED,
+                    "this request_id was already used for a different request, which stands; "
+                    "give every new request a new request_id",
+                    command.type,
+                    command.request_id,
+                    command.trip_id,
+                )
+                return await self._record(conn, "reused", [refused], now)
+            if earlier is not None:
                 # One line per command is DEBUG: at INFO the log stays readable under load.
                 log.debug("duplicate ignored message_id=%s", command.id)
-                return Outcome("duplicate", [], [])
-            now = datetime.now(UTC)
+                if earlier.answer is None:
+                    return Outcome("duplicate", [], [])
+                # A retry of a refused request gets the same answer again.
+                again = reply(command.user_id, earlier.answer)
+                return await self._record(conn, "duplicate", [again], now)
             try:
                 transition = await handler(conn, command, now)
             except RuleViolation as refusal:
@@ -279,16 +315,18 @@ class Worker:
                     refusal.code,
                 )
                 kind = "refused"
-                notifications = [
-                    for_refusal(
-                        command.user_id,
-                        refusal.code,
-                        refusal.message,
-                        command.type,
-                        command.request_id,
-                        command.trip_id,
-                    )
-                ]
+                refused = for_refusal(
+                    command.user_id,
+                    refusal.code,
+                    refusal.message,
+                    command.type,
+                    command.request_id,
+                    command.trip_id,
+                )
+                await repository.keep_refusal(
+                    conn, command.id, command.user_id, refused.body, REFUSALS_KEPT_PER_USER
+                )
+                notifications = [refused]
             else:
                 log.debug(
                     "command applied message_id=%s user_id=%s trip_id=%s event=%s",
@@ -334,6 +372,28 @@ class Worker:
                 outcome = await self._record(conn, "expired", notifications, now)
             await self._publish(outcome)
             if len(expired) < EXPIRY_BATCH:
+                return
+
+    async def _end_lost_trips(self) -> None:
+        """Trips under way whose driver is lost (gone from every gateway, and silent, for
+        TAXI_DRIVER_LOST_SECONDS, or deactivated) end as CANCELLED (driver lost), told to
+        the rider and the driver as any cancel is; the rider may request again at once."""
+        while True:
+            async with self._database.pool.acquire() as conn, conn.transaction():
+                now = datetime.now(UTC)
+                ended = await timeouts.end_lost(
+                    conn, now, self._settings.driver_lost_seconds, LOST_BATCH
+                )
+                notifications = [
+                    n
+                    for transition in ended
+                    for n in for_transition(transition, NOBODY, self._settings.offer_ttl_seconds)
+                ]
+                outcome = await self._record(conn, "driver_lost", notifications, now)
+            await self._publish(outcome)
+            if ended:
+                log.info("trips ended, driver lost count=%d", len(ended))
+            if len(ended) < LOST_BATCH:
                 return
 
     async def _widen_rings(self) -> None:
@@ -429,6 +489,12 @@ class Worker:
             )
             return
         await self._publish(outcome)
+
+
+def _lost_sweep_seconds(settings: Settings) -> float:
+    """A lost driver's trip ends within a few seconds of falling due: a quarter of the
+    lost-driver time, between a second and five. Each round reads only trips under way."""
+    return min(5.0, max(1.0, settings.driver_lost_seconds / 4))
 
 
 def _prune_interval(settings: Settings) -> float:

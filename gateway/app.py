@@ -35,6 +35,7 @@ from gateway.notification_log import NotificationLog
 from gateway.offers import OfferFanout
 from gateway.open_sockets import OpenSockets
 from gateway.passwords import Passwords
+from gateway.presence import Presence, round_seconds
 from gateway.revocations import Revocations
 from gateway.sessions import Sessions
 from gateway.throttle import Throttle
@@ -173,6 +174,7 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
                 asyncio.create_task(forward(notifications, inbox.route)),
                 asyncio.create_task(locations.run()),
                 asyncio.create_task(revocations.run()),
+                asyncio.create_task(Presence(database, connected, round_seconds(settings)).run()),
                 asyncio.create_task(open_sockets.run()),
                 # Twice within the time allowed, so a stalled socket closes well within it.
                 asyncio.create_task(

@@ -1,7 +1,8 @@
 """`GET /api/trip/` and `GET /api/trip/<id>/`: trips a user may see, read from Postgres.
 
-A rider sees their own trips; a driver sees requested trips and those assigned to
-them. Anything else is a 404, as if it did not exist.
+A rider sees their own trips; a driver sees those assigned to them and the open
+requests offered to them (`shared.trip_rows`). Anything else is a 404, as if it did
+not exist.
 
 The list is a page, newest first: `?status=`, `?limit=` (1 to 100) and `?cursor=`
 choose it, and the next page's URL comes in a `Link: <...>; rel="next"` header.

@@ -70,12 +70,20 @@ class Position:
 def _visible_to(user: User) -> str:
     """The WHERE condition of the trips `user` may see; `$1` is their id.
 
-    A rider sees their own trips. A driver sees the open requests, which they may
-    accept, and the trips they drove (any status): nobody else's trip once taken.
+    A rider sees their own trips. A driver sees the trips they drove (any status), and
+    the open requests offered to them, which they may accept: one with a pick-up point
+    if one of its rings named them (`trip_offers`), one without while they are free (it
+    is offered to every free driver). Nobody else's trip, open or taken.
     """
     if user.group == "rider":
         return "t.rider_id = $1"
-    return "(t.status = 'REQUESTED' OR t.driver_id = $1)"
+    return """(t.driver_id = $1 OR (t.status = 'REQUESTED' AND CASE
+        WHEN t.pick_up_lat IS NULL THEN NOT EXISTS (
+            SELECT 1 FROM trips busy
+            WHERE busy.driver_id = $1 AND busy.status IN ('STARTED', 'IN_PROGRESS'))
+        ELSE EXISTS (
+            SELECT 1 FROM trip_offers o WHERE o.trip_id = t.id AND o.driver_id = $1)
+        END))"""
 
 
 async def visible_trip(reader: Reader, user: User, trip_id: uuid.UUID) -> Trip | None:

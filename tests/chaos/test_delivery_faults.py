@@ -54,7 +54,12 @@ async def commit_without_publishing(
     try:
         async with conn.transaction():
             now = datetime.now(UTC)
-            assert await repository.mark_processed(conn, command.id)
+            assert (
+                await repository.mark_processed(
+                    conn, command.id, command.user_id, command.fingerprint
+                )
+                is None
+            )
             transition = await update_trip(conn, command, now)
             # Trips here have no pick-up point: their offers went to every free driver.
             withdrawn = Audience(broadcast=Broadcast.EVERYONE)

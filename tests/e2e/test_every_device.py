@@ -266,7 +266,7 @@ async def test_a_refused_frame_echoes_its_request_id_and_trip(
     assert refused["data"]["request_id"] == "accept-7"
     assert refused["data"]["trip_id"] == missing_trip
     assert refused["data"]["code"] == "not_found"
-    assert "seq" in refused  # a worker's refusal is a notification of the user
+    assert "seq" not in refused  # a worker's refusal is a reply, not a notification
     assert invalid["data"]["request_id"] == "bad-8"
     assert invalid["data"]["code"] == "invalid_data"
     assert "seq" not in invalid  # the gateway's own reply is not

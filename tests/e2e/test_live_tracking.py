@@ -87,6 +87,12 @@ async def request(rider_ws: ClientConnection) -> dict[str, Any]:
     return dict(frame["data"])
 
 
+async def offered(driver: ClientConnection, trip: dict[str, Any]) -> None:
+    """A driver accepts only a trip offered to them (PROTOCOL D1): by the first ring, or
+    by the next if the workers heard of their location late."""
+    await receive_until(driver, about(trip["id"], "trip.requested"), wait_seconds=30)
+
+
 async def location_at(ws: ClientConnection, where: dict[str, float]) -> dict[str, Any]:
     """The next `driver.location` frame that puts the driver at `where`."""
     return await receive_until(
@@ -110,6 +116,7 @@ async def test_every_socket_of_the_rider_sees_the_driver_move_until_the_trip_end
         dan, eve = Reporter(driver_ws), Reporter(other_driver_ws)
         await dan.report(point(0))
         trip = await request(phone)
+        await offered(driver_ws, trip)
         await step(driver_ws, trip, "STARTED", "trip.accepted")
         # Where the driver is comes at once with the accept, then with each report.
         first = await location_at(phone, point(0))
@@ -122,6 +129,7 @@ async def test_every_socket_of_the_rider_sees_the_driver_move_until_the_trip_end
         # A second trip under way on the same gateway, to prove the absence of frames.
         await eve.report(point(10))
         other_trip = await request(other_ws)
+        await offered(other_driver_ws, other_trip)
         await step(other_driver_ws, other_trip, "STARTED", "trip.accepted")
         await step(driver_ws, trip, "COMPLETED", "trip.completed")
         await receive_until(laptop, about(trip["id"], "trip.completed"))

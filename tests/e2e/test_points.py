@@ -49,8 +49,11 @@ async def test_the_trip_carries_the_riders_points_back_and_in_the_offer(
     http: httpx.AsyncClient, base_url: str
 ) -> None:
     async with rider_and_driver(http, base_url) as (rider, _, rider_ws, driver_ws):
+        # A trip with a pick-up point is offered only to drivers who say where they are
+        # (PROTOCOL D1): by the first ring, or the next if the workers heard late.
+        await send(driver_ws, {"type": "update.location", "data": CENTRAAL})
         trip = await request_trip(rider_ws, {**ADDRESSES, "pick_up": CENTRAAL, "drop_off": DAM})
-        offer = await receive_until(driver_ws, about(trip["id"], "trip.requested"))
+        offer = await receive_until(driver_ws, about(trip["id"], "trip.requested"), wait_seconds=30)
         stored = await http.get(f"/api/trip/{trip['id']}/", headers=bearer(rider))
         await cancel(rider_ws, trip)
 

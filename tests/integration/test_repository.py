@@ -85,22 +85,76 @@ async def test_get_user_returns_the_user_or_none(db: asyncpg.Connection) -> None
 # Processed commands
 
 
+FINGERPRINT = b"\x01" * 32
+
+
 async def test_a_command_is_processed_once(db: asyncpg.Connection) -> None:
     command_id = uuid.uuid4()
+    user = await create_user(db, "rider")
 
-    assert await repository.mark_processed(db, command_id) is True
-    assert await repository.mark_processed(db, command_id) is False
-    assert await repository.mark_processed(db, uuid.uuid4()) is True
+    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
+    again = await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    assert again == repository.Earlier(same_request=True, answer=None)
+    assert await repository.mark_processed(db, uuid.uuid4(), user.id, FINGERPRINT) is None
+
+
+async def test_a_command_id_seen_before_for_a_different_request_is_told_apart(
+    db: asyncpg.Connection,
+) -> None:
+    command_id = uuid.uuid4()
+    user = await create_user(db, "rider")
+    await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+
+    other = await repository.mark_processed(db, command_id, user.id, b"\x02" * 32)
+
+    assert other == repository.Earlier(same_request=False, answer=None)
 
 
 async def test_a_rolled_back_command_can_be_processed_again(db: asyncpg.Connection) -> None:
     command_id = uuid.uuid4()
+    user = await create_user(db, "rider")
     transaction = db.transaction()
     await transaction.start()
-    assert await repository.mark_processed(db, command_id) is True
+    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
     await transaction.rollback()
 
-    assert await repository.mark_processed(db, command_id) is True
+    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
+
+
+async def test_a_refused_command_keeps_its_answer_for_a_retry(db: asyncpg.Connection) -> None:
+    command_id = uuid.uuid4()
+    user = await create_user(db, "rider")
+    await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+
+    await repository.keep_refusal(db, command_id, user.id, b'{"type":"error"}', keep=10)
+
+    again = await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    assert again == repository.Earlier(same_request=True, answer=b'{"type":"error"}')
+
+
+async def test_only_a_users_newest_refusals_are_kept(db: asyncpg.Connection) -> None:
+    user, other = await create_user(db, "rider"), await create_user(db, "rider")
+    applied = uuid.uuid4()
+    await repository.mark_processed(db, applied, user.id, FINGERPRINT)
+    others_refusal = uuid.uuid4()
+    await repository.mark_processed(db, others_refusal, other.id, FINGERPRINT)
+    await repository.keep_refusal(db, others_refusal, other.id, b"no", keep=3)
+    refused = []
+    for _ in range(5):
+        # One transaction each, as the worker's: each later than the one before.
+        async with db.transaction():
+            command_id = uuid.uuid4()
+            await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+            await repository.keep_refusal(db, command_id, user.id, b"no", keep=3)
+        refused.append(command_id)
+
+    kept = await db.fetch(
+        "SELECT id FROM processed_commands WHERE id = ANY($1::uuid[])",
+        [applied, others_refusal, *refused],
+    )
+
+    # The applied command and the other user's refusal are not theirs to forget.
+    assert {row["id"] for row in kept} == {applied, others_refusal, *refused[-3:]}
 
 
 # Trips
@@ -305,7 +359,7 @@ async def test_create_trip_stores_the_commands_points(db: asyncpg.Connection) ->
         created = await handlers.create_trip(db, command, datetime.now(UTC))
 
     assert (created.after.pick_up, created.after.drop_off) == (CENTRAAL, DAM)
-    assert await repository.get_trip(db, command.id) == created.after
+    assert await repository.get_trip(db, created.after.id) == created.after
 
 
 @pytest.mark.parametrize(

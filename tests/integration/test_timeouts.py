@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from dispatcher import repository
-from dispatcher.timeouts import expire_due
+from dispatcher.timeouts import end_lost, expire_due
 from shared import trips
 from shared.trips import EventType, Status, Transition, Trip
 from shared.users import User
@@ -208,3 +208,90 @@ async def test_concurrent_sweeps_never_expire_one_trip_twice(
             2,
             "no_driver",
         )
+
+
+# Lost drivers: trips under way whose driver vanished end as "driver_lost".
+
+LOST_SECONDS = 300
+LONG_AGO = NOW - timedelta(seconds=LOST_SECONDS + 1)
+LATELY = NOW - timedelta(seconds=LOST_SECONDS - 1)
+
+
+async def under_way(conn: asyncpg.Connection, changed: datetime, *, seen: datetime | None) -> Trip:
+    """A STARTED trip last changed at `changed`, whose driver a gateway last saw at `seen`."""
+    trip, driver = await accepted(conn, changed)
+    await conn.execute("UPDATE users SET seen_at = $2 WHERE id = $1", driver.id, seen)
+    return trip
+
+
+async def sweep_lost(conn: asyncpg.Connection) -> list[Transition]:
+    async with conn.transaction():
+        return await end_lost(conn, NOW, LOST_SECONDS)
+
+
+@pytest.fixture
+async def nothing_under_way(conn: asyncpg.Connection) -> None:
+    """What other tests left under way is over: here exactly a test's own trips are."""
+    await conn.execute(
+        "UPDATE trips SET status = 'COMPLETED' WHERE status IN ('STARTED', 'IN_PROGRESS')"
+    )
+
+
+@pytest.mark.usefixtures("nothing_under_way")
+async def test_a_trip_whose_driver_was_gone_too_long_ends_as_driver_lost(
+    conn: asyncpg.Connection,
+) -> None:
+    never_seen = await under_way(conn, LONG_AGO, seen=None)
+    seen_long_ago = await under_way(conn, LONG_AGO, seen=LONG_AGO)
+
+    ended = await sweep_lost(conn)
+
+    assert {t.before.id for t in ended if t.before} == {never_seen.id, seen_long_ago.id}
+    for transition in ended:
+        assert transition.event is EventType.CANCELLED
+        assert transition.after.cancel_reason == "driver_lost"
+        assert transition.after.driver is not None  # told, as the rider is
+        assert await stored(conn, transition.after) == transition.after
+
+
+@pytest.mark.usefixtures("nothing_under_way")
+async def test_a_driver_seen_lately_or_who_changed_the_trip_lately_keeps_it(
+    conn: asyncpg.Connection,
+) -> None:
+    present = await under_way(conn, LONG_AGO, seen=LATELY)
+    just_accepted = await under_way(conn, LATELY, seen=None)
+    picked_up = await under_way(conn, LONG_AGO, seen=LONG_AGO)
+    assert picked_up.driver is not None
+    moved_on = trips.advance(picked_up, picked_up.driver, Status.IN_PROGRESS, LATELY)
+    assert await repository.save_transition(conn, moved_on)
+
+    assert await sweep_lost(conn) == []
+    for trip in (present, just_accepted, moved_on.after):
+        assert (await stored(conn, trip)).status in trips.ACTIVE_STATUSES
+
+
+@pytest.mark.usefixtures("nothing_under_way")
+async def test_a_trip_whose_driver_was_deactivated_ends_at_once(conn: asyncpg.Connection) -> None:
+    trip = await under_way(conn, NOW, seen=NOW)
+    assert trip.driver is not None
+    await conn.execute("UPDATE users SET is_active = false WHERE id = $1", trip.driver.id)
+
+    [transition] = await sweep_lost(conn)
+
+    assert transition.after.id == trip.id
+    assert transition.after.cancel_reason == "driver_lost"
+
+
+@pytest.mark.usefixtures("nothing_under_way")
+async def test_requests_and_trips_that_are_over_never_lose_a_driver(
+    conn: asyncpg.Connection,
+) -> None:
+    await requested(conn, LONG_AGO)
+    done = await under_way(conn, LONG_AGO, seen=None)
+    assert done.driver is not None
+    for status in (Status.IN_PROGRESS, Status.COMPLETED):
+        transition = trips.advance(done, done.driver, status, LONG_AGO)
+        assert await repository.save_transition(conn, transition)
+        done = transition.after
+
+    assert await sweep_lost(conn) == []

@@ -19,13 +19,11 @@ from dispatcher.notifications import (
 from shared import trips
 from shared.locations import Point
 from shared.topology import (
-    AUDIENCE_HEADER,
     CC_HEADER,
     DISTANCES_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
-    UNLOCATED,
     VERSION_HEADER,
 )
 from shared.trips import Status, Transition, Trip
@@ -201,11 +199,12 @@ def requested_with_pick_up() -> Transition:
 
 def test_drivers_chosen_by_distance_are_offered_by_name_in_one_message() -> None:
     transition = requested_with_pick_up()
-    audience = Audience([(42, 120.44), (43, 870.0)], Broadcast.UNLOCATED)
+    audience = Audience([(42, 120.44), (43, 870.0)])
 
     told = by_key(for_transition(transition, audience, OFFER_TTL))
 
-    assert set(told) == {"user.7", "user.42", DRIVER_OFFERS_KEY}
+    # Nobody else hears of it: not drivers whose location is unknown (PROTOCOL D1).
+    assert set(told) == {"user.7", "user.42"}
     trip_headers = {TRIP_HEADER: str(transition.after.id), VERSION_HEADER: "1"}
     offer = told["user.42"]
     assert frame(offer)["type"] == "trip.requested"
@@ -219,28 +218,22 @@ def test_drivers_chosen_by_distance_are_offered_by_name_in_one_message() -> None
     # Offers by name are still offers: unnumbered, never kept, and they expire.
     assert offer.user_id is None
     assert offer.ttl_seconds == OFFER_TTL
-    # Drivers whose location is unknown hear of it by a broadcast only for them.
-    broadcast = told[DRIVER_OFFERS_KEY]
-    assert frame(broadcast)["data"] == transition.after.payload()
-    assert broadcast.headers == {**trip_headers, AUDIENCE_HEADER: UNLOCATED}
 
 
 def test_a_taken_trip_is_withdrawn_from_everyone_it_was_offered_to_but_the_winner() -> None:
     transition = trips.accept(requested_with_pick_up().after, DRIVER, LATER)
-    audience = Audience([(42, None), (43, None), (44, None)], Broadcast.UNLOCATED)
+    audience = Audience([(42, None), (43, None), (44, None)])
 
     told = by_key(for_transition(transition, audience, OFFER_TTL))
 
     # user.42 is the winner: told it was accepted, not that it was taken.
-    assert set(told) == {"user.7", "user.42", "user.43", DRIVER_OFFERS_KEY}
+    assert set(told) == {"user.7", "user.42", "user.43"}
     assert frame(told["user.42"])["type"] == "trip.accepted"
     taken = told["user.43"]
     assert frame(taken)["type"] == "trip.taken"
     assert taken.user_id is None
     assert taken.headers[CC_HEADER] == ["user.44"]
     assert DISTANCES_HEADER not in taken.headers
-    assert told[DRIVER_OFFERS_KEY].headers[EXCLUDE_USER_HEADER] == "42"
-    assert told[DRIVER_OFFERS_KEY].headers[AUDIENCE_HEADER] == UNLOCATED
 
 
 def test_a_wider_ring_offers_the_trip_to_the_next_drivers_only() -> None:
@@ -259,7 +252,8 @@ def test_a_refusal_is_an_error_frame_for_the_user_who_asked() -> None:
     )
 
     assert notification.routing_key == "user.42"
-    assert notification.user_id == 42
+    # A reply, not a notification of the user's sequence: never numbered, never kept.
+    assert notification.user_id is None
     assert notification.ttl_seconds is None
     assert notification.headers == {}
     refusal = frame(notification)
