@@ -337,12 +337,12 @@ def test_the_trip_walk_through_works_typed_into_python_m_websockets(
     accept["data"]["id"] = trip_id
     clients[1].type(json.dumps({**accept, "request_id": "dan-again-1"}))
     refusal = clients[1].receive(of_type("error"))
-    assert_like_the_readme_error(refusal, numbered=True)
+    assert_like_the_readme_error(refusal, from_worker=True)
     assert (refusal["data"]["request_id"], refusal["data"]["trip_id"]) == ("dan-again-1", trip_id)
-    assert refusal["seq"] == dan[-1]["seq"] + 1, refusal
+    assert "seq" not in refusal, refusal  # a reply, not one of Dan's notifications
 
     # The gateway's own refusal of the README's bad frame, as the README shows it.
-    gateway_error = readme_example("error", numbered=False)
+    gateway_error = readme_error(from_worker=False)
     bad = {
         "type": gateway_error["data"]["request"],
         "request_id": gateway_error["data"]["request_id"],
@@ -350,7 +350,7 @@ def test_the_trip_walk_through_works_typed_into_python_m_websockets(
     }
     clients[0].type(json.dumps(bad))
     reply = clients[0].receive(of_type("error"))
-    assert_like_the_readme_error(reply, numbered=False)
+    assert_like_the_readme_error(reply, from_worker=False)
     assert {**reply["data"], "trip_id": None} == {**gateway_error["data"], "trip_id": None}
 
     assert_like_the_readme_trip_frame(steps["trip.accepted"][0])
@@ -421,10 +421,23 @@ def assert_like_the_readme_trip_frame(received: dict[str, Any]) -> None:
     assert example["data"]["created"] <= example["data"]["updated"]
 
 
-def assert_like_the_readme_error(received: dict[str, Any], *, numbered: bool) -> None:
-    """Shaped like the README's error example from a worker (numbered) or from the
-    gateway (not), whose code may be another refusal's."""
-    example = readme_example("error", numbered=numbered)
+def readme_error(*, from_worker: bool) -> dict[str, Any]:
+    """The README's example error frame from a worker (with an `event_id`) or from the
+    gateway (without one); neither is numbered."""
+    found = [
+        frame
+        for frame in example_frames()
+        if frame["type"] == "error" and ("event_id" in frame) == from_worker
+    ]
+    assert len(found) == 1, f"expected one README example of an error (worker: {from_worker})"
+    assert "seq" not in found[0], found[0]
+    return found[0]
+
+
+def assert_like_the_readme_error(received: dict[str, Any], *, from_worker: bool) -> None:
+    """Shaped like the README's error example from a worker or from the gateway, whose
+    code may be another refusal's."""
+    example = readme_error(from_worker=from_worker)
     assert shape(example) == shape(received), (example, received)
     assert example["data"]["request"] == received["data"]["request"]
     assert {example["data"]["code"], received["data"]["code"]} <= ERROR_CODES
