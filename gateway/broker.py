@@ -139,7 +139,9 @@ class GatewayBroker:
         if self._locations is None:
             raise PublishFailed("the gateway is not connected to the broker")
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
-        await self._locations.publish(message, "")
+        # Not mandatory: with no worker running, a batch (or a heartbeat) simply goes
+        # nowhere, rather than coming back to be logged as an unhandled return.
+        await self._locations.publish(message, "", mandatory=False)
 
     async def publish_live_location(self, rider_id: int, trip_id: str, body: bytes) -> None:
         """A driver's location to the rider of their trip: unconfirmed, never on disk,
@@ -153,7 +155,7 @@ class GatewayBroker:
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
             expiration=LIVE_LOCATION_TTL_SECONDS,
         )
-        await self._live.publish(message, user_key(rider_id))
+        await self._live.publish(message, user_key(rider_id), mandatory=False)
 
     async def publish_replaced(self, user_id: int, socket_ids: list[str]) -> None:
         """Tell the gateways holding the user's sockets to close these: unconfirmed,
@@ -165,7 +167,7 @@ class GatewayBroker:
             type=SOCKETS_REPLACED,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
-        await self._live.publish(message, user_key(user_id))
+        await self._live.publish(message, user_key(user_id), mandatory=False)
 
     def notifications(self) -> AbstractQueueIterator:
         """The notifications of the users connected here, unacknowledged: Postgres keeps

@@ -21,6 +21,7 @@ from shared.commands import command_id
 from shared.processes import ServiceProcess, start_gateway
 from shared.settings import Settings
 from tests.clients import (
+    SUBPROTOCOLS,
     about,
     connect,
     create_account,
@@ -279,7 +280,7 @@ async def test_a_bad_since_is_refused_before_the_upgrade(
     rider = await create_account(http, "rider")
     url = ws_url(base_url, rider.access) + f"&since={since}"
     with pytest.raises(websockets.InvalidStatus) as refused:
-        await websockets.connect(url, open_timeout=10)
+        await websockets.connect(url, open_timeout=10, subprotocols=SUBPROTOCOLS)
     response = refused.value.response
     assert response.status_code == 400
     assert b"since" in response.body
@@ -366,3 +367,30 @@ async def drive_trips(
     rider_ws: ClientConnection, driver_ws: ClientConnection, labels: list[str]
 ) -> list[str]:
     return [await drive_trip(rider_ws, driver_ws, label) for label in labels]
+
+
+async def test_without_since_what_a_connection_that_reset_was_sent_comes_again(
+    http: httpx.AsyncClient, base_url: str
+) -> None:
+    """PROTOCOL D1: a socket without `since` never loses a notification. A connection
+    that drops with no close frame may not have been read to its end, so the next
+    socket is sent again what it was sent (a repeat is allowed; a loss is not)."""
+    rider = await create_account(http, "rider")
+    driver = await create_account(http, "driver")
+    async with await connect(base_url, driver.access) as driver_ws:
+        victim = await connect(base_url, rider.access)
+        await send(
+            victim,
+            {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}},
+        )
+        requested = await receive_until(victim, lambda f: f["type"] == "trip.requested")
+        trip_id = requested["data"]["id"]
+        await send(driver_ws, {"type": "update.trip", "data": {"id": trip_id, "status": "STARTED"}})
+        await receive_until(driver_ws, about(trip_id, "trip.accepted"))
+        # The accept was written into the rider's connection; whether its app read it,
+        # the gateway cannot know when the connection then resets.
+        await receive_until(victim, about(trip_id, "trip.accepted"))
+        victim.transport.abort()
+    async with await connect(base_url, rider.access) as again:
+        accepted = await receive_until(again, about(trip_id, "trip.accepted"))
+    assert accepted["seq"] == requested["seq"] + 1
