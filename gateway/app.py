@@ -111,7 +111,7 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
     notification_log = NotificationLog(database)
     connected = ConnectedUsers(broker.bind_user, broker.unbind_user, notification_log)
     offers = OfferFanout(connected)
-    locations = DriverLocations(connected, broker)
+    locations = DriverLocations(broker)
     # Dispatch learns at once that a driver took or finished a trip, however the
     # gateway learned it (live, or read back from the log).
     connected.trip_changed = locations.trip_changed

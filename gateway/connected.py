@@ -196,10 +196,8 @@ class ConnectedUsers:
         self._log = log
         self.trip_changed: TripChanged = _no_one_to_tell
         self._users: dict[int, ConnectedUser] = {}
-        # The drivers among them, for the offers fan-out to walk without the riders, and
-        # those of them who have not reported a location.
+        # The drivers among them, for the offers fan-out to walk without the riders.
         self._drivers: dict[int, ConnectedUser] = {}
-        self._unlocated: dict[int, ConnectedUser] = {}
 
     async def join(self, user: User) -> ConnectedUser:
         """The user, with this gateway now receiving their notifications."""
@@ -207,7 +205,7 @@ class ConnectedUsers:
         if connected is None:
             connected = self._users[user.id] = ConnectedUser(user, self._log, self.trip_changed)
             if user.is_driver:
-                self._drivers[user.id] = self._unlocated[user.id] = connected
+                self._drivers[user.id] = connected
         # Counted before any await, so that a last socket closing meanwhile keeps the binding.
         connected.members += 1
         try:
@@ -230,14 +228,9 @@ class ConnectedUsers:
             if connected.members == 0 and self._users.get(connected.user.id) is connected:
                 del self._users[connected.user.id]
                 self._drivers.pop(connected.user.id, None)
-                self._unlocated.pop(connected.user.id, None)
                 connected.stop()
                 return True
         return False
-
-    def located(self, driver: ConnectedUser) -> None:
-        """The driver reported a location: dispatch offers them trips by distance now."""
-        self._unlocated.pop(driver.user.id, None)
 
     def get(self, user_id: int) -> ConnectedUser | None:
         return self._users.get(user_id)
@@ -249,9 +242,6 @@ class ConnectedUsers:
 
     def drivers(self) -> Iterator[ConnectedUser]:
         return iter(self._drivers.values())
-
-    def unlocated_drivers(self) -> Iterator[ConnectedUser]:
-        return iter(self._unlocated.values())
 
     async def check_drained_every(self, seconds: float) -> None:
         """Close the sockets whose clients stopped reading, whether or not anything new

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from gateway import metrics
-from gateway.connected import ConnectedUser, ConnectedUsers
+from gateway.connected import ConnectedUser
 from shared.locations import DriverReport, Location, driver_location_frame, encode_reports
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,10 @@ class _Live(NamedTuple):
 class DriverLocations:
     def __init__(
         self,
-        users: ConnectedUsers,
         broker: LocationsBroker,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._users = users
         self._broker = broker
         self._clock = clock
         self._wall_clock = wall_clock
@@ -90,8 +88,6 @@ class DriverLocations:
         if now < driver.next_report_at:
             return False
         driver.next_report_at = now + REPORT_INTERVAL_SECONDS
-        if driver.location is None:
-            self._users.located(driver)
         driver.location, driver.located_at = location, self._wall_clock()
         if driver.under_way is None:
             self._for_dispatch(driver)

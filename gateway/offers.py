@@ -7,8 +7,8 @@ connected here, except the one a broadcast leaves out. A trip with a pick-up poi
 is offered by name to the nearest drivers dispatch chose: one unnumbered message for
 all of them (`user.<id>` of the first, the others in CC), which reaches each gateway
 holding any of them once, and which the gateway gives each of its named drivers
-with their own distance; by broadcast it goes only to drivers who have not
-reported a location. Putting never waits, so a driver who reads slowly delays
+with their own distance (a driver who never reported a location is offered only
+trips without a pick-up point). Putting never waits, so a driver who reads slowly delays
 nobody else. A driver who is offline is connected nowhere, so gets nothing, and
 sees no stale offer on return. Offers are not numbered: they are worth nothing
 later, and nobody resumes them.
@@ -17,21 +17,19 @@ later, and nobody resumes them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from gateway.connected import ConnectedUser, ConnectedUsers
+from gateway.connected import ConnectedUsers
 from gateway.outgoing import Frame
 from shared.topology import (
-    AUDIENCE_HEADER,
     CC_HEADER,
     DISTANCES_HEADER,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
-    UNLOCATED,
     VERSION_HEADER,
 )
 
@@ -48,20 +46,15 @@ class OfferFanout:
         self._versions: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def broadcast(self, message: AbstractIncomingMessage) -> None:
-        """An offer or withdrawal for every free driver here, or for the unlocated ones."""
+        """An offer or withdrawal for every free driver here."""
         headers = message.headers or {}
         if self._outdated(headers, broadcast=True):
             return
         excluded = headers.get(EXCLUDE_USER_HEADER)
         excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
-        drivers: Iterator[ConnectedUser] = (
-            self._users.unlocated_drivers()
-            if headers.get(AUDIENCE_HEADER) == UNLOCATED
-            else self._users.drivers()
-        )
         # The same frame goes to every driver here: decode it once.
         frame = _frame(message)
-        for driver in drivers:
+        for driver in self._users.drivers():
             if not driver.busy and driver.user.id != excluded_id:
                 for socket in driver.sockets:
                     socket.put(frame)

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Offers for every free driver (trips without a pick-up point) and, with
-# AUDIENCE_HEADER, for those who have not reported a location.
+# Offers for every free driver: trips without a pick-up point.
 DRIVER_OFFERS_KEY = "drivers.offers"
 # A worker that starts asks every gateway for its drivers' last locations with this
 # key, so its index is full at once instead of after a reporting interval.
@@ -51,10 +50,6 @@ COMMAND_KEY_PATTERN = "command.#"
 # driver's distance to the pick-up in DISTANCES_HEADER (JSON: driver id -> metres).
 CC_HEADER = "CC"
 DISTANCES_HEADER = "x-distances"
-# A broadcast for only the drivers whose location is unknown to dispatch carries
-# this header with value UNLOCATED (the located ones are offered by name).
-AUDIENCE_HEADER = "x-audience"
-UNLOCATED = "unlocated"
 # A broadcast may leave out one user: the driver who took a trip is not told it was taken.
 EXCLUDE_USER_HEADER = "x-exclude-user"
 # A user's notification carries its place in the user's sequence, so a gateway

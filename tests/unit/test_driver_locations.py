@@ -4,7 +4,6 @@ per driver, batched into one message, and read back into the index by a worker."
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 
 import orjson
 import pytest
@@ -57,7 +56,7 @@ def driver(number: int) -> User:
 async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> None:
     now = [100.0]
     users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
-    locations = DriverLocations(users, broker, clock=lambda: now[0], wall_clock=lambda: 5000.0)
+    locations = DriverLocations(broker, clock=lambda: now[0], wall_clock=lambda: 5000.0)
     drivers = [await users.join(driver(n)) for n in range(1, 4)]
     publisher = asyncio.create_task(locations.run())
 
@@ -80,7 +79,7 @@ async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> 
 async def test_one_report_a_second_per_driver_is_acted_on() -> None:
     now = [100.0]
     users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
-    locations = DriverLocations(users, broker, clock=lambda: now[0])
+    locations = DriverLocations(broker, clock=lambda: now[0])
     connected = await users.join(driver(1))
 
     first = locations.report(connected, Location(Point(52.0, 4.9)))
@@ -94,7 +93,7 @@ async def test_one_report_a_second_per_driver_is_acted_on() -> None:
 
 async def test_a_driver_on_a_trip_is_seen_by_its_rider_only_and_dispatch_forgets_them() -> None:
     users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
-    locations = DriverLocations(users, broker, clock=lambda: 100.0, wall_clock=lambda: 7.0)
+    locations = DriverLocations(broker, clock=lambda: 100.0, wall_clock=lambda: 7.0)
     connected = await users.join(driver(4))
     publisher = asyncio.create_task(locations.run())
     locations.report(connected, Location(Point(52.0, 4.9), heading=90.0))
@@ -148,7 +147,7 @@ async def test_a_gateway_names_itself_and_speaks_every_second_with_nothing_to_re
     monkeypatch.setattr(gateway_locations, "HEARTBEAT_SECONDS", 0.01)
     broker = Broker("gw-7")
     # No driver reports here: the heartbeat never looks at the users.
-    locations = DriverLocations(cast(ConnectedUsers, None), broker)
+    locations = DriverLocations(broker)
     publisher = asyncio.create_task(locations.run())
     try:
         async with asyncio.timeout(5):

@@ -16,14 +16,11 @@ from gateway.connected import ConnectedUser, ConnectedUsers
 from gateway.notification_log import READ_BATCH, Logged, ResumePoint
 from gateway.offers import OfferFanout
 from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
-from shared.locations import Location, Point
 from shared.topology import (
-    AUDIENCE_HEADER,
     CC_HEADER,
     DISTANCES_HEADER,
     EXCLUDE_USER_HEADER,
     TRIP_HEADER,
-    UNLOCATED,
     VERSION_HEADER,
 )
 from shared.trips import TripUnderWay
@@ -483,28 +480,6 @@ async def test_the_last_frames_dropped_from_a_full_buffer_come_back_without_a_la
     await stop(tasks)
 
 
-async def test_a_broadcast_for_the_unlocated_skips_drivers_who_reported_a_location() -> None:
-    log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
-    located_user, unlocated_user = (
-        User(5, "e", "", "", "driver", None),
-        User(6, "f", "", "", "driver", None),
-    )
-    located, unlocated = await users.join(located_user), await users.join(unlocated_user)
-    located.location = Location(Point(52.37, 4.89))
-    users.located(located)
-    sockets, _, tasks = await listening(located, unlocated)
-    fanout = OfferFanout(users)
-
-    fanout.broadcast(Offer(b"for-the-unlocated", headers={AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
-    fanout.broadcast(Offer(b"for-everyone"))  # type: ignore[arg-type]
-    await settle(lambda: len(sockets[6].sent) == 2 and len(sockets[5].sent) == 1)
-
-    assert sockets[6].sent == ["for-the-unlocated", "for-everyone"]
-    assert sockets[5].sent == ["for-everyone"]
-    await stop(tasks)
-
-
 async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_withdrawal() -> None:
     log = Log()
     users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
@@ -542,29 +517,4 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
         {"type": "trip.taken", "data": {"v": 2}},
     ]
     assert sockets[3].sent == ["end"]  # busy
-    await stop(tasks)
-
-
-async def test_a_broadcast_for_the_unlocated_still_comes_after_offers_by_name_of_its_version() -> (
-    None
-):
-    log = Log()
-    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
-    located = await users.join(User(8, "h", "", "", "driver", None))
-    located.location = Location(Point(52.37, 4.89))
-    users.located(located)
-    unlocated = await users.join(User(9, "i", "", "", "driver", None))
-    sockets, writers, tasks = await listening(located, unlocated)
-    fanout = OfferFanout(users)
-    headers = {TRIP_HEADER: "t1", VERSION_HEADER: "1"}
-
-    fanout.by_name(Offer(b"by-name", headers=headers, routing_key="user.8"))  # type: ignore[arg-type]
-    fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]
-    fanout.broadcast(Offer(b"unlocated", headers={**headers, AUDIENCE_HEADER: UNLOCATED}))  # type: ignore[arg-type]  # relayed
-    await settle(lambda: sockets[8].sent == ["by-name"] and sockets[9].sent == ["unlocated"])
-    for writer in writers:
-        writer.put(Frame("end", "echo.message"))
-    await settle(lambda: all(socket.sent[-1:] == ["end"] for socket in sockets.values()))
-
-    assert sockets[9].sent == ["unlocated", "end"]
     await stop(tasks)
