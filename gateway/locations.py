@@ -16,10 +16,12 @@ their last socket here closes; a worker that starts gets every location held her
 
 Nothing waits on the broker: reports leave through one publisher task, and while
 the broker is away they are dropped, since the next one replaces them. The reports
-for the workers go out in batches, one message for all that came in since the
-last went out: at thousands of reports a second the broker's and the workers' cost
-is per message, not per report. Each batch names this gateway, and one goes out at
-least every `HEARTBEAT_SECONDS`, empty if need be: a worker that stops hearing from
+for the workers go out in batches, every `BATCH_SECONDS`, one message for all that
+came in meanwhile: the broker's and the workers' cost is per message, not per
+report, and a batch forms at a few hundred reports a second as at thousands (sent
+at once, each would cost a wake-up, a publish and a delivery to every worker). A
+rider's view of their driver goes at once. Each batch names this gateway, and one
+goes out at least every `HEARTBEAT_SECONDS`, empty if need be: a worker that stops hearing from
 a gateway (killed, or cut off from the broker) stops offering trips to its drivers
 within TAXI_GATEWAY_SILENT_SECONDS, instead of until their locations go stale.
 """
@@ -45,6 +47,9 @@ PENDING_REPORTS = 20_000
 # A batch, empty if need be, goes to the workers at least this often: the workers'
 # sign that this gateway, and so each driver whose location it sent, is still there.
 HEARTBEAT_SECONDS = 1.0
+# The reports that came in within this long go to the workers as one batch: what
+# dispatch knows is this much older, a small part of a driver's reporting interval.
+BATCH_SECONDS = 0.1
 
 
 class LocationsBroker(Protocol):
@@ -70,8 +75,10 @@ class DriverLocations:
         broker: LocationsBroker,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        batch_seconds: float = BATCH_SECONDS,
     ) -> None:
         self._broker = broker
+        self._batch_seconds = batch_seconds
         self._clock = clock
         self._wall_clock = wall_clock
         # What waits for the publisher: reports for the workers (encoded, in order),
@@ -79,7 +86,9 @@ class DriverLocations:
         self._reports: list[bytes] = []
         self._live: list[_Live] = []
         self._waiting = asyncio.Event()
-        # Whether a batch is due even if no report waits: the heartbeat.
+        # Whether the reports waiting are due to go (`_batches`), and whether a batch
+        # goes even if none waits (the heartbeat).
+        self._batch_due = False
         self._beat = False
 
     def report(self, driver: ConnectedUser, location: Location) -> bool:
@@ -116,11 +125,11 @@ class DriverLocations:
                 self._for_dispatch(driver)
 
     async def run(self) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat())
+        batches = asyncio.create_task(self._batches())
         try:
             await self._publish_forever()
         finally:
-            heartbeat.cancel()
+            batches.cancel()
 
     async def _publish_forever(self) -> None:
         gateway_id = self._broker.gateway_id
@@ -128,8 +137,6 @@ class DriverLocations:
             await self._waiting.wait()
             self._waiting.clear()
             live, self._live = self._live, []
-            reports, self._reports = self._reports, []
-            beat, self._beat = self._beat, False
             for location in live:
                 await self._publish(
                     self._broker.publish_live_location(
@@ -137,20 +144,29 @@ class DriverLocations:
                     ),
                     1,
                 )
+            if not self._batch_due:
+                continue
+            reports, self._reports = self._reports, []
+            beat, self._beat, self._batch_due = self._beat, False, False
             if reports or beat:
                 await self._publish(
                     self._broker.publish_location(encode_reports(gateway_id, reports)),
                     len(reports),
                 )
 
-    async def _heartbeat(self) -> None:
-        """A batch at least every HEARTBEAT_SECONDS: one more (empty) message a second
-        at most, whatever the number of drivers; riding along with reports when some
-        wait anyway."""
+    async def _batches(self) -> None:
+        """Every `batch_seconds`, the reports waiting go; and a batch at least every
+        HEARTBEAT_SECONDS, one more (empty) message a second at most, whatever the
+        number of drivers, riding along with reports when some wait anyway."""
+        since_beat = HEARTBEAT_SECONDS
         while True:
-            self._beat = True
-            self._waiting.set()
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if since_beat >= HEARTBEAT_SECONDS:
+                self._beat, since_beat = True, 0.0
+            if self._reports or self._beat:
+                self._batch_due = True
+                self._waiting.set()
+            await asyncio.sleep(self._batch_seconds)
+            since_beat += self._batch_seconds
 
     async def _publish(self, publishing: Awaitable[None], reports: int) -> None:
         try:
@@ -181,5 +197,5 @@ class DriverLocations:
         if len(self._reports) >= PENDING_REPORTS:
             metrics.LOCATIONS_DROPPED.inc()
             return
+        # It goes with the next batch (`_batches`).
         self._reports.append(report.encode())
-        self._waiting.set()

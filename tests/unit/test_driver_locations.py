@@ -40,6 +40,32 @@ class Broker:
         self.live.append((rider_id, trip_id, body))
 
 
+async def published_with_reports(broker: Broker, count: int = 1) -> None:
+    """Until `count` batches with reports went out (heartbeats aside)."""
+    async with asyncio.timeout(5):
+        while len(broker.with_reports()) < count:
+            broker.published.clear()
+            await broker.published.wait()
+
+
+async def test_reports_wait_for_the_next_batch_and_go_together_with_what_came_meanwhile() -> None:
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
+    now = [100.0]
+    locations = DriverLocations(broker, clock=lambda: now[0], batch_seconds=3600)
+    first, second = [await users.join(driver(n)) for n in (1, 2)]
+    publisher = asyncio.create_task(locations.run())
+    await broker.published.wait()  # the first tick: the heartbeat, with nothing to report
+    locations.report(first, Location(Point(52.0, 4.9)))
+    locations.report(second, Location(Point(52.1, 4.9)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    publisher.cancel()
+
+    # An hour's batch: nothing of theirs has gone yet, however long the loop ran.
+    assert broker.with_reports() == []
+    assert len(broker.batches) == 1
+
+
 class _NoLog:
     async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:
         return []
@@ -56,14 +82,15 @@ def driver(number: int) -> User:
 async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> None:
     now = [100.0]
     users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
-    locations = DriverLocations(broker, clock=lambda: now[0], wall_clock=lambda: 5000.0)
+    locations = DriverLocations(
+        broker, clock=lambda: now[0], wall_clock=lambda: 5000.0, batch_seconds=0.01
+    )
     drivers = [await users.join(driver(n)) for n in range(1, 4)]
     publisher = asyncio.create_task(locations.run())
 
     for n, connected in enumerate(drivers):
         assert locations.report(connected, Location(Point(52.0 + n / 100, 4.9)))
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await published_with_reports(broker)
     publisher.cancel()
 
     (batch,) = broker.with_reports()
@@ -93,17 +120,17 @@ async def test_one_report_a_second_per_driver_is_acted_on() -> None:
 
 async def test_a_driver_on_a_trip_is_seen_by_its_rider_only_and_dispatch_forgets_them() -> None:
     users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
-    locations = DriverLocations(broker, clock=lambda: 100.0, wall_clock=lambda: 7.0)
+    locations = DriverLocations(
+        broker, clock=lambda: 100.0, wall_clock=lambda: 7.0, batch_seconds=0.01
+    )
     connected = await users.join(driver(4))
     publisher = asyncio.create_task(locations.run())
     locations.report(connected, Location(Point(52.0, 4.9), heading=90.0))
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await published_with_reports(broker)
 
     connected.under_way = TripUnderWay("trip-9", 77, 4)
     locations.trip_changed(connected)
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await published_with_reports(broker, count=2)
     publisher.cancel()
 
     busy = decode_reports(broker.batches[-1]).reports
