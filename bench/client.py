@@ -20,9 +20,14 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from websockets.typing import Subprotocol
+
 OPEN_TIMEOUT_SECONDS = 60
 CLOSE_TIMEOUT_SECONDS = 5
 CONNECT_ATTEMPTS = 3
+# Our own dialect (PROTOCOL D4), which every socket of the load generator asks for.
+SUBPROTOCOL = "taxi.v2"
+SUBPROTOCOLS = [Subprotocol(SUBPROTOCOL)]
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 FIN = 0x80
@@ -56,6 +61,7 @@ class IdleSocket(asyncio.Protocol):
         self._request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
         ).encode()
         self._transport: asyncio.Transport | None = None

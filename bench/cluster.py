@@ -55,6 +55,7 @@ import orjson
 import psutil
 import websockets
 
+from bench.client import SUBPROTOCOLS
 from bench.compare import alternate_rounds, merge_usage
 from bench.load import DRAIN_SECONDS, Load, Trip, User
 from bench.stats import percentiles
@@ -103,6 +104,7 @@ class ClusterLoad(Load):
                     max_size=2**20,
                     compression=None,
                     open_timeout=30,
+                    subprotocols=SUBPROTOCOLS,
                 )
         for driver in self.drivers:
             self.idle.add(driver.index)

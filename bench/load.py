@@ -30,6 +30,8 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from bench.client import SUBPROTOCOLS
+
 PASSWORD = "bench-pAssw0rd"
 SIGN_UP_CONCURRENCY = 16
 DRAIN_SECONDS = 30
@@ -121,6 +123,7 @@ class Load:
                 max_size=2**20,
                 compression=None,
                 open_timeout=30,
+                subprotocols=SUBPROTOCOLS,
             )
         for driver in self.drivers:
             self.idle.add(driver.index)

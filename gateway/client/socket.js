@@ -99,7 +99,8 @@ export class ReconnectingSocket {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     let url = `${scheme}://${location.host}/taxi/?token=${encodeURIComponent(token)}`;
     if (since !== null) url += `&since=${since}`;
-    const ws = new WebSocket(url);
+    // Our own dialect (PROTOCOL D4); a socket without it speaks the course's.
+    const ws = new WebSocket(url, "taxi.v2");
     this.ws = ws;
     let opened = false;
     ws.onopen = () => {

@@ -28,6 +28,7 @@ from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import Status
 from tests.clients import (
+    SUBPROTOCOLS,
     Account,
     about,
     connect,
@@ -246,7 +247,9 @@ async def open_stalled(base_url: str, driver: Account) -> ClientConnection:
     host, port = base_url.removeprefix("http://").split(":")
     raw.connect((host, int(port)))
     raw.setblocking(False)
-    return await websockets.connect(ws_url(base_url, driver.access), sock=raw, open_timeout=10)
+    return await websockets.connect(
+        ws_url(base_url, driver.access), sock=raw, open_timeout=10, subprotocols=SUBPROTOCOLS
+    )
 
 
 class OfferListener:

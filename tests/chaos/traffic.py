@@ -30,7 +30,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.clients import Account, create_account, ws_url
+from tests.clients import SUBPROTOCOLS, Account, create_account, ws_url
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class LiveSocket:
         while True:
             try:
                 url = ws_url(base_url, self.account.access, self.last_seq)
-                async with websockets.connect(url, open_timeout=5) as ws:
+                async with websockets.connect(url, open_timeout=5, subprotocols=SUBPROTOCOLS) as ws:
                     self._ws = ws
                     self.connected_to.append(base_url)
                     self._connected.set()

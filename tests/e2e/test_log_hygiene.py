@@ -24,7 +24,15 @@ from websockets.exceptions import InvalidStatus
 from shared.cleanup import delete_broker_objects
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
-from tests.clients import connect, create_account, receive, receive_until, send, ws_url
+from tests.clients import (
+    SUBPROTOCOLS,
+    connect,
+    create_account,
+    receive,
+    receive_until,
+    send,
+    ws_url,
+)
 
 
 @dataclass
@@ -123,7 +131,9 @@ async def test_no_password_token_or_secret_appears_in_any_log_line(stack: Stack)
 
     # A refresh token in the handshake URL is refused, and must not be logged either.
     with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(ws_url(stack.base_url, refresh), open_timeout=10):
+        async with websockets.connect(
+            ws_url(stack.base_url, refresh), open_timeout=10, subprotocols=SUBPROTOCOLS
+        ):
             pass
     assert refused.value.response.status_code == 401
 

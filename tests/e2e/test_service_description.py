@@ -33,6 +33,7 @@ from websockets.asyncio.client import ClientConnection
 from gateway import description
 from tests.clients import (
     PASSWORD,
+    SUBPROTOCOLS,
     Account,
     connect,
     create_account,
@@ -362,7 +363,7 @@ async def test_a_refused_handshake_answers_with_the_error_body(
         (ws_url(base_url, rider.access, since=10**6), 400),
     ):
         with pytest.raises(websockets.InvalidStatus) as refused:
-            await websockets.connect(url, open_timeout=10)
+            await websockets.connect(url, open_timeout=10, subprotocols=SUBPROTOCOLS)
         response = refused.value.response
         assert response.status_code == status
         assert schema_errors("Error", orjson.loads(response.body)) == []

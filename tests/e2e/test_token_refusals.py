@@ -27,7 +27,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.tokens import TokenService
 from shared.settings import Settings
 from shared.users import User
-from tests.clients import Account, create_account, ws_url
+from tests.clients import SUBPROTOCOLS, Account, create_account, ws_url
 
 OTHER_SECRET = "another-secret-that-is-long-enough-to-sign-with-hs256"
 
@@ -99,7 +99,9 @@ def with_a_changed_payload(account: Account, settings: Settings) -> str:
 async def refused_handshake(base_url: str, token: str) -> dict[str, Any]:
     """Connect with `token`; the 401 refusal's body, failing if the socket opened."""
     with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(ws_url(base_url, token), open_timeout=10):
+        async with websockets.connect(
+            ws_url(base_url, token), open_timeout=10, subprotocols=SUBPROTOCOLS
+        ):
             pass
     response = refused.value.response
     assert response.status_code == 401, response

@@ -15,7 +15,7 @@ from gateway.tokens import TokenService
 from shared.settings import Settings
 from shared.topology import DRIVER_OFFERS_KEY, Topology
 from shared.users import User
-from tests.clients import connect, create_account, receive, send, ws_url
+from tests.clients import SUBPROTOCOLS, connect, create_account, receive, send, ws_url
 
 
 async def test_can_connect_to_server(http: httpx.AsyncClient, base_url: str) -> None:
@@ -55,7 +55,7 @@ async def test_can_send_and_receive_broadcast_messages(
 
 async def test_cannot_connect_without_token(base_url: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(base_url, None))
+        await websockets.connect(ws_url(base_url, None), subprotocols=SUBPROTOCOLS)
     assert refused.value.response.status_code == 401
     assert b"token is required" in refused.value.response.body
 
@@ -67,7 +67,7 @@ async def test_expired_token_is_refused_with_401(
     two_hours_ago = TokenService(settings.jwt_secret, 60, 60, clock=lambda: time.time() - 7200)
     expired = two_hours_ago.issue(User(**rider.user), "access")
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(base_url, expired))
+        await websockets.connect(ws_url(base_url, expired), subprotocols=SUBPROTOCOLS)
     assert refused.value.response.status_code == 401
     assert b"expired" in refused.value.response.body
 
@@ -75,7 +75,7 @@ async def test_expired_token_is_refused_with_401(
 async def test_refresh_token_is_refused_with_401(http: httpx.AsyncClient, base_url: str) -> None:
     rider = await create_account(http, "rider")
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(base_url, rider.refresh))
+        await websockets.connect(ws_url(base_url, rider.refresh), subprotocols=SUBPROTOCOLS)
     assert refused.value.response.status_code == 401
     assert b"send an access token" in refused.value.response.body
 
@@ -86,7 +86,7 @@ async def test_forged_token_is_refused_with_401(http: httpx.AsyncClient, base_ur
         User(**rider.user), "access"
     )
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(base_url, forged))
+        await websockets.connect(ws_url(base_url, forged), subprotocols=SUBPROTOCOLS)
     assert refused.value.response.status_code == 401
 
 
@@ -96,7 +96,7 @@ async def test_inactive_user_is_refused_with_401(
     rider = await create_account(http, "rider")
     await db.execute("UPDATE users SET is_active = false WHERE id = $1", rider.id)
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(base_url, rider.access))
+        await websockets.connect(ws_url(base_url, rider.access), subprotocols=SUBPROTOCOLS)
     assert refused.value.response.status_code == 401
 
 

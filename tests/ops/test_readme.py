@@ -1,7 +1,7 @@
 """The README's walk-through as a reader follows it, against the live test system:
 its sign-up block pasted into an interactive bash (history expansion on, so a `!`
 in double quotes would fail as it does for a reader), its trip typed into
-`python -m websockets`, and its example frames compared with what the system sends:
+`python -m shared.ws_client`, and its example frames compared with what the system sends:
 the numbered trip frame, a worker's and the gateway's error frames, the `resync`
 frame and the refusal of a `since` ahead of the user's notifications.
 
@@ -38,6 +38,7 @@ from websockets.sync.client import connect
 from shared.commands import COMMAND_TYPES, UPDATE_LOCATION
 from shared.trips import EVENT_FOR_STATUS, EventType, Status
 from shared.wire import ErrorCode, resync_frame
+from tests.clients import SUBPROTOCOLS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESSES = ("localhost:8000", "127.0.0.1:8000")
@@ -52,7 +53,7 @@ ERROR_CODES = frozenset(
 )
 # How the gateway writes a trip's times (UTC, microseconds).
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-# `python -m websockets` prints each frame it receives after "< ".
+# `python -m shared.ws_client` prints each frame it receives after "< ".
 RECEIVED = re.compile(r"< (\{.*\})$")
 
 
@@ -160,7 +161,7 @@ def test_the_sign_up_block_pasted_into_bash_signs_both_up_and_logs_both_in(
 
 
 class WebSocketClient:
-    """One `python -m websockets` session of the README: lines typed into it, and the
+    """One `python -m shared.ws_client` session of the README: lines typed into it, and the
     frames it prints as received."""
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
@@ -245,7 +246,7 @@ class Session:
 def websocket_sessions(block: str) -> list[Session]:
     sessions: list[Session] = []
     for line in block.splitlines():
-        if "-m websockets" in line:
+        if "-m shared.ws_client" in line:
             sessions.append(Session(shlex.split(line), []))
         elif line.startswith("> "):
             sessions[-1].lines.append(line.removeprefix("> "))
@@ -280,13 +281,13 @@ def clients() -> Iterator[list[WebSocketClient]]:
 
 
 @pytest.mark.usefixtures("dispatchers")
-def test_the_trip_walk_through_works_typed_into_python_m_websockets(
+def test_the_trip_walk_through_works_typed_into_the_ws_client(
     readme_accounts: Accounts,
     base_url: str,
     project_root: Path,
     clients: list[WebSocketClient],
 ) -> None:
-    sessions = websocket_sessions(the_block_with("-m websockets"))
+    sessions = websocket_sessions(the_block_with("-m shared.ws_client"))
     assert len(sessions) == 2 and all(session.lines for session in sessions), sessions
     for session in sessions:
         *command, url = session.argv
@@ -464,7 +465,9 @@ def assert_like_the_readme_since_refusal(url: str, latest: int) -> None:
     )
     assert since, example
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"{url}&since={since.group(1)}", open_timeout=WAIT_SECONDS).close()
+        connect(
+            f"{url}&since={since.group(1)}", open_timeout=WAIT_SECONDS, subprotocols=SUBPROTOCOLS
+        ).close()
     response = refused.value.response
     assert response.status_code == status
     body = json.loads(response.body)
