@@ -25,7 +25,7 @@ import websockets
 
 from shared.processes import start_gateway
 from shared.settings import Settings
-from tests.clients import PASSWORD, new_username, ws_url
+from tests.clients import PASSWORD, SUBPROTOCOLS, new_username, ws_url
 
 ATTEMPTS = 3
 SIGNUPS = 3
@@ -246,7 +246,9 @@ async def test_an_open_websocket_outlives_the_read_deadline(
 ) -> None:
     username = await signed_up(client)
     tokens = (await log_in(client, username, PASSWORD, new_address())).json()
-    async with websockets.connect(ws_url(abuse_url, tokens["access"]), open_timeout=10) as socket:
+    async with websockets.connect(
+        ws_url(abuse_url, tokens["access"]), open_timeout=10, subprotocols=SUBPROTOCOLS
+    ) as socket:
         # A slow request on another connection is cut off: the deadline has passed
         # for anything opened before it, the socket included.
         cut_off = await answer_to_slow_request(
