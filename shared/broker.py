@@ -81,6 +81,24 @@ class ClusterConnection(RobustConnection):
         super().__init__(urls[0], **kwargs)
         self._urls = urls
         self._next = 0
+        # Between the loss of a node and the connection restored: what an operator
+        # reads is one WARNING when it is lost and one INFO naming the node it moved to
+        # (aio-pika's and aiormq's own lines about it are quietened in shared.logs).
+        self._lost = False
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        await super()._on_connection_close(closing)
+        if not (self.close_called or self.is_closed or self._lost):
+            self._lost = True
+            elsewhere = "the next node that answers" if len(self._urls) > 1 else "it"
+            log.warning("broker node lost node=%s: reconnecting to %s", _shown(self.url), elsewhere)
+
+    async def _on_connected(self) -> None:
+        # Channels and consumers are restored by the time this returns.
+        await super()._on_connected()
+        if self._lost:
+            self._lost = False
+            log.info("broker connection restored node=%s", _shown(self.url))
 
     # RobustConnection makes every attempt through this (name-mangled) method; the
     # one override that sees each attempt, first and later, without copying its loop.
@@ -101,7 +119,14 @@ class ClusterConnection(RobustConnection):
                 return
             except CONNECTION_EXCEPTIONS as exc:
                 failure = exc
-                log.warning("broker node unreachable node=%s error=%r", _shown(self.url), exc)
+                # At start-up each one is worth a line; during an outage, already reported,
+                # one for each node every second would bury everything else.
+                log.log(
+                    logging.DEBUG if self._lost else logging.WARNING,
+                    "broker node unreachable node=%s error=%r",
+                    _shown(self.url),
+                    exc,
+                )
         assert failure is not None
         raise failure
 

@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shared.logs import embedded_server
+
 METRICS_PATH = "/metrics"
 
 
@@ -57,6 +59,11 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # Its task's own context: the process's other uvicorn is unaffected.
+        embedded_server.set(True)
+        await super().serve(sockets)
 
 
 def metrics_server(app: Starlette, host: str, port: int) -> EmbeddedServer:

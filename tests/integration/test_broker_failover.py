@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -15,6 +16,7 @@ import pytest
 
 from shared import broker
 from shared.cleanup import unique_name
+from shared.processes import start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.relay import Relay
 
@@ -98,3 +100,34 @@ async def test_losing_the_node_moves_the_connection_and_its_consumer_to_another(
     finally:
         await connection.close()
         await publisher.close()
+
+
+async def test_a_process_that_loses_its_node_says_so_in_two_lines_without_tracebacks(
+    isolated_settings: Settings, relays: tuple[list[Relay], list[int]], tmp_path: Path
+) -> None:
+    """What an operator's console shows when a node goes: for each process one WARNING
+    naming the node lost and one INFO naming the node it now uses; no library traceback,
+    no ERROR."""
+    nodes, ports = relays
+    on_nodes = replace(isolated_settings, amqp_url=node_urls(isolated_settings, ports))
+    gateway, _ = await asyncio.to_thread(start_gateway, on_nodes, tmp_path)
+    worker = await asyncio.to_thread(start_dispatcher, on_nodes, tmp_path / "dispatcher.log")
+    processes = [gateway, worker]
+    try:
+        before = {process.pid: len(process.log()) for process in processes}
+        await nodes[0].cut()
+        for process in processes:
+            await asyncio.to_thread(process.wait_for_log, "broker connection restored")
+        for process in processes:
+            lines = process.log()[before[process.pid] :].splitlines()
+            lost = [line for line in lines if "broker node lost" in line]
+            moved = [line for line in lines if "broker connection restored" in line]
+            assert len(lost) == 1 and "level=WARNING" in lost[0], lines
+            assert f":{ports[0]}/" in lost[0] and "guest@" not in lost[0], lines
+            assert len(moved) == 1 and "level=INFO" in moved[0], lines
+            assert f":{ports[1]}/" in moved[0], lines
+            assert not [line for line in lines if "Traceback" in line], lines
+            assert not [line for line in lines if "level=ERROR" in line], lines
+    finally:
+        for process in processes:
+            process.stop()
