@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import AMQPError
 
 from dispatcher import (
@@ -52,10 +57,11 @@ from dispatcher.registry import HANDLERS, Handler
 from shared import broker
 from shared import metrics as shared_metrics
 from shared.commands import Command, InvalidCommand, decode_command
+from shared.database_watch import WATCH_SECONDS, DatabaseWatch
 from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
 from shared.topology import Topology
-from shared.trips import EventType, RuleViolation
+from shared.trips import EventType, RuleViolation, Trip
 from shared.wire import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,8 @@ class Outcome:
     kind: str
     outbox_ids: list[int]
     notifications: list[Notification]
+    # The trips it changed, as they now are (counted in the metrics once committed).
+    trips: tuple[Trip, ...] = ()
 
 
 class Worker:
@@ -107,6 +115,8 @@ class Worker:
         self._consuming = False
         self._topology = Topology(settings.broker_prefix)
         self._database = Database(settings)
+        self._database_watch = DatabaseWatch(self._database)
+        self._watch_channel: AbstractChannel | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._prefetch = prefetch
@@ -162,6 +172,7 @@ class Worker:
             )
             await stopping.wait()
             self._consuming = False
+            metrics.READY.set(0)
             await self._drain(queue, consumer_tag)
             for task in background:
                 task.cancel()
@@ -197,6 +208,7 @@ class Worker:
             asyncio.create_task(
                 periodic.every(_prune_interval(self._settings), self._prune, "pruning")
             ),
+            asyncio.create_task(periodic.every(WATCH_SECONDS, self._watch, "metrics watch")),
         ]
 
     async def _drain(self, queue: AbstractQueue, consumer_tag: str) -> None:
@@ -254,6 +266,7 @@ class Worker:
             await self._give_back(message, command, exc)
             return
         await self._publish(outcome)
+        metrics.observe_latency(command.sent_at, outcome.trips)
         await _settle(message.ack(), command)
         metrics.COMMANDS.labels(command.type, outcome.kind).inc()
         metrics.HANDLER_SECONDS.labels(command.type).observe(time.perf_counter() - started)
@@ -305,6 +318,7 @@ class Worker:
                 # A retry of a refused request gets the same answer again.
                 again = reply(command.user_id, earlier.answer)
                 return await self._record(conn, "duplicate", [again], now)
+            changed: tuple[Trip, ...] = ()
             try:
                 transition = await handler(conn, command, now)
             except RuleViolation as refusal:
@@ -336,14 +350,20 @@ class Worker:
                     transition.event.value,
                 )
                 kind = "applied"
+                changed = (transition.after,)
                 audience = await self._dispatch.audience(conn, transition, now)
                 notifications = for_transition(
                     transition, audience, self._settings.offer_ttl_seconds
                 )
-            return await self._record(conn, kind, notifications, now)
+            return await self._record(conn, kind, notifications, now, changed)
 
     async def _record(
-        self, conn: Connection, kind: str, notifications: list[Notification], now: datetime
+        self,
+        conn: Connection,
+        kind: str,
+        notifications: list[Notification],
+        now: datetime,
+        trips: tuple[Trip, ...] = (),
     ) -> Outcome:
         """Number the users' notifications into their logs and queue all for publishing,
         in the caller's transaction."""
@@ -351,7 +371,7 @@ class Worker:
         outbox_ids = await outbox.store(
             conn, numbered, now, exchange=self._topology.notifications_exchange
         )
-        return Outcome(kind, outbox_ids, numbered)
+        return Outcome(kind, outbox_ids, numbered, trips)
 
     async def _expire_requests(self) -> None:
         """Requests nobody accepted in time end as CANCELLED (no driver), told to the
@@ -369,7 +389,9 @@ class Worker:
                     notifications += for_transition(
                         transition, audience, self._settings.offer_ttl_seconds
                     )
-                outcome = await self._record(conn, "expired", notifications, now)
+                outcome = await self._record(
+                    conn, "expired", notifications, now, tuple(t.after for t in expired)
+                )
             await self._publish(outcome)
             if len(expired) < EXPIRY_BATCH:
                 return
@@ -389,7 +411,9 @@ class Worker:
                     for transition in ended
                     for n in for_transition(transition, NOBODY, self._settings.offer_ttl_seconds)
                 ]
-                outcome = await self._record(conn, "driver_lost", notifications, now)
+                outcome = await self._record(
+                    conn, "driver_lost", notifications, now, tuple(t.after for t in ended)
+                )
             await self._publish(outcome)
             if ended:
                 log.info("trips ended, driver lost count=%d", len(ended))
@@ -425,7 +449,34 @@ class Worker:
         if any(removed.values()):
             log.info("pruned %s", " ".join(f"{table}={count}" for table, count in removed.items()))
 
+    async def _watch(self) -> None:
+        """The metrics that are looked up rather than counted: whether this worker is
+        ready, its database server, and what waits in the shared queues."""
+        metrics.READY.set(1 if all((await self.readiness()).values()) else 0)
+        await self._database_watch.check()
+        await self._count_queued()
+
+    async def _count_queued(self) -> None:
+        """The depth of the command and dead-letter queues, by a passive declare (the
+        broker's own metrics need its Prometheus plugin, which not every broker has)."""
+        connection = self._connection
+        if connection is None or not connection.connected.is_set():
+            return
+        try:
+            if self._watch_channel is None:
+                self._watch_channel = await connection.channel()
+            channel = await self._watch_channel.get_underlay_channel()
+            for label, queue in (
+                ("commands", self._topology.dispatcher_queue),
+                ("dead_letters", self._topology.dead_letter_queue),
+            ):
+                declared = await channel.queue_declare(queue, passive=True)
+                metrics.QUEUE_MESSAGES.labels(label).set(declared.message_count or 0)
+        except (AMQPError, OSError, TimeoutError) as exc:
+            log.debug("queue depths not read error=%r", exc)
+
     async def _publish(self, outcome: Outcome) -> None:
+        metrics.count_trips(outcome.trips)
         if not outcome.notifications:
             return
         assert self._publisher is not None

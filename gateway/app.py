@@ -44,6 +44,7 @@ from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
 from gateway.websocket import TaxiSocket
 from shared import metrics
+from shared.database_watch import DatabaseWatch
 from shared.db import DATABASE_OUTAGE, Database
 from shared.settings import Settings
 from shared.wire import ErrorCode
@@ -180,6 +181,8 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
                 asyncio.create_task(
                     connected.check_drained_every(settings.slow_client_seconds / 2)
                 ),
+                # Whether its database is the primary, and failovers, for the dashboard.
+                asyncio.create_task(DatabaseWatch(database).run()),
             ]
             broker.on_reconnect(connected.catch_up_all)
             # Modules, pools and routes live as long as the process: keep the cyclic

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
 
+from gateway import metrics
 from gateway.connected import ConnectedUsers
 from gateway.locations import DriverLocations
 from gateway.offers import OfferFanout
@@ -79,6 +80,7 @@ class Inbox:
             trip = connected.under_way
             if trip is not None and trip.id == headers.get(TRIP_HEADER):
                 connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
+                metrics.location_passed_on(message.body)
         elif kind == REFUSAL:
             connected.put_live(Frame(message.body.decode(), REFUSAL))
         else:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
+import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.commands import COMMAND_TYPES, UPDATE_LOCATION
@@ -21,6 +25,13 @@ ERRORS = Counter(
 PUBLISH_SECONDS = Histogram(
     "taxi_gateway_publish_seconds",
     "Time from publishing a command to the broker's confirm.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+LOCATION_SECONDS = Histogram(
+    "taxi_gateway_location_seconds",
+    "A driver's location, from its report reaching the driver's gateway to its frame "
+    "queued for the rider's sockets on the rider's gateway (the gateways' clocks).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
@@ -48,3 +59,9 @@ KNOWN_FRAME_TYPES = frozenset({"echo.message", UPDATE_LOCATION, *COMMAND_TYPES})
 def frame_in(frame_type: str | None) -> None:
     """Count a client frame; types are bounded to the known ones to keep label sets small."""
     FRAMES_IN.labels(frame_type if frame_type in KNOWN_FRAME_TYPES else "unknown").inc()
+
+
+def location_passed_on(frame: bytes) -> None:
+    """Time a `driver.location` frame from its report (its `at`) to now."""
+    located_at = datetime.fromisoformat(orjson.loads(frame)["data"]["at"]).timestamp()
+    LOCATION_SECONDS.observe(max(0.0, time.time() - located_at))
