@@ -1,6 +1,10 @@
 """The service describes itself: OpenAPI 3.1 for the HTTP API at `/api/openapi.json`,
-AsyncAPI 3 for the WebSocket at `/api/asyncapi.json`, and the HTTP API as a page to
-read at `/api/` (plain HTML, no script, nothing from another site).
+AsyncAPI 3 for the WebSocket at `/api/asyncapi.json`, the HTTP API as a page to
+read at `/api/` (plain HTML, no script, nothing from another site), and the whole
+protocol, both sides, as a page for the people who write clients and servers at
+`/api/docs/` (every frame type with an example, error codes, close codes, limits and
+every endpoint), styled with the browser client's own stylesheet. Both pages are made
+from the documents, so what they say cannot drift from them.
 
 Both documents are written by hand in `gateway/api/`, in YAML, for their readers. The
 schemas they share (a user, a trip, a point, the error body) are written once, in
@@ -18,6 +22,7 @@ import functools
 import html
 import re
 from collections.abc import Iterator
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from shared.settings import Settings, env_name
+
 API_DIR = Path(__file__).with_name("api")
 OPENAPI_PATH = "/api/openapi.json"
 ASYNCAPI_PATH = "/api/asyncapi.json"
 DOCS_PATH = "/api/"
+PROTOCOL_PATH = "/api/docs/"
+# The browser client's stylesheet (gateway/client/, served at the root) and the page's own.
+PROTOCOL_STYLESHEETS = ("/style.css", "/docs.css")
 SCHEMA_REF = "#/components/schemas/"
 PACKAGE = "taxi-dispatch"
 
@@ -41,6 +51,7 @@ def routes() -> list[Route]:
         Route(OPENAPI_PATH, serve_openapi, methods=["GET"]),
         Route(ASYNCAPI_PATH, serve_asyncapi, methods=["GET"]),
         Route(DOCS_PATH, serve_docs, methods=["GET"]),
+        Route(PROTOCOL_PATH, serve_protocol_page, methods=["GET"]),
     ]
 
 
@@ -64,6 +75,10 @@ async def serve_asyncapi(request: Request) -> Response:
 
 async def serve_docs(request: Request) -> Response:
     return HTMLResponse(_docs_page())
+
+
+async def serve_protocol_page(request: Request) -> Response:
+    return HTMLResponse(protocol_page())
 
 
 @functools.cache
@@ -134,7 +149,9 @@ def _docs_page() -> str:
         f"<title>{_text(info['title'])}</title></head><body>",
         f"<h1>{_text(info['title'])} {_text(info['version'])}</h1>",
         f'<p>Machine-readable: <a href="{OPENAPI_PATH}">OpenAPI 3.1</a> (this API) and '
-        f'<a href="{ASYNCAPI_PATH}">AsyncAPI 3</a> (the WebSocket at <code>/taxi/</code>).</p>',
+        f'<a href="{ASYNCAPI_PATH}">AsyncAPI 3</a> (the WebSocket at <code>/taxi/</code>). '
+        f'Both sides, every frame with an example: <a href="{PROTOCOL_PATH}">the protocol</a>.'
+        "</p>",
         *_paragraphs(info.get("description", "")),
     ]
     for path, item in document["paths"].items():
@@ -239,6 +256,35 @@ def _paragraphs(text: str) -> list[str]:
     return [f"<p>{_markdown(block)}</p>" for block in text.split("\n\n") if block.strip()]
 
 
+def _blocks(text: str) -> list[str]:
+    """Paragraphs, and the descriptions' `- ` lists as lists."""
+    parts: list[str] = []
+    for block in text.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines:
+            continue
+        start = next((n for n, line in enumerate(lines) if line.startswith("- ")), len(lines))
+        if start:
+            parts.append(f"<p>{_markdown(' '.join(lines[:start]))}</p>")
+        items = _list_items("\n".join(lines[start:]))
+        if items:
+            parts.append(
+                "<ul>" + "".join(f"<li>{_markdown(item)}</li>" for item in items) + "</ul>"
+            )
+    return parts
+
+
+def _list_items(text: str) -> list[str]:
+    """The items of a Markdown `- ` list, each with its continuation lines."""
+    items: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("- "):
+            items.append(line[2:].strip())
+        elif items and line.strip():
+            items[-1] += " " + line.strip()
+    return items
+
+
 def _markdown(text: str) -> str:
     """The little Markdown the descriptions use: `code`, **bold** and links to this site."""
     escaped = _text(text)
@@ -249,3 +295,218 @@ def _markdown(text: str) -> str:
 
 def _text(value: str) -> str:
     return html.escape(value, quote=True)
+
+
+# The protocol page: both sides, for people, from both documents.
+
+# Who sends the frames of an operation with this action (the documents describe the
+# socket from the gateway's side).
+_SIDE = {"receive": "client", "send": "server"}
+_SETTING = re.compile(r"\bTAXI_[A-Z_]+\b")
+_HTTP_CODE = re.compile(r"`([a-z_]+)`(?: \(((?:[^()]|`[^`]*`)*)\))?")
+
+
+@functools.cache
+def protocol_page() -> str:
+    socket, http = asyncapi(), openapi()
+    channel = next(iter(socket["channels"].values()))
+    sections = [
+        ("socket", "The WebSocket", _socket_overview(socket, channel)),
+        ("connecting", "Connecting", _connecting(socket, channel)),
+        ("client-frames", "Frames a client sends", _frames(socket, "receive")),
+        ("server-frames", "Frames the server sends", _frames(socket, "send")),
+        ("socket-errors", "Error codes on the socket", _socket_errors(socket)),
+        ("close-codes", "Close codes", _close_codes(channel)),
+        ("limits", "Limits", _limits(socket, http)),
+        ("http", "The HTTP API", _http_api(http)),
+        ("http-errors", "Error codes over HTTP", _http_errors(http)),
+    ]
+    head = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        *(f'<link rel="stylesheet" href="{sheet}">' for sheet in PROTOCOL_STYLESHEETS),
+        f"<title>Taxi dispatch: the protocol {_text(socket['info']['version'])}</title>",
+        "</head><body>",
+        '<header class="topbar"><h1 class="brand">Taxi dispatch: the protocol</h1>',
+        f'<span class="docs-version">{_text(socket["info"]["version"])}</span></header>',
+        '<main class="docs">',
+        '<nav class="card docs-contents"><h2>Contents</h2><ul>',
+        *(f'<li><a href="#{anchor}">{_text(title)}</a></li>' for anchor, title, _ in sections),
+        "</ul>",
+        f'<p>Machine-readable: <a href="{ASYNCAPI_PATH}">AsyncAPI 3</a> (the WebSocket) and '
+        f'<a href="{OPENAPI_PATH}">OpenAPI 3.1</a> (the HTTP API); this page is made from '
+        "them.</p></nav>",
+    ]
+    body = [
+        f'<section class="card" id="{anchor}"><h2>{_text(title)}</h2>\n'
+        + "\n".join(parts)
+        + "</section>"
+        for anchor, title, parts in sections
+    ]
+    return "\n".join([*head, *body, "</main></body></html>"])
+
+
+def _socket_overview(document: dict[str, Any], channel: dict[str, Any]) -> list[str]:
+    return _blocks(document["info"].get("description", ""))
+
+
+def _connecting(document: dict[str, Any], channel: dict[str, Any]) -> list[str]:
+    parts = [f"<p>Address: <code>{_text(channel['address'])}</code></p>"]
+    parts += _blocks(channel.get("description", ""))
+    query = channel.get("bindings", {}).get("ws", {}).get("query", {})
+    if query.get("properties"):
+        parts.append("<h3>Query parameters</h3>")
+        parts += _fields(document, query)
+    refusals = channel.get("x-handshake-refusals", [])
+    if refusals:
+        parts.append(
+            '<h3>Handshakes refused</h3><table class="docs-table">'
+            "<tr><th>HTTP status</th><th><code>code</code></th></tr>"
+        )
+        for refusal in refusals:
+            parts.append(
+                f"<tr><td>{refusal['status']}</td><td><code>{_text(refusal['code'])}</code></td></tr>"
+            )
+        parts.append("</table>")
+    return parts
+
+
+def _frames(document: dict[str, Any], action: str) -> list[str]:
+    """Every frame of the operations with this action (from the server's side: `receive`
+    is what a client sends, `send` what the server sends), with its fields and examples."""
+    parts: list[str] = []
+    seen: set[str] = set()
+    for operation in document["operations"].values():
+        if operation["action"] != action:
+            continue
+        for ref in operation["messages"]:
+            key = ref["$ref"].rsplit("/", 1)[-1]
+            if key in seen:
+                continue
+            seen.add(key)
+            message = document["components"]["messages"][key]
+            parts += _frame(document, f"{_SIDE[action]}-{key}", message)
+    return parts
+
+
+def _frame(document: dict[str, Any], anchor: str, message: dict[str, Any]) -> list[str]:
+    parts = [
+        f'<article class="docs-frame" id="{_text(anchor)}">',
+        f"<h3><code>{_text(message['name'])}</code>: {_text(message.get('title', ''))}</h3>",
+        *_blocks(message.get("summary", "")),
+        *_blocks(message.get("description", "")),
+        *_fields(document, _resolve(document, message["payload"])),
+    ]
+    for example in message.get("examples", []):
+        label = f" ({_text(example['name'])})" if example.get("name") else ""
+        shown = orjson.dumps(example["payload"], option=orjson.OPT_INDENT_2).decode()
+        parts.append(
+            f'<p class="docs-label">Example{label}</p><pre class="docs-example"><code>'
+            f"{_text(shown)}</code></pre>"
+        )
+    parts.append("</article>")
+    return parts
+
+
+def _socket_errors(document: dict[str, Any]) -> list[str]:
+    schema = document["components"]["schemas"]["ErrorCode"]
+    meaning: dict[str, str] = {}
+    for item in _list_items(schema.get("description", "")):
+        code = re.match(r"`([a-z_]+)`:?\s*(.*)", item)
+        if code:
+            meaning[code.group(1)] = code.group(2)
+    parts = [
+        "<p>An <code>error</code> frame's <code>data.code</code>; the connection stays open.</p>",
+        '<table class="docs-table"><tr><th><code>code</code></th><th>meaning</th></tr>',
+    ]
+    for code in schema["enum"]:
+        parts.append(
+            f'<tr id="error-{_text(code)}"><td><code>{_text(code)}</code></td>'
+            f"<td>{_markdown(meaning.get(code, ''))}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _close_codes(channel: dict[str, Any]) -> list[str]:
+    meaning: dict[int, str] = {}
+    for item in _list_items(channel.get("description", "")):
+        numbered = re.match(r"(\d{4})\b(.*)", item)
+        if numbered:
+            meaning[int(numbered.group(1))] = numbered.group(2).lstrip(" :")
+    parts = [
+        '<table class="docs-table"><tr><th>code</th><th>reason</th><th>when</th></tr>',
+    ]
+    for close in channel.get("x-close-codes", []):
+        code = int(close["code"])
+        parts.append(
+            f'<tr id="close-{code}"><td>{code}</td><td>{_text(close.get("reason", ""))}</td>'
+            f"<td>{_markdown(meaning.get(code, ''))}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _limits(socket: dict[str, Any], http: dict[str, Any]) -> list[str]:
+    """The settings the documents name, with their defaults (an operator may set others)."""
+    defaults = Settings()
+    by_name = {env_name(field.name): getattr(defaults, field.name) for field in fields(defaults)}
+    named = sorted(
+        set(_SETTING.findall(orjson.dumps(socket).decode() + orjson.dumps(http).decode()))
+    )
+    parts = [
+        "<p>The settings the protocol depends on, with their defaults; a deployment may "
+        "set others (the README's configuration table says what each one does).</p>",
+        '<table class="docs-table"><tr><th>setting</th><th>default</th></tr>',
+    ]
+    for name in named:
+        if name in by_name:
+            parts.append(
+                f'<tr id="limit-{_text(name)}"><td><code>{_text(name)}</code></td>'
+                f"<td>{_text(str(by_name[name]))}</td></tr>"
+            )
+    parts.append("</table>")
+    return parts
+
+
+def _http_api(document: dict[str, Any]) -> list[str]:
+    parts = _blocks(document["info"].get("description", ""))
+    for path, item in document["paths"].items():
+        for method in METHODS:
+            if method in item:
+                operation = _operation(document, path, method, item[method])
+                # One level down inside the section: the section's h2 is the API's.
+                parts.append('<article class="docs-frame">')
+                parts += [
+                    line.replace("<h3>", "<h4>")
+                    .replace("</h3>", "</h4>")
+                    .replace("<h2 ", "<h3 ")
+                    .replace("</h2>", "</h3>")
+                    for line in operation
+                ]
+                parts.append("</article>")
+    return parts
+
+
+def http_error_codes(document: dict[str, Any]) -> dict[str, str]:
+    """The `code`s of the HTTP error body, each with what its description says of it."""
+    text = " ".join(
+        document["components"]["schemas"]["Error"]["properties"]["code"]["description"].split()
+    )
+    return {code: meaning for code, meaning in _HTTP_CODE.findall(text)}
+
+
+def _http_errors(document: dict[str, Any]) -> list[str]:
+    parts = [
+        '<p>Every HTTP error answers with <code>{"detail", "code"}</code> (and '
+        "<code>fields</code> for a request with bad fields).</p>",
+        '<table class="docs-table"><tr><th><code>code</code></th><th>meaning</th></tr>',
+    ]
+    for code, meaning in http_error_codes(document).items():
+        parts.append(
+            f'<tr id="http-error-{_text(code)}"><td><code>{_text(code)}</code></td>'
+            f"<td>{_markdown(meaning)}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts

@@ -386,6 +386,71 @@ async def test_the_app_serves_both_descriptions_and_a_page_to_read(app: Starlett
     assert not re.search(r"<script|<link|<img|<iframe|\bsrc=|\bstyle=", page.text)
 
 
+async def test_the_protocol_page_shows_every_frame_error_close_code_and_limit(
+    app: Starlette,
+) -> None:
+    """The page for people writing clients: made from the documents, so everything they
+    describe is on it, and styled with the client's own stylesheet, served here."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        page = await client.get("/api/docs/")
+        sheets = [
+            await client.get(sheet) for sheet in re.findall(r'href="(/[^"]+\.css)"', page.text)
+        ]
+        index = await client.get("/api/")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    text = page.text
+    socket, http = asyncapi(), openapi()
+    # Every frame type, each with its example, on the side that sends it.
+    for key, message in socket["components"]["messages"].items():
+        frames = [
+            text.split(f'id="{side}-{key}"', 1)[1].split("</article>", 1)[0]
+            for side in ("client", "server")
+            if f'id="{side}-{key}"' in text
+        ]
+        assert frames, key
+        for frame in frames:
+            assert f"<code>{message['name']}</code>" in frame, key
+            assert 'class="docs-example"' in frame, f"{key} has no example"
+    server_frames = text.index('id="server-frames"')
+    for key in ("createTrip", "updateTrip", "updateLocation", "echoMessage"):
+        assert text.index(f'id="client-{key}"') < server_frames
+    for key in ("tripTaken", "driverLocation", "resync", "error", "echoMessage"):
+        assert text.index(f'id="server-{key}"') > server_frames
+    # Every error code of the socket and of HTTP, every close code and handshake refusal.
+    for code in socket["components"]["schemas"]["ErrorCode"]["enum"]:
+        assert f'id="error-{code}"' in text, code
+    http_codes = description.http_error_codes(http)
+    assert {"invalid_data", "token_not_valid", "rate_limited"} <= set(http_codes)
+    for code in http_codes:
+        assert f'id="http-error-{code}"' in text, code
+    channel = socket["channels"]["taxi"]
+    for close in channel["x-close-codes"]:
+        row = text.split(f'id="close-{close["code"]}"', 1)[1].split("</tr>", 1)[0]
+        assert close.get("reason", "") in row
+        assert row.count("<td>") == 3 and not row.endswith("<td></td>"), row
+    for refusal in channel["x-handshake-refusals"]:
+        assert f"<code>{refusal['code']}</code>" in text
+    # The limits the documents name, with their defaults.
+    for name, default in (("TAXI_MAX_FRAME_BYTES", "65536"), ("TAXI_MAX_SOCKETS_PER_USER", "5")):
+        row = text.split(f'id="limit-{name}"', 1)[1].split("</tr>", 1)[0]
+        assert f"<td>{default}</td>" in row
+    # Every endpoint of the HTTP API.
+    for path, item in http["paths"].items():
+        for method in item:
+            assert f"{method.upper()} <code>{path}</code>" in text
+    # Styled like the client, from this server only; no script.
+    assert "/style.css" in text
+    assert sheets and all(sheet.status_code == 200 for sheet in sheets)
+    assert not re.search(r"<script|<iframe|\bstyle=|https?://", text.split("</head>", 1)[0])
+    assert "<script" not in text
+    # The HTTP page links to it.
+    assert 'href="/api/docs/"' in index.text
+
+
+# --- complete: the socket -------------------------------------------------------------------
 # --- complete: the socket -------------------------------------------------------------------
 
 
