@@ -2,22 +2,36 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: install run cluster cluster-stop bench test test-unit test-integration test-e2e migrate \
-	lint format clean clean-broker reset browser client
+.PHONY: install install-run install-bench install-test run cluster cluster-stop bench test \
+	test-unit test-integration test-e2e migrate lint format clean clean-broker reset browser client
 
-install: $(INSTALLED)
+# What each target installs into .venv, again whenever pyproject.toml changes (-qq leaves
+# only errors on the screen): running needs the project alone, the load generator adds
+# the `bench` extra, the tests `test` (with `bench`), and `make install` everything a
+# developer uses (`dev`: the tests' and the linters'). A wider set installed and newer
+# than pyproject.toml stands for a narrower one.
+install: $(VENV)/.installed-dev
+install-run: $(VENV)/.installed-run
+install-bench: $(VENV)/.installed-bench
+install-test: $(VENV)/.installed-test
 
-# Reinstall whenever the dependency list changes; -qq leaves only errors on the screen.
-$(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq --editable '.[dev]'
+WIDER_run := bench test dev
+WIDER_bench := test dev
+WIDER_test := dev
+
+$(VENV)/.installed-%: pyproject.toml
+	@for wider in $(WIDER_$*); do \
+		if [ $(VENV)/.installed-$$wider -nt pyproject.toml ]; then touch $@; exit 0; fi; \
+	done; \
+	set -e; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -qq --upgrade pip; \
+	$(BIN)/python -m pip install -qq --editable '.$(if $(filter run,$*),,[$*])'; \
 	touch $@
 
-migrate: install
+migrate: install-run
 	$(BIN)/python -m shared.migrate
 
 # The browser client's map library (Leaflet), from npm: installed exactly as
@@ -40,13 +54,15 @@ $(LEAFLET)/leaflet.js: $(CLIENT_BUILD)/package.json $(CLIENT_BUILD)/package-lock
 		$(CLIENT_BUILD)/node_modules/leaflet/LICENSE $(LEAFLET)/
 	cp $(CLIENT_BUILD)/node_modules/leaflet/dist/leaflet.js $(LEAFLET)/
 
+# Ctrl-C reaches honcho alone (shared.foreground gives it the terminal), which stops
+# every process; a stop so asked for ends `make run` with status 0, not "Interrupt".
 # The gateway serves its metrics on TAXI_METRICS_PORT; honcho gives each worker
 # PORT = its base port + the worker's index (dispatcher comes first in the Procfile),
 # so with the base one above it worker n gets TAXI_METRICS_PORT + n.
-run: install client
+run: install-run client
 	$(BIN)/python -m shared.preflight --workers $(WORKERS)
 	$(BIN)/python -m shared.migrate
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile \
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m shared.foreground -- honcho start --procfile Procfile \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
 
@@ -63,28 +79,28 @@ CLUSTER_EPMD_PORT ?= 4370
 CLUSTER_ARGS = --workers $(CLUSTER_WORKERS) --amqp-port $(CLUSTER_AMQP_PORT) \
 	--epmd-port $(CLUSTER_EPMD_PORT)
 
-cluster: install client
+cluster: install-run client
 	$(BIN)/python -m shared.local_cluster check $(CLUSTER_ARGS)
 	$(BIN)/python -m shared.migrate
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m shared.local_cluster run $(CLUSTER_ARGS) -- \
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m shared.local_cluster run $(CLUSTER_ARGS) -- \
 		honcho start --procfile Procfile.cluster \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency dispatcher=$(CLUSTER_WORKERS),gateway=1,gateway2=1
 
-cluster-stop: install
+cluster-stop: install-run
 	$(BIN)/python -m shared.local_cluster stop $(CLUSTER_ARGS)
 
 # Remove the exchanges and queues of TAXI_BROKER_PREFIX; `reset` also drops the database.
-clean-broker: install
+clean-broker: install-run
 	$(BIN)/python -m shared.cleanup broker
 
-reset: install
+reset: install-run
 	$(BIN)/python -m shared.cleanup reset
 
 # Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|city|cluster|smoke
 # for the others, BENCH_ARGS for more options (`python -m bench --help`).
 SCENARIO ?= steady
-bench: install
+bench: install-bench
 	$(BIN)/python -m shared.preflight
 	$(BIN)/python -m bench $(SCENARIO) $(BENCH_ARGS)
 
@@ -92,16 +108,16 @@ bench: install
 browser:
 	scripts/ensure-chromium
 
-test: install client browser
+test: install-test client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install-test
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install-test
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: install
+test-e2e: install-test
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install
@@ -113,6 +129,8 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Everything the targets made: the venv, caches, the map library, uploaded photos under
+# the default TAXI_MEDIA_DIR (media/) and the load generator's reports (bench-results/).
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info \
-		$(CLIENT_BUILD)/node_modules $(VENDOR)
+		$(CLIENT_BUILD)/node_modules $(VENDOR) media bench-results

@@ -2,7 +2,8 @@
 
 `python -m shared.cleanup broker` (`make clean-broker`) deletes every exchange and
 queue named with TAXI_BROKER_PREFIX; `python -m shared.cleanup reset` (`make reset`)
-also drops the database of TAXI_DATABASE_URL. Both print what they removed.
+also removes the photos of that database's users from TAXI_MEDIA_DIR and drops the
+database of TAXI_DATABASE_URL. Both print what they removed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import sys
 import uuid
+from pathlib import Path
 
 import aio_pika
 import psycopg
@@ -18,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import ChannelClosed
 
 from shared import broker
-from shared.migrate import drop_database
+from shared.migrate import drop_database, maintenance_url
 from shared.settings import Settings, SettingsError
 from shared.topology import Topology
 
@@ -65,6 +67,35 @@ async def _exists(
     return channel, True
 
 
+# The URL path under which the gateway serves TAXI_MEDIA_DIR (gateway.media.MEDIA_URL).
+_MEDIA_URL = "/media/"
+
+
+def remove_photos(settings: Settings) -> int:
+    """Delete the stored photos of the database's users; return how many were there.
+
+    Only the files its users name go: another instance may share TAXI_MEDIA_DIR."""
+    with psycopg.connect(maintenance_url(settings.database_url)) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (settings.database_name,)
+        ).fetchone()
+    if exists is None:
+        return 0
+    try:
+        with psycopg.connect(settings.database_url) as conn:
+            rows = conn.execute("SELECT photo FROM users WHERE photo IS NOT NULL").fetchall()
+    except psycopg.errors.UndefinedTable:
+        return 0  # never migrated: no users
+    root = Path(settings.media_dir).resolve()
+    removed = 0
+    for (url,) in rows:
+        target = (root / str(url).removeprefix(_MEDIA_URL)).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            target.unlink()
+            removed += 1
+    return removed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.cleanup", description=__doc__)
     parser.add_argument(
@@ -86,6 +117,8 @@ def main() -> None:
     print(f"broker prefix {settings.broker_prefix}: {len(removed)} exchanges and queues removed")
     if args.what == "reset":
         try:
+            photos = remove_photos(settings)
+            print(f"media {settings.media_dir}: removed {photos} of its users' photos")
             dropped = drop_database(settings.database_url)
         except psycopg.OperationalError as exc:
             sys.exit(f"cannot reach Postgres at TAXI_DATABASE_URL: {exc}".strip())

@@ -43,9 +43,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
+from shared.foreground import run_in_foreground
 from shared.preflight import port_taken, reachable
 from shared.processes import free_port, free_port_run
 from shared.settings import Settings, SettingsError
@@ -836,27 +837,11 @@ def run(args: argparse.Namespace) -> int:
         "CLUSTER_GATEWAY2_PORT": str(settings.port + 1),
         "CLUSTER_GATEWAY2_METRICS_PORT": str(settings.metrics_port + args.workers + 1),
     }
-    child: subprocess.Popen[bytes] | None = None
-    status = 1
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    # Ctrl-C reaches the command (our process group) by itself: wait for it to stop
-    # its processes. SIGTERM (`make cluster-stop`) is passed on.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, forward)
+    # Ctrl-C and `make cluster-stop` (SIGTERM to this process) reach the command, which
+    # stops its processes; a stop so asked for is status 0 (shared.foreground).
     try:
-        child = subprocess.Popen(command, env=env)
-        while True:
-            with contextlib.suppress(InterruptedError):
-                status = child.wait()
-                break
+        status = run_in_foreground(command, env=env)
     finally:
-        if child is not None and child.poll() is None:
-            child.terminate()
-            child.wait(30)
         print("stopping the RabbitMQ cluster", flush=True)
         cluster.remove()
         print(f"cluster stopped; {cluster.base} removed", flush=True)
