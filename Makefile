@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORKERS ?= 2
 
 .PHONY: install install-run install-bench install-test run cluster cluster-stop bench test \
-	test-unit test-integration test-e2e migrate lint format clean clean-broker reset browser client
+	test-unit test-integration test-e2e migrate lint format clean clean-broker reset browser client promtool
 
 # What each target installs into .venv, again whenever pyproject.toml changes (-qq leaves
 # only errors on the screen): running needs the project alone, the load generator adds
@@ -108,7 +108,11 @@ bench: install-bench
 browser:
 	scripts/ensure-chromium
 
-test: install-test client browser
+# The alert rules' tests run Debian's promtool; this installs it (as root) or says how.
+promtool:
+	scripts/ensure-promtool
+
+test: install-test client browser promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install-test
