@@ -1,8 +1,9 @@
 """One handler per command. Each loads what the rules need, applies a pure transition
 and saves it, all on the connection of the worker's transaction.
 
-A handler returns the transition it made, or raises `RuleViolation`; the worker
-turns either into notifications, stored in the same transaction.
+A handler returns the transition it made (or, for a decline, the offer it withdrew),
+or raises `RuleViolation`; the worker turns either into notifications, stored in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from datetime import datetime
 
 from dispatcher import repository
 from shared import trips
-from shared.commands import Command, CreateTrip, UpdateTrip
+from shared.commands import Command, CreateTrip, DeclineTrip, UpdateTrip
 from shared.db import Connection
 from shared.sessions import live_user
-from shared.trips import RuleViolation, Status, Transition
+from shared.trips import RuleViolation, Status, Transition, Withdrawal
 from shared.users import User
 from shared.wire import ErrorCode
 
@@ -56,7 +57,7 @@ async def update_trip(conn: Connection, command: Command, now: datetime) -> Tran
             raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
         offered = True
         if command.data.status is Status.STARTED and trip.status is Status.REQUESTED:
-            offered = await repository.was_offered(conn, trip, user.id)
+            offered = await repository.on_offer(conn, trip, user.id, now)
         transition = trips.update(trip, user, command.data.status, now, offered)
         if await repository.save_transition(conn, transition):
             return transition
@@ -67,6 +68,22 @@ async def update_trip(conn: Connection, command: Command, now: datetime) -> Tran
                     ErrorCode.DRIVER_BUSY, "finish your current trip before accepting another"
                 )
     raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "the trip changed meanwhile; try again")
+
+
+async def decline_trip(conn: Connection, command: Command, now: datetime) -> Withdrawal:
+    assert isinstance(command.data, DeclineTrip)
+    user = await _active_user(conn, command)
+    # Locked first, as the sweeps lock it: whether this was the last open offer of its
+    # ring is then read with every other answer to that ring committed.
+    trip = await repository.get_trip(conn, command.data.trip_id, lock=True)
+    if trip is None:
+        raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
+    offered = trip.status is Status.REQUESTED and await repository.on_offer(
+        conn, trip, user.id, now
+    )
+    withdrawal = trips.decline(trip, user, offered)
+    await repository.answer_offer(conn, withdrawal)
+    return withdrawal
 
 
 async def _active_user(conn: Connection, command: Command) -> User:

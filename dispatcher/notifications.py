@@ -6,7 +6,9 @@
   pick-up point; by broadcast, every free driver, when it has none. Offers expire;
 - when an offered trip is taken or cancelled, the same audience is told it is gone;
 - the assigned driver gets every change of their trip (the gateway pauses their
-  offers while they are busy with it).
+  offers while they are busy with it);
+- a driver who declined an offer, or let it expire, is told it is withdrawn from them
+  (`trip.withdrawn`), on every socket of theirs, and nobody else is.
 
 A notification for one user's sequence names them: it is numbered and kept for
 resume when stored (`dispatcher.notification_log`). Offers are worth nothing later:
@@ -35,7 +37,7 @@ from shared.topology import (
     VERSION_HEADER,
     user_key,
 )
-from shared.trips import EventType, Status, Transition, Trip
+from shared.trips import WITHDRAWN, EventType, Status, Transition, Trip, Withdrawal
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,24 @@ def offers(
             broadcast[EXCLUDE_USER_HEADER] = str(excluded)
         sent.append(offer(DRIVER_OFFERS_KEY, broadcast))
     return sent
+
+
+def withdrawn(withdrawal: Withdrawal, ttl_seconds: int) -> Notification:
+    """`trip.withdrawn` for the one driver whose offer it was: unnumbered like the offer,
+    routed to them by name with the trip and its version as an offer is, so every
+    gateway holding a socket of theirs passes it to each of them (`OfferFanout.by_name`;
+    the trip keeps its version, so it is never taken for an outdated one)."""
+    trip = withdrawal.trip
+    body = wire.encode(
+        {"type": WITHDRAWN, "event_id": str(uuid.uuid4()), "data": withdrawal.payload()}
+    )
+    return Notification(
+        user_key(withdrawal.driver_id),
+        body,
+        WITHDRAWN,
+        ttl_seconds,
+        headers={TRIP_HEADER: str(trip.id), VERSION_HEADER: str(trip.version)},
+    )
 
 
 def for_refusal(

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from shared.db import Connection
 from shared.trip_rows import TRIP_SELECT, trip_from_row
-from shared.trips import LIVE_STATUSES, Transition, Trip
+from shared.trips import LIVE_STATUSES, Transition, Trip, Withdrawal
 from shared.users import USER_COLUMNS, User, user_from_row
 
 _LIVE = sorted(status.value for status in LIVE_STATUSES)
@@ -83,9 +83,18 @@ async def get_user(conn: Connection, user_id: int) -> User | None:
     return user_from_row(row) if row else None
 
 
-async def get_trip(conn: Connection, trip_id: uuid.UUID) -> Trip | None:
-    row = await conn.fetchrow(f"{TRIP_SELECT} WHERE t.id = $1", trip_id)
+async def get_trip(conn: Connection, trip_id: uuid.UUID, *, lock: bool = False) -> Trip | None:
+    """The trip; with `lock`, locked for this transaction (what answers an offer locks
+    the trip first, as every sweep does, so that they take their locks in one order)."""
+    row = await conn.fetchrow(
+        f"{TRIP_SELECT} WHERE t.id = $1{' FOR UPDATE OF t' if lock else ''}", trip_id
+    )
     return trip_from_row(row) if row else None
+
+
+async def trips_by_id(conn: Connection, trip_ids: list[uuid.UUID]) -> dict[uuid.UUID, Trip]:
+    rows = await conn.fetch(f"{TRIP_SELECT} WHERE t.id = ANY($1::uuid[])", trip_ids)
+    return {trip.id: trip for trip in map(trip_from_row, rows)}
 
 
 async def live_trip_of(conn: Connection, rider_id: int) -> Trip | None:
@@ -136,15 +145,102 @@ async def under_way_with_driver_lost(conn: Connection, cutoff: datetime, limit: 
     return [trip_from_row(row) for row in rows]
 
 
-async def was_offered(conn: Connection, trip: Trip, driver_id: int) -> bool:
-    """Whether the open trip was offered to the driver: a trip with a pick-up point to
-    the drivers of its rings, one without to every free driver."""
+async def on_offer(conn: Connection, trip: Trip, driver_id: int, now: datetime) -> bool:
+    """Whether the open trip is on offer to the driver now: a trip with a pick-up point
+    if an offer by name to them is open (not declined, not past its window, even if
+    the sweep has not withdrawn it yet); one without, to every free driver who has not
+    declined it.
+
+    An accept that read its offer open an instant before the expiry sweep marked it
+    may still win: it came within the window, and the driver then gets the trip's
+    `trip.accepted` after its `trip.withdrawn`."""
     if trip.pick_up is None:
-        return True
+        declined = await conn.fetchval(
+            "SELECT true FROM trip_offers WHERE trip_id = $1 AND driver_id = $2",
+            trip.id,
+            driver_id,
+        )
+        return not declined
     offered = await conn.fetchval(
-        "SELECT true FROM trip_offers WHERE trip_id = $1 AND driver_id = $2", trip.id, driver_id
+        """
+        SELECT true FROM trip_offers
+        WHERE trip_id = $1 AND driver_id = $2 AND answer IS NULL
+          AND (expires_at IS NULL OR expires_at > $3)
+        """,
+        trip.id,
+        driver_id,
+        now,
     )
     return bool(offered)
+
+
+async def answer_offer(conn: Connection, withdrawal: Withdrawal) -> None:
+    """Record the driver's answer to the offer (their offer by name, or, for a trip
+    without a pick-up point, a row of its own), so that the trip is never offered to
+    them again."""
+    await conn.execute(
+        """
+        INSERT INTO trip_offers (trip_id, driver_id, distance_m, ring, answer)
+        VALUES ($1, $2, NULL, 1, $3)
+        ON CONFLICT (trip_id, driver_id) DO UPDATE SET answer = EXCLUDED.answer
+        """,
+        withdrawal.trip.id,
+        withdrawal.driver_id,
+        withdrawal.reason.value,
+    )
+
+
+async def expire_offers(conn: Connection, now: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
+    """Mark the open offers past their window as expired, for up to `limit` open trips
+    (each locked first, SKIP LOCKED: workers sweeping at once take different trips, and
+    a trip being accepted or declined is left to the next round); return them."""
+    due = await conn.fetch(
+        """
+        SELECT DISTINCT trip_id FROM trip_offers
+        WHERE answer IS NULL AND expires_at <= $1
+        LIMIT $2
+        """,
+        now,
+        limit,
+    )
+    locked = await conn.fetch(
+        """
+        SELECT id FROM trips WHERE id = ANY($1::uuid[]) AND status = 'REQUESTED'
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+        """,
+        [row["trip_id"] for row in due],
+    )
+    rows = await conn.fetch(
+        """
+        UPDATE trip_offers SET answer = 'expired'
+        WHERE trip_id = ANY($1::uuid[]) AND answer IS NULL AND expires_at <= $2
+        RETURNING trip_id, driver_id
+        """,
+        [row["id"] for row in locked],
+        now,
+    )
+    return sorted((row["trip_id"], row["driver_id"]) for row in rows)
+
+
+async def rings_answered(conn: Connection, trip_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """The open trips among `trip_ids` whose last ring offered someone and has no open
+    offer left (every driver of it declined, or let it expire), with that ring's radius:
+    their next ring is due now."""
+    rows = await conn.fetch(
+        """
+        SELECT t.id, t.offer_radius_m FROM trips t
+        JOIN LATERAL (
+            SELECT bool_and(o.answer IS NOT NULL) AS answered FROM trip_offers o
+            WHERE o.trip_id = t.id AND o.distance_m IS NOT NULL AND o.ring = (
+                SELECT max(ring) FROM trip_offers l
+                WHERE l.trip_id = t.id AND l.distance_m IS NOT NULL)
+        ) last_ring ON last_ring.answered
+        WHERE t.id = ANY($1::uuid[]) AND t.status = 'REQUESTED' AND t.offer_radius_m IS NOT NULL
+        """,
+        trip_ids,
+    )
+    return {row["id"]: row["offer_radius_m"] for row in rows}
 
 
 async def insert_trip(conn: Connection, trip: Trip) -> None:
@@ -227,13 +323,15 @@ async def record_ring(
     offered: list[tuple[int, float]],
     radius_m: float,
     next_ring_at: datetime | None,
+    offers_expire_at: datetime | None = None,
 ) -> None:
-    """Record who this ring offers the trip to, its radius, and when the next is due."""
+    """Record who this ring offers the trip to, until when, its radius, and when the
+    next is due."""
     await conn.execute(
         """
         WITH offered AS (
-            INSERT INTO trip_offers (trip_id, driver_id, distance_m, ring)
-            SELECT $1, driver_id, distance_m, $2
+            INSERT INTO trip_offers (trip_id, driver_id, distance_m, ring, expires_at)
+            SELECT $1, driver_id, distance_m, $2, $7
             FROM unnest($3::bigint[], $4::double precision[]) AS o(driver_id, distance_m)
         )
         UPDATE trips SET offer_radius_m = $5, widen_at = $6 WHERE id = $1
@@ -244,21 +342,82 @@ async def record_ring(
         [distance for _, distance in offered],
         radius_m,
         next_ring_at,
+        offers_expire_at,
     )
 
 
 async def offered(conn: Connection, trip_id: uuid.UUID) -> dict[int, int]:
-    """Every driver the open trip was offered to so far, with the ring that did."""
+    """Every driver the open trip was offered to so far (declined, expired or open),
+    with the ring that did."""
     rows = await conn.fetch("SELECT driver_id, ring FROM trip_offers WHERE trip_id = $1", trip_id)
     return {row["driver_id"]: row["ring"] for row in rows}
 
 
-async def withdraw_offers(conn: Connection, trip_id: uuid.UUID) -> list[int]:
-    """Forget who the trip was offered to, now that it is no longer open; return them."""
+async def offered_many(
+    conn: Connection, trip_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[int, int]]:
+    """`offered` for several trips at once: every trip named, offered to nobody or not."""
     rows = await conn.fetch(
-        "DELETE FROM trip_offers WHERE trip_id = $1 RETURNING driver_id", trip_id
+        "SELECT trip_id, driver_id, ring FROM trip_offers WHERE trip_id = ANY($1::uuid[])",
+        trip_ids,
     )
-    return sorted(row["driver_id"] for row in rows)
+    found: dict[uuid.UUID, dict[int, int]] = {trip_id: {} for trip_id in trip_ids}
+    for row in rows:
+        found[row["trip_id"]][row["driver_id"]] = row["ring"]
+    return found
+
+
+async def holding_offers(conn: Connection, driver_ids: list[int]) -> set[int]:
+    """The drivers among `driver_ids` with an offer by name still open."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT driver_id FROM trip_offers
+        WHERE driver_id = ANY($1::bigint[]) AND answer IS NULL
+        """,
+        driver_ids,
+    )
+    return {row["driver_id"] for row in rows}
+
+
+async def withdraw_offers(conn: Connection, trip_id: uuid.UUID) -> list[int]:
+    """Forget who the trip was offered to, now that it is no longer open; return those
+    it was offered to by name, whatever they answered: every driver who was offered a
+    trip is told it was taken or cancelled (Part B), also one whose offer was withdrawn.
+    A decline of a trip without a pick-up point names no offer: its broadcast tells all."""
+    rows = await conn.fetch(
+        "DELETE FROM trip_offers WHERE trip_id = $1 RETURNING driver_id, distance_m", trip_id
+    )
+    return sorted(row["driver_id"] for row in rows if row["distance_m"] is not None)
+
+
+async def try_match_lock(conn: Connection) -> bool:
+    """Whether this transaction now runs the matched policy's round: one worker at a
+    time, so that no driver is paired twice in one round. The lock goes with the
+    transaction, also when its worker dies, and the next round is anyone's."""
+    return bool(
+        await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('match', 0))")
+    )
+
+
+async def waiting_for_match(conn: Connection, limit: int) -> list[tuple[Trip, float]]:
+    """Up to `limit` open requests with a pick-up point and no open offer, oldest first,
+    with their radius, locked for this transaction (SKIP LOCKED: one being accepted,
+    declined or cancelled right now waits for the next round)."""
+    due = await conn.fetch(
+        """
+        SELECT id, offer_radius_m FROM trips t
+        WHERE status = 'REQUESTED' AND pick_up_lat IS NOT NULL AND offer_radius_m IS NOT NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM trip_offers o WHERE o.trip_id = t.id AND o.answer IS NULL)
+        ORDER BY created, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    radius = {row["id"]: row["offer_radius_m"] for row in due}
+    found = await trips_by_id(conn, list(radius))
+    return [(found[row["id"]], radius[row["id"]]) for row in due if row["id"] in found]
 
 
 async def due_for_widening(conn: Connection, now: datetime, limit: int) -> list[tuple[Trip, float]]:

@@ -50,6 +50,7 @@ from dispatcher.notifications import (
     for_transition,
     offers,
     reply,
+    withdrawn,
 )
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
@@ -61,7 +62,7 @@ from shared.database_watch import WATCH_SECONDS, DatabaseWatch
 from shared.db import DATABASE_OUTAGE, NOT_REACHABLE, Connection, Database
 from shared.settings import Settings
 from shared.topology import Topology
-from shared.trips import EventType, RuleViolation, Trip
+from shared.trips import WITHDRAWN, EventType, RuleViolation, Trip, Withdrawal, offer_expired
 from shared.wire import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ SHUTDOWN_GRACE_SECONDS = 3
 EXPIRY_BATCH = 100
 WIDEN_BATCH = 100
 LOST_BATCH = 100
+# Open trips whose offers past their window are withdrawn in one transaction.
+OFFER_EXPIRY_BATCH = 100
+# Requests one round of the matched policy pairs at most; more wait for the next.
+MATCH_BATCH = 500
 # A refused command is remembered with its refusal (a retry of its request_id gets the
 # same answer) for the user's newest this many refusals; older ones are forgotten, so
 # that no user can make the database keep more by sending commands that are refused.
@@ -125,6 +130,8 @@ class Worker:
         drivers = NearbyDrivers(silent_seconds=settings.gateway_silent_seconds)
         self._dispatch = Dispatch(drivers, DispatchPolicy.from_settings(settings))
         self._locations = driver_locations.LocationFeed(drivers, settings.location_stale_seconds)
+        # An offer is worth nothing once its window has passed, wherever it still waits.
+        self._offer_ttl = min(settings.offer_ttl_seconds, settings.offer_seconds)
 
     async def run(self, stopping: asyncio.Event) -> None:
         # Bound first, so that a port in use stops the worker at once with a clear error.
@@ -188,15 +195,18 @@ class Worker:
     def _start_background_jobs(self, publisher: NotificationPublisher) -> list[asyncio.Task[None]]:
         """What every worker does beside commands, each a safety net that any number of
         workers share: publish what a crash left in the outbox, offer requests nobody took
-        to a wider ring, end those nobody took in time, and prune the tables that grow
-        with traffic. Beside them, each keeps its own index of drivers fresh."""
-        return [
+        to a wider ring, withdraw offers left unanswered past their window, end requests
+        nobody took in time, and prune the tables that grow with traffic; under the
+        matched policy, pair waiting requests with drivers (one worker a round). Beside
+        them, each keeps its own index of drivers fresh."""
+        jobs = [
             asyncio.create_task(OutboxRelay(self._database, publisher).run()),
             # After a second, so the index holds what the gateways sent on request.
             asyncio.create_task(
                 periodic.every(1, self._widen_rings, "widening rings", first_after=1)
             ),
             asyncio.create_task(periodic.every(1, self._expire_requests, "request timeouts")),
+            asyncio.create_task(periodic.every(1, self._expire_offers, "offer windows")),
             asyncio.create_task(
                 periodic.every(
                     _lost_sweep_seconds(self._settings), self._end_lost_trips, "lost drivers"
@@ -210,6 +220,19 @@ class Worker:
             ),
             asyncio.create_task(periodic.every(WATCH_SECONDS, self._watch, "metrics watch")),
         ]
+        if self._settings.dispatch_policy == "matched":
+            jobs.append(
+                asyncio.create_task(
+                    periodic.every(
+                        self._settings.match_seconds,
+                        self._match_round,
+                        "matching",
+                        # As the rings: once the index holds what the gateways sent.
+                        first_after=1,
+                    )
+                )
+            )
+        return jobs
 
     async def _drain(self, queue: AbstractQueue, consumer_tag: str) -> None:
         """Take no new commands and let those in flight finish. With the broker away
@@ -320,7 +343,7 @@ class Worker:
                 return await self._record(conn, "duplicate", [again], now)
             changed: tuple[Trip, ...] = ()
             try:
-                transition = await handler(conn, command, now)
+                change = await handler(conn, command, now)
             except RuleViolation as refusal:
                 log.debug(
                     "command refused message_id=%s user_id=%s code=%s",
@@ -342,18 +365,21 @@ class Worker:
                 )
                 notifications = [refused]
             else:
+                kind = "applied"
+                if isinstance(change, Withdrawal):
+                    trip_id, event = change.trip.id, WITHDRAWN
+                    notifications = await self._withdrawn(conn, [change], now)
+                else:
+                    trip_id, event = change.after.id, change.event.value
+                    changed = (change.after,)
+                    audience = await self._dispatch.audience(conn, change, now)
+                    notifications = for_transition(change, audience, self._offer_ttl)
                 log.debug(
                     "command applied message_id=%s user_id=%s trip_id=%s event=%s",
                     command.id,
                     command.user_id,
-                    transition.after.id,
-                    transition.event.value,
-                )
-                kind = "applied"
-                changed = (transition.after,)
-                audience = await self._dispatch.audience(conn, transition, now)
-                notifications = for_transition(
-                    transition, audience, self._settings.offer_ttl_seconds
+                    trip_id,
+                    event,
                 )
             return await self._record(conn, kind, notifications, now, changed)
 
@@ -386,9 +412,7 @@ class Worker:
                 notifications = []
                 for transition in expired:
                     audience = await self._dispatch.audience(conn, transition, now)
-                    notifications += for_transition(
-                        transition, audience, self._settings.offer_ttl_seconds
-                    )
+                    notifications += for_transition(transition, audience, self._offer_ttl)
                 outcome = await self._record(
                     conn, "expired", notifications, now, tuple(t.after for t in expired)
                 )
@@ -409,7 +433,7 @@ class Worker:
                 notifications = [
                     n
                     for transition in ended
-                    for n in for_transition(transition, NOBODY, self._settings.offer_ttl_seconds)
+                    for n in for_transition(transition, NOBODY, self._offer_ttl)
                 ]
                 outcome = await self._record(
                     conn, "driver_lost", notifications, now, tuple(t.after for t in ended)
@@ -419,6 +443,52 @@ class Worker:
                 log.info("trips ended, driver lost count=%d", len(ended))
             if len(ended) < LOST_BATCH:
                 return
+
+    async def _withdrawn(
+        self, conn: Connection, withdrawals: list[Withdrawal], now: datetime
+    ) -> list[Notification]:
+        """Each withdrawn offer told to its driver, and the next ring of every trip whose
+        last ring has now said no, in the caller's transaction."""
+        told = [withdrawn(withdrawal, self._offer_ttl) for withdrawal in withdrawals]
+        for trip, audience in await self._dispatch.after_withdrawals(conn, withdrawals, now):
+            told += offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
+        return told
+
+    async def _expire_offers(self) -> None:
+        """Offers by name left unanswered for TAXI_OFFER_SECONDS are withdrawn from their
+        drivers (reason "expired"); a ring that has now said no gives way to the next at
+        once. Due offers are found in the database, whichever worker made them."""
+        while True:
+            async with self._database.pool.acquire() as conn, conn.transaction():
+                now = datetime.now(UTC)
+                expired = await repository.expire_offers(conn, now, OFFER_EXPIRY_BATCH)
+                found = await repository.trips_by_id(conn, sorted({t for t, _ in expired}))
+                withdrawals = [
+                    offer_expired(found[trip_id], driver_id)
+                    for trip_id, driver_id in expired
+                    if trip_id in found
+                ]
+                notifications = await self._withdrawn(conn, withdrawals, now)
+                outcome = await self._record(conn, "offers_expired", notifications, now)
+            await self._publish(outcome)
+            if len({trip_id for trip_id, _ in expired}) < OFFER_EXPIRY_BATCH:
+                return
+
+    async def _match_round(self) -> None:
+        """The matched policy's round: waiting requests paired with free drivers, each
+        offered to its driver alone. One worker a round (the others' rounds find the
+        lock taken and do nothing); a worker that dies mid-round leaves its requests to
+        the next round, whoever runs it."""
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            now = datetime.now(UTC)
+            paired = await self._dispatch.match_round(conn, now, MATCH_BATCH)
+            notifications = [
+                n
+                for trip, audience in paired
+                for n in offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
+            ]
+            outcome = await self._record(conn, "matched", notifications, now)
+        await self._publish(outcome)
 
     async def _widen_rings(self) -> None:
         """Requests nobody accepted within a ring's time are offered to the next
@@ -431,9 +501,7 @@ class Worker:
                 notifications = [
                     n
                     for trip, audience in widened
-                    for n in offers(
-                        trip, EventType.REQUESTED, audience, self._settings.offer_ttl_seconds
-                    )
+                    for n in offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
                 ]
                 outcome = await self._record(conn, "widened", notifications, now)
             await self._publish(outcome)

@@ -28,8 +28,10 @@ from shared.wire import REQUEST_ID, ErrorCode, FrameError
 
 CREATE_TRIP = "create.trip"
 UPDATE_TRIP = "update.trip"
+# A driver turns down a trip offered to them (PROTOCOL D2).
+DECLINE_TRIP = "decline.trip"
 # The frame types published to the dispatcher.
-COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP)
+COMMAND_TYPES = (CREATE_TRIP, UPDATE_TRIP, DECLINE_TRIP)
 UPDATE_LOCATION = "update.location"
 MAX_ADDRESS_LENGTH = 500
 # A command's id is derived from its user and request id when the client gave one:
@@ -55,11 +57,19 @@ class UpdateTrip:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclineTrip:
+    trip_id: uuid.UUID
+
+
+TripCommand = CreateTrip | UpdateTrip | DeclineTrip
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     id: uuid.UUID
     type: str
     user_id: int
-    data: CreateTrip | UpdateTrip
+    data: TripCommand
     sent_at: float
     request_id: str | None = None
     # The session the sender's token belongs to: when it was issued and its family
@@ -94,7 +104,7 @@ class Command:
     @property
     def trip_id(self) -> str | None:
         """The trip the command names (an update's), for the error that refuses it."""
-        return str(self.data.trip_id) if isinstance(self.data, UpdateTrip) else None
+        return str(self.data.trip_id) if isinstance(self.data, UpdateTrip | DeclineTrip) else None
 
 
 class InvalidCommand(ValueError):
@@ -171,9 +181,7 @@ def decode_command(body: bytes) -> Command:
         raise InvalidCommand(f"not a valid command: {exc!r}") from None
 
 
-def parse_data(
-    command_type: str, data: Any, user_id: int, group: str | None
-) -> CreateTrip | UpdateTrip:
+def parse_data(command_type: str, data: Any, user_id: int, group: str | None) -> TripCommand:
     if not isinstance(data, dict):
         raise FrameError(
             ErrorCode.INVALID_DATA, '"data" must be an object with the trip\'s fields', command_type
@@ -182,6 +190,8 @@ def parse_data(
         return _parse_create(data, user_id, group)
     if command_type == UPDATE_TRIP:
         return _parse_update(data, user_id, group)
+    if command_type == DECLINE_TRIP:
+        return _parse_decline(data, group)
     raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown command {command_type!r}", command_type)
 
 
@@ -221,12 +231,7 @@ def new_location(group: str, data: Any) -> Location:
 
 
 def _parse_update(data: dict[str, Any], user_id: int, group: str | None) -> UpdateTrip:
-    try:
-        trip_id = uuid.UUID(str(data.get("id")))
-    except ValueError:
-        raise FrameError(
-            ErrorCode.INVALID_DATA, '"id" must be the trip\'s id (a UUID)', UPDATE_TRIP
-        ) from None
+    trip_id = _trip_id(data, UPDATE_TRIP)
     try:
         status = Status(str(data.get("status")))
     except ValueError:
@@ -246,6 +251,21 @@ def _parse_update(data: dict[str, Any], user_id: int, group: str | None) -> Upda
             UPDATE_TRIP,
         )
     return UpdateTrip(trip_id=trip_id, status=status)
+
+
+def _parse_decline(data: dict[str, Any], group: str | None) -> DeclineTrip:
+    if group is not None and group != "driver":
+        raise FrameError(ErrorCode.FORBIDDEN, "only drivers decline offers", DECLINE_TRIP)
+    return DeclineTrip(trip_id=_trip_id(data, DECLINE_TRIP))
+
+
+def _trip_id(data: dict[str, Any], request: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(data.get("id")))
+    except ValueError:
+        raise FrameError(
+            ErrorCode.INVALID_DATA, '"id" must be the trip\'s id (a UUID)', request
+        ) from None
 
 
 def _address(data: dict[str, Any], name: str, request: str) -> str:
@@ -278,7 +298,7 @@ def _user_id(value: Any) -> int | None:
     return None
 
 
-def _data_fields(data: CreateTrip | UpdateTrip) -> dict[str, Any]:
+def _data_fields(data: TripCommand) -> dict[str, Any]:
     if isinstance(data, CreateTrip):
         fields: dict[str, Any] = {
             "pick_up_address": data.pick_up_address,
@@ -290,4 +310,6 @@ def _data_fields(data: CreateTrip | UpdateTrip) -> dict[str, Any]:
         if data.drop_off is not None:
             fields["drop_off"] = data.drop_off.payload()
         return fields
+    if isinstance(data, DeclineTrip):
+        return {"id": str(data.trip_id)}
     return {"id": str(data.trip_id), "status": data.status.value}

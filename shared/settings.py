@@ -20,6 +20,10 @@ DEVELOPMENT_JWT_SECRET = "development-only-secret-do-not-use-in-production"
 ENVIRONMENTS = ("development", "test", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PASSWORD_HASHING = ("standard", "fast")
+# Who is offered a request with a pick-up point (PROTOCOL D2): rings of the nearest, first
+# to accept wins; or, every TAXI_MATCH_SECONDS, each request to the one driver an optimal
+# pairing of waiting requests and free drivers gives it.
+DISPATCH_POLICIES = ("rings", "matched")
 
 
 class SettingsError(ValueError):
@@ -71,6 +75,13 @@ class Settings:
     dispatch_radius_meters: int = 3000
     dispatch_max_offers: int = 8
     dispatch_widen_seconds: int = 15
+    # An offer by name left unanswered this long is withdrawn from its driver (reason
+    # "expired"), and an accept that comes after it is refused.
+    offer_seconds: int = 15
+    # "rings" or "matched" (DISPATCH_POLICIES); the matched policy pairs the waiting
+    # requests with free drivers every `match_seconds`.
+    dispatch_policy: str = "rings"
+    match_seconds: int = 2
     # A trip under way whose driver has had no open socket and sent nothing for this
     # long, or whose driver was deactivated, is cancelled (cancel_reason "driver_lost").
     driver_lost_seconds: int = 300
@@ -143,6 +154,10 @@ class Settings:
         if self.env == "production" and self.password_hashing != "standard":
             raise SettingsError(
                 f"{env_name('password_hashing')}: must be 'standard' when TAXI_ENV=production"
+            )
+        if self.dispatch_policy not in DISPATCH_POLICIES:
+            raise SettingsError(
+                f"{env_name('dispatch_policy')}: must be one of {', '.join(DISPATCH_POLICIES)}"
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"{env_name('log_level')}: must be one of {', '.join(LOG_LEVELS)}")
@@ -287,6 +302,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dispatch_radius_meters": _positive_int,
     "dispatch_max_offers": _positive_int,
     "dispatch_widen_seconds": _positive_int,
+    "offer_seconds": _positive_int,
+    "dispatch_policy": str.lower,
+    "match_seconds": _positive_int,
     "driver_lost_seconds": _positive_int,
     "map_tiles_url": _tiles_url,
     "revoke_seconds": _positive_int,

@@ -71,9 +71,10 @@ def _visible_to(user: User) -> str:
     """The WHERE condition of the trips `user` may see; `$1` is their id.
 
     A rider sees their own trips. A driver sees the trips they drove (any status), and
-    the open requests offered to them, which they may accept: one with a pick-up point
-    if one of its rings named them (`trip_offers`), one without while they are free (it
-    is offered to every free driver). Nobody else's trip, open or taken.
+    the open requests on offer to them, which they may accept: one with a pick-up point
+    while their offer by name is open (`trip_offers`: not declined, not past its
+    window), one without while they are free (it is offered to every free driver) and
+    have not declined it. Nobody else's trip, open or taken.
     """
     if user.group == "rider":
         return "t.rider_id = $1"
@@ -81,8 +82,12 @@ def _visible_to(user: User) -> str:
         WHEN t.pick_up_lat IS NULL THEN NOT EXISTS (
             SELECT 1 FROM trips busy
             WHERE busy.driver_id = $1 AND busy.status IN ('STARTED', 'IN_PROGRESS'))
-        ELSE EXISTS (
+            AND NOT EXISTS (
             SELECT 1 FROM trip_offers o WHERE o.trip_id = t.id AND o.driver_id = $1)
+        ELSE EXISTS (
+            SELECT 1 FROM trip_offers o
+            WHERE o.trip_id = t.id AND o.driver_id = $1 AND o.answer IS NULL
+              AND (o.expires_at IS NULL OR o.expires_at > now()))
         END))"""
 
 

@@ -6,9 +6,12 @@
     STARTED or IN_PROGRESS --driver lost (gone too long, or deactivated)-->
         CANCELLED, cancel_reason "driver_lost"
 
-A driver accepts only a trip that was offered to them (with a pick-up point, the
-drivers of its rings; without one, every free driver). Trips always end: one whose
-driver vanished is cancelled, so its rider may request again.
+A driver accepts only a trip that is on offer to them (with a pick-up point, an offer by
+name still open: neither declined nor past its window; without one, every free driver
+who has not declined it). A driver may decline an offer instead; a declined or expired
+offer is a `Withdrawal`, which leaves the trip as it is (no new version) and the
+driver never offered it again. Trips always end: one whose driver vanished is
+cancelled, so its rider may request again.
 
 A rider holds one live trip (REQUESTED, STARTED or IN_PROGRESS) at a time. Every
 transition adds one to the trip's `version`, so a stale copy is told from a fresh one.
@@ -78,6 +81,18 @@ class CancelReason(StrEnum):
     DRIVER_LOST = "driver_lost"
 
 
+# The frame that tells one driver their offer of a trip was withdrawn (no `seq`).
+WITHDRAWN = "trip.withdrawn"
+
+
+class WithdrawReason(StrEnum):
+    """Why one driver's offer was withdrawn; `reason` in `trip.withdrawn`."""
+
+    DECLINED = "declined"
+    # Left unanswered for TAXI_OFFER_SECONDS.
+    EXPIRED = "expired"
+
+
 @dataclass(frozen=True, slots=True)
 class TripUnderWay:
     """A trip between accept and drop-off (STARTED or IN_PROGRESS), as its rider's and
@@ -142,6 +157,19 @@ class Transition:
     event: EventType
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One driver's offer of an open trip, withdrawn: the trip stays REQUESTED, at its
+    version, for everyone else."""
+
+    trip: Trip
+    driver_id: int
+    reason: WithdrawReason
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": str(self.trip.id), "version": self.trip.version, "reason": self.reason}
+
+
 def request(
     trip_id: uuid.UUID,
     rider: User,
@@ -184,6 +212,25 @@ def accept(trip: Trip, driver: User, now: datetime, offered: bool = True) -> Tra
         # Said as for a trip someone else took: whether it exists is none of their business.
         raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is not on offer to you")
     return _change(trip, Status.STARTED, now, driver=driver)
+
+
+def decline(trip: Trip, driver: User, offered: bool) -> Withdrawal:
+    """`offered`: whether the trip is on offer to this driver now (the caller's query:
+    an open offer by name, or a trip without a pick-up point they have not declined)."""
+    if driver.group != "driver":
+        raise RuleViolation(ErrorCode.FORBIDDEN, "only drivers decline offers")
+    if trip.status is not Status.REQUESTED:
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")
+    if not offered:
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is not on offer to you")
+    return Withdrawal(trip, driver.id, WithdrawReason.DECLINED)
+
+
+def offer_expired(trip: Trip, driver_id: int) -> Withdrawal:
+    """The driver let the offer run past its window. Whether it did is the caller's query."""
+    if trip.status is not Status.REQUESTED:
+        raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "this trip is no longer available")
+    return Withdrawal(trip, driver_id, WithdrawReason.EXPIRED)
 
 
 def advance(trip: Trip, driver: User, status: Status, now: datetime) -> Transition:

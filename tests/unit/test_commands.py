@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from shared.commands import (
     COMMAND_TYPES,
     CREATE_TRIP,
+    DECLINE_TRIP,
     MAX_ADDRESS_LENGTH,
     UPDATE_LOCATION,
     UPDATE_TRIP,
     Command,
     CreateTrip,
+    DeclineTrip,
     InvalidCommand,
     UpdateTrip,
     check_reports_location,
@@ -556,3 +558,27 @@ def test_a_rider_named_by_a_superscript_digit_is_refused_as_a_frame_error() -> N
     refusal = refused(CREATE_TRIP, RIDER_ID, "rider", {**ADDRESSES, "rider": "²"})
 
     assert refusal.code == "forbidden"
+
+
+# decline.trip
+
+
+def test_a_driver_declines_an_offer_by_trip_id() -> None:
+    command = new_command(DECLINE_TRIP, DRIVER_ID, "driver", {"id": TRIP_ID}, "no-thanks-1")
+
+    assert command.data == DeclineTrip(uuid.UUID(TRIP_ID))
+    assert command.trip_id == TRIP_ID
+    assert DECLINE_TRIP in COMMAND_TYPES
+    assert decode_command(command.encode()) == command
+
+
+def test_a_rider_declines_nothing() -> None:
+    refusal = refused(DECLINE_TRIP, RIDER_ID, "rider", {"id": TRIP_ID})
+
+    assert refusal.code == ErrorCode.FORBIDDEN
+    assert refusal.request == DECLINE_TRIP
+
+
+@pytest.mark.parametrize("data", [{}, {"id": "not-a-uuid"}, {"id": 5}])
+def test_a_decline_names_its_trip_by_uuid(data: Any) -> None:
+    assert refused(DECLINE_TRIP, DRIVER_ID, "driver", data).code == ErrorCode.INVALID_DATA

@@ -52,7 +52,7 @@ from shared.commands import MAX_ADDRESS_LENGTH, new_command, new_location
 from shared.locations import Location, Point, driver_location_frame
 from shared.settings import Settings
 from shared.topology import DISTANCES_HEADER
-from shared.trips import CancelReason, EventType, Status, Trip
+from shared.trips import WITHDRAWN, CancelReason, EventType, Status, Trip
 from shared.users import GROUPS, User
 from shared.wire import CloseCode, ErrorCode, FrameError
 
@@ -464,6 +464,7 @@ def test_the_frame_types_the_socket_takes_are_described(app: Starlette) -> None:
 def test_the_frame_types_the_server_sends_are_described() -> None:
     sent_by_the_code = {
         *(event.value for event in EventType),
+        WITHDRAWN,
         locations.DRIVER_LOCATION,
         orjson.loads(wire.resync_frame(1))["type"],
         orjson.loads(wire.error_frame("x", "y"))["type"],
@@ -688,7 +689,7 @@ def test_any_trip_the_code_can_make_is_described(trip: Trip, distance: float) ->
 
 # --- true: the documents' examples ----------------------------------------------------------
 
-CLIENT_MESSAGES = {"echoMessage", "createTrip", "updateTrip", "updateLocation"}
+CLIENT_MESSAGES = {"echoMessage", "createTrip", "updateTrip", "declineTrip", "updateLocation"}
 
 
 def message_examples() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -98,6 +98,41 @@ def test_each_variable_is_parsed(variable: str, raw: str, expected: Any) -> None
     assert all(getattr(settings, name) == getattr(Settings(), name) for name in others)
 
 
+def test_dispatch_defaults_to_rings_with_fifteen_second_offers() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.dispatch_policy == "rings"
+    assert settings.offer_seconds == 15
+    assert settings.match_seconds == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "field", "expected"),
+    [
+        ("TAXI_DISPATCH_POLICY", "matched", "dispatch_policy", "matched"),
+        ("TAXI_DISPATCH_POLICY", "Rings", "dispatch_policy", "rings"),
+        ("TAXI_OFFER_SECONDS", "1", "offer_seconds", 1),
+        ("TAXI_MATCH_SECONDS", "5", "match_seconds", 5),
+    ],
+)
+def test_dispatch_variables_are_parsed(variable: str, raw: str, field: str, expected: Any) -> None:
+    assert getattr(Settings.from_env({variable: raw}), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TAXI_DISPATCH_POLICY", "nearest"),
+        ("TAXI_OFFER_SECONDS", "0"),
+        ("TAXI_OFFER_SECONDS", "1.5"),
+        ("TAXI_MATCH_SECONDS", "-2"),
+    ],
+)
+def test_bad_dispatch_variables_are_refused_by_name(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: raw})
+
+
 def test_every_setting_has_a_taxi_variable() -> None:
     """Every field is reachable from the environment, under TAXI_<FIELD>."""
     names = {env_name(field.name) for field in fields(Settings)}
@@ -242,6 +277,9 @@ def test_to_env_round_trips_through_from_env() -> None:
         dispatch_radius_meters=1500,
         dispatch_max_offers=3,
         dispatch_widen_seconds=4,
+        offer_seconds=6,
+        dispatch_policy="matched",
+        match_seconds=3,
         driver_lost_seconds=90,
         map_tiles_url="https://tiles.example.org/{z}/{x}/{y}.png",
         revoke_seconds=2,

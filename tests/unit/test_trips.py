@@ -480,3 +480,38 @@ def test_payload_never_shows_whether_a_user_is_active() -> None:
         "group",
         "photo",
     }
+
+
+# decline (PROTOCOL D2): one driver's offer withdrawn, the trip unchanged
+
+
+def test_a_driver_declines_an_offer_and_the_trip_stays_as_it_was() -> None:
+    trip = requested_trip()
+
+    withdrawal = trips.decline(trip, DRIVER, offered=True)
+
+    assert withdrawal.trip == trip
+    assert withdrawal.driver_id == DRIVER.id
+    assert withdrawal.payload() == {"id": str(trip.id), "version": 1, "reason": "declined"}
+
+
+@pytest.mark.parametrize("status", [s for s in Status if s is not Status.REQUESTED])
+def test_a_trip_no_longer_requested_cannot_be_declined(status: Status) -> None:
+    assert refusal_code(trips.decline, trip_in(status), OTHER_DRIVER, True) == "trip_unavailable"
+
+
+def test_only_an_offer_open_to_the_driver_is_declined() -> None:
+    assert refusal_code(trips.decline, requested_trip(), DRIVER, False) == "trip_unavailable"
+
+
+def test_a_rider_declines_nothing() -> None:
+    assert refusal_code(trips.decline, requested_trip(), RIDER, True) == "forbidden"
+
+
+def test_an_expired_offer_is_withdrawn_with_its_reason() -> None:
+    trip = requested_trip()
+
+    withdrawal = trips.offer_expired(trip, DRIVER.id)
+
+    assert withdrawal.payload()["reason"] == "expired"
+    assert refusal_code(trips.offer_expired, trip_in(Status.STARTED), DRIVER.id)
