@@ -118,7 +118,7 @@ def main() -> None:
     if args.what == "reset":
         try:
             photos = remove_photos(settings)
-            print(f"media {settings.media_dir}: removed {photos} of its users' photos")
+            print(f"media directory {settings.media_dir}: removed {photos} of its users' photos")
             dropped = drop_database(settings.database_url)
         except psycopg.OperationalError as exc:
             sys.exit(f"cannot reach Postgres at TAXI_DATABASE_URL: {exc}".strip())
