@@ -144,7 +144,9 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
 
     async def client_config(request: Request) -> Response:
         """What the browser client needs to know of this deployment."""
-        return OrjsonResponse({"map_tiles_url": settings.map_tiles_url})
+        return OrjsonResponse(
+            {"map_tiles_url": settings.map_tiles_url, "offer_seconds": settings.offer_seconds}
+        )
 
     async def readyz(request: Request) -> Response:
         checks = {"database": await database.is_reachable(), "broker": broker.is_connected}

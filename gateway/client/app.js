@@ -67,6 +67,10 @@ const PAGES = ["log-in-page", "sign-up-page", "rider-page", "driver-page"];
 const HISTORY_SHOWN = 20;
 // How long an offer taken by someone else (or cancelled) stays, fading, with the reason.
 const OFFER_FADE_MS = 5000;
+// How long an offer stays open when the server does not say (TAXI_OFFER_SECONDS's default).
+const DEFAULT_OFFER_SECONDS = 15;
+// Why the server withdrew one driver's offer (`trip.withdrawn`), in a few words.
+const WITHDRAWN_TEXT = { declined: "You declined it", expired: "Not answered in time" };
 // How a point placed by tapping the map fills an empty address field.
 const MAP_POINT_PREFIX = "Map point ";
 
@@ -90,6 +94,9 @@ const state = {
   myLocation: null, // the last position this page had
   locationProblem: null, // why there is none, in plain words
   fading: new Map(), // offer id -> {trip, reason}: withdrawn offers, shown a moment longer
+  offerSeenAt: new Map(), // offer id -> when this page first saw it (ms), for the time left
+  offerSeconds: DEFAULT_OFFER_SECONDS, // how long an offer stays open (GET /api/client-config/)
+  offerClock: null, // the timer that counts the offers' time down
 };
 
 const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -206,7 +213,21 @@ function startSession(me) {
   render();
   loadTrips();
   state.socket.start();
-  if (me.group === "driver") startPosition();
+  if (me.group === "driver") {
+    startPosition();
+    loadOfferSeconds();
+    state.offerClock ??= setInterval(renderOfferClocks, 1000);
+  }
+}
+
+/** How long this deployment keeps an offer open (TAXI_OFFER_SECONDS). */
+function loadOfferSeconds() {
+  fetch("/api/client-config/", { headers: { Accept: "application/json" } })
+    .then((response) => (response.ok ? response.json() : null))
+    .then((body) => {
+      if (body && Number.isFinite(body.offer_seconds) && body.offer_seconds > 0) state.offerSeconds = body.offer_seconds;
+    })
+    .catch(() => {});
 }
 
 function endSession(message = null) {
@@ -303,6 +324,10 @@ function handleFrame(store, frame) {
     onDriverLocation(frame.data);
     return;
   }
+  if (frame.type === "trip.withdrawn") {
+    onOfferWithdrawn(store, frame.data);
+    return;
+  }
   if (typeof frame.type !== "string" || !frame.type.startsWith("trip.")) return;
   const trip = frame.data;
   if (!trip || typeof trip !== "object") return;
@@ -315,6 +340,9 @@ function handleFrame(store, frame) {
     fadeOffer(before, offerGoneText(trip));
   }
   if (applied && !LIVE.has(trip.status)) state.driverAt.delete(trip.id);
+  if (frame.type === "trip.requested" && state.me.group === "driver" && !state.offerSeenAt.has(trip.id)) {
+    state.offerSeenAt.set(trip.id, Date.now());
+  }
   if (frame.type === "trip.requested" && state.me.group === "rider" && trip.rider?.id === state.me.id) {
     state.requestIds.settle((action) => isAction(action, "create.trip"));
     if (state.pendingCreate) {
@@ -332,6 +360,20 @@ function handleFrame(store, frame) {
   render();
   // A driver who just became free was sent no offers meanwhile: catch up.
   if (wasBusy && currentTrip() === null) loadTrips();
+}
+
+/** This driver's offer of a trip was withdrawn (they declined it, or let it expire): it
+ * fades out saying why, and the trip stays gone from their list. */
+function onOfferWithdrawn(store, data) {
+  if (!data || typeof data !== "object" || typeof data.id !== "string") return;
+  const trip = store.get(data.id);
+  state.requestIds.settle((action) => isAction(action, "decline.trip", data.id));
+  state.pendingTrips.delete(data.id);
+  state.offerSeenAt.delete(data.id);
+  if (trip && trip.status === "REQUESTED" && store.withdraw(data.id)) {
+    fadeOffer(trip, WITHDRAWN_TEXT[data.reason] ?? "Withdrawn");
+  }
+  render();
 }
 
 /** Where the rider's driver is now (`driver.location`, while their trip is under way). */
@@ -419,6 +461,29 @@ function requestTrip(event) {
   if (sendCommand("create.trip", data, actionKey("create.trip", pickUp, dropOff, where))) {
     state.pendingCreate = true;
     render();
+  }
+}
+
+function declineTrip(trip) {
+  clearError();
+  if (sendCommand("decline.trip", { id: trip.id }, actionKey("decline.trip", trip.id))) {
+    state.pendingTrips.set(trip.id, "DECLINED");
+    render();
+  }
+}
+
+/** "12 s left to answer": from when this page saw the offer, TAXI_OFFER_SECONDS long. */
+function offerTimeLeftText(tripId) {
+  const seen = state.offerSeenAt.get(tripId);
+  if (seen === undefined) return "";
+  const left = Math.max(0, Math.ceil(state.offerSeconds - (Date.now() - seen) / 1000));
+  return left > 0 ? `${left} s left to answer` : "Time is up";
+}
+
+/** The offers' time left, counted down in place (every second, and on every render). */
+function renderOfferClocks() {
+  for (const node of document.querySelectorAll('[data-testid="offer-time-left"]')) {
+    node.textContent = offerTimeLeftText(node.dataset.tripId);
   }
 }
 
@@ -796,7 +861,18 @@ function renderDriver() {
           pending: state.pendingTrips.get(trip.id) === "STARTED",
           kind: "primary",
         }),
-      ], [element("p", { className: "distance", testid: "offer-distance", dataset: { tripId: trip.id } })]),
+        actionButton("Decline", "decline-offer", () => declineTrip(trip), {
+          pending: state.pendingTrips.get(trip.id) === "DECLINED",
+        }),
+      ], [
+        element("p", { className: "distance", testid: "offer-distance", dataset: { tripId: trip.id } }),
+        element("p", {
+          className: "time-left",
+          testid: "offer-time-left",
+          dataset: { tripId: trip.id },
+          text: offerTimeLeftText(trip.id),
+        }),
+      ]),
     ),
     ...fading.map(({ trip, reason }) => {
       const item = tripItem(trip, "offer-gone", "driver", [], [

@@ -106,6 +106,20 @@ export class TripStore {
     }
   }
 
+  /**
+   * Drop a trip whose offer was withdrawn from this driver (`trip.withdrawn`): the
+   * trip itself is unchanged, so a late copy of its offer (same version) stays out.
+   * Returns true if it was held.
+   */
+  withdraw(id) {
+    const held = this.trips.get(id);
+    if (!held) return false;
+    this.trips.delete(id);
+    this.gone.set(id, held.trip);
+    this.seq += 1;
+    return true;
+  }
+
   get(id) {
     return this.trips.get(id)?.trip;
   }

@@ -27,11 +27,11 @@ from shared.settings import Settings
 from tests.clients import about, connect, create_account, is_error, receive_until, send
 from tests.e2e.test_dispatch_by_distance import (
     City,
+    Driver,
     cancel,
-    drivers_at,
+    keep_reporting,
     north_of,
     request,
-    until_dispatch_knows,
 )
 
 NEVER_SECONDS = 60
@@ -108,6 +108,52 @@ def matched(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         dispatch_radius_meters=5000,
     ) as city:
         yield city
+
+
+@contextlib.asynccontextmanager
+async def drivers_at(
+    http: httpx.AsyncClient, city: City, centre: dict[str, float], distances: list[float]
+) -> AsyncIterator[list[Driver]]:
+    """Drivers this far north of `centre`, on alternate gateways, who keep reporting
+    where they are; yielded once every worker that could offer a trip knows them."""
+    async with contextlib.AsyncExitStack() as stack:
+        drivers = []
+        for number, metres in enumerate(distances):
+            account = await create_account(http, "driver")
+            gateway = city.gateways[number % len(city.gateways)]
+            ws = await stack.enter_async_context(await connect(gateway, account.access))
+            drivers.append(Driver(account, ws, metres))
+        reporting = [
+            asyncio.create_task(keep_reporting(d.ws, north_of(centre, d.metres))) for d in drivers
+        ]
+        try:
+            await until_dispatch_knows(http, city, drivers, centre)
+            yield drivers
+        finally:
+            for task in reporting:
+                task.cancel()
+            await asyncio.gather(*reporting, return_exceptions=True)
+
+
+async def until_dispatch_knows(
+    http: httpx.AsyncClient, city: City, drivers: list[Driver], centre: dict[str, float]
+) -> None:
+    """Probe trips at each driver until one is offered to them by name. Rings here widen
+    only after a minute: a probe whose ring was empty (the index did not hold the
+    driver yet) is cancelled and another made."""
+    rider = await create_account(http, "rider")
+    async with await connect(city.gateways[0], rider.access) as rider_ws:
+        for driver in drivers:
+            while True:
+                trip = await request(rider_ws, north_of(centre, driver.metres))
+                try:
+                    offer = await receive_until(driver.ws, offer_of(trip), wait_seconds=3)
+                except TimeoutError:
+                    offer = None
+                await cancel(rider_ws, trip)
+                if offer is not None and "distance_m" in offer["data"]:
+                    await receive_until(driver.ws, about(trip["id"], "trip.cancelled"))
+                    break
 
 
 @contextlib.asynccontextmanager
