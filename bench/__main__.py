@@ -25,9 +25,11 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psutil
@@ -390,9 +392,21 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         plot_timeline(result, out / "steady-latency.png")
 
 
+def stop_as_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a supervisor, a test's time running out) stops a run as Ctrl-C does:
+    the running scenario is cancelled and what it started is stopped and removed (its
+    gateways and workers, their databases and broker objects, private RabbitMQ nodes
+    with their epmd and data)."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> None:
     args = parse_args()
-    result = asyncio.run(run_scenario(args))
+    signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+    try:
+        result = asyncio.run(run_scenario(args))
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted; what it started is stopped and removed")
     name = results_name(args)
     write(result, args.out, name)
     print((args.out / f"{name}.md").read_text())

@@ -314,7 +314,12 @@ async def cluster(
     per_round = args.seconds / rounds
     alone, three = LocalCluster(1), LocalCluster(NODES)
     async with contextlib.AsyncExitStack() as stack:
-        print("starting one RabbitMQ node alone and a cluster of three", file=sys.stderr)
+        print(
+            "starting one RabbitMQ node alone and a cluster of three"
+            f" (data in {alone.base} and {three.base})",
+            file=sys.stderr,
+            flush=True,
+        )
         stack.callback(three.remove)
         stack.callback(alone.remove)
         booted = time.monotonic()

@@ -103,6 +103,14 @@ class LocalSystem:
         self.queues_left: int | None = None
 
     async def __aenter__(self) -> LocalSystem:
+        # Named, so that whoever watches a run knows what it made (and must not find
+        # after it, however it ended).
+        print(
+            f"  system {self.label}: database {self.settings.database_name},"
+            f" broker prefix {self.settings.broker_prefix}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             await self._start()
         except BaseException:

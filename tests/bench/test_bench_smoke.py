@@ -4,36 +4,74 @@ city one and the cluster one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from shared.migrate import maintenance_url
 from shared.settings import Settings
 
 LATENCY_FIELDS = {"count", "p50", "p90", "p99", "max"}
 LATENCIES = ("offer", "notified", "assign", "full_trip")
 
 
-def bench(settings: Settings, project_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+# What a run may take before it is stopped; a stopped run is given this long to stop and
+# remove what it started (nodes stop cleanly, databases drop) before it is killed.
+BENCH_SECONDS = 240
+CLEAN_UP_SECONDS = 120
+
+
+def bench(
+    settings: Settings,
+    project_root: Path,
+    *args: str,
+    seconds: float = BENCH_SECONDS,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bench ARGS`, stopped as with Ctrl-C, however the test ends (it failed,
+    its time ran out, pytest was interrupted), so that it removes what it started."""
     env = {
         **os.environ,
         "TAXI_DATABASE_URL": settings.database_url,
         "TAXI_AMQP_URL": settings.amqp_url,
+        **(env or {}),
     }
-    run = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "bench", *args],
         cwd=project_root,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=seconds)
+    finally:
+        stop_bench(process)
+    run = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
+
+
+def stop_bench(process: subprocess.Popen[str]) -> None:
+    """Ctrl-C for a run still going, time to clean up, then kill what is left of it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=CLEAN_UP_SECONDS)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def worktrees(project_root: Path) -> str:
@@ -183,6 +221,12 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
     assert "location -> rider ms" in markdown
 
 
+# Four RabbitMQ nodes boot, two systems start, a node is killed and booted again: two
+# minutes on a quiet 2-core machine, several on a busy one.
+CLUSTER_RUN_SECONDS = 480
+
+
+@pytest.mark.timeout(CLUSTER_RUN_SECONDS + CLEAN_UP_SECONDS + 60)
 def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
     settings: Settings, tmp_path: Path, project_root: Path
 ) -> None:
@@ -192,6 +236,7 @@ def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
         *("cluster", "--drivers", "6", "--riders", "4", "--rate", "4", "--seconds", "2"),
         *("--rounds", "1", "--kills", "1", "--recovery-seconds", "4", "--workers", "1"),
         *("--city-drivers", "0", "--out", str(tmp_path)),
+        seconds=CLUSTER_RUN_SECONDS,
     )
     result = json.loads((tmp_path / "cluster.json").read_text())
 
@@ -219,3 +264,90 @@ def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
     assert failover["double_assignments"] == 0
     assert result["city"] is None  # --city-drivers 0
     assert "failover" in (tmp_path / "cluster.md").read_text()
+
+
+def marked_processes(mark: str) -> list[str]:
+    """The processes whose environment carries `mark`: whatever a run started, however
+    deep (RabbitMQ nodes and epmd included: they inherit it), and still running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if mark.encode() in (entry / "environ").read_bytes():
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                    found.append(f"{entry.name}: {cmdline.decode(errors='replace')[:200]}")
+    return found
+
+
+def databases(settings: Settings) -> set[str]:
+    with psycopg.connect(maintenance_url(settings.database_url)) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+@pytest.mark.timeout(CLUSTER_RUN_SECONDS + CLEAN_UP_SECONDS + 60)
+def test_a_cluster_run_stopped_midway_by_ctrl_c_leaves_nothing_behind(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    """Ctrl-C once its four private nodes and both systems run (two gateways and a
+    worker each): then no process of it is left (nodes, epmd, gateways, workers), nor
+    its databases, nor its nodes' data."""
+    mark = f"taxi-leftover-check-{uuid.uuid4().hex}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench", "cluster", "--drivers", "4", "--riders", "2"],
+        cwd=project_root,
+        env={
+            **os.environ,
+            "TAXI_DATABASE_URL": settings.database_url,
+            "TAXI_AMQP_URL": settings.amqp_url,
+            "TAXI_LEFTOVER_MARK": mark,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            seen.append(line)
+            if "signing up and connecting" in line:
+                break
+        assert len(marked_processes(mark)) >= 4 + 2 + 2, "".join(seen)  # nodes, epmd, gateways
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        _, rest = process.communicate(timeout=CLEAN_UP_SECONDS)
+    finally:
+        stop_bench(process)
+    output = "".join(seen) + rest
+    assert "interrupted" in output, output[-3000:]
+    assert marked_processes(mark) == [], output[-3000:]
+    made = set(re.findall(r"database (taxi_bench_\w+),", output))
+    assert len(made) == 2, output[-3000:]
+    assert made.isdisjoint(databases(settings)), made & databases(settings)
+    data = re.findall(r"data in (\S+) and (\S+)\)", output)
+    assert data, output[-3000:]
+    for folder in data[0]:
+        assert not Path(folder).exists(), folder
+
+
+def test_a_run_out_of_time_is_stopped_and_leaves_nothing_behind(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    """A test whose bench run takes too long fails, and the run is stopped wherever it
+    was (booting nodes, starting a system, measuring): nothing of it is left."""
+    mark = f"taxi-leftover-check-{uuid.uuid4().hex}"
+    with pytest.raises(subprocess.TimeoutExpired) as ran_out:
+        bench(
+            settings,
+            project_root,
+            *("cluster", "--drivers", "4", "--riders", "2", "--out", str(tmp_path)),
+            seconds=20,
+            env={"TAXI_LEFTOVER_MARK": mark},
+        )
+    assert marked_processes(mark) == []
+    output = ran_out.value.stderr or ""
+    output = output if isinstance(output, str) else output.decode(errors="replace")
+    for made in re.findall(r"database (taxi_bench_\w+),", output):
+        assert made not in databases(settings)
+    for folders in re.findall(r"data in (\S+) and (\S+)\)", output):
+        assert not any(Path(folder).exists() for folder in folders), folders

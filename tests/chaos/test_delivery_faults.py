@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import statistics
 import time
 import uuid
 from dataclasses import replace
@@ -184,7 +183,12 @@ async def wait_until_due(db: asyncpg.Connection, trip_id: str, timeout_seconds: 
 
 
 DRIVERS = 100
-ROUNDS = 100  # each round is an offer and its withdrawal to every driver
+# The gateway gives up on a socket whose data has not drained for this long (the
+# default); until then every write to the stalled driver is stuck.
+STALL_SECONDS = 10
+# Rounds (an offer and its withdrawal to every driver) the 99 others must get while it
+# is stuck: a gateway whose fan-out waited on the stalled socket would manage none.
+ROUNDS_WHILE_STALLED = 3
 # 60 KB echoes that a stalled driver asks for: more than the kernel's socket buffers hold.
 STALL_BACKLOG_FRAMES = 150
 
@@ -192,8 +196,11 @@ STALL_BACKLOG_FRAMES = 150
 async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    # Closed as too slow after a second of a full buffer, so that the test sees it happen.
-    gateway, base_url = start_gateway(replace(isolated_settings, slow_client_seconds=1), tmp_path)
+    """While one driver's socket is stuck (it stopped reading with a backlog), the 99
+    others get every offer, round after round, before the gateway gives up on it.
+    Counted in rounds, not timed: it holds however busy the machine is."""
+    stalled_settings = replace(isolated_settings, slow_client_seconds=STALL_SECONDS)
+    gateway, base_url = start_gateway(stalled_settings, tmp_path)
     worker = start_dispatcher(isolated_settings, tmp_path / "worker.log")
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -201,15 +208,17 @@ async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
             drivers = [await create_account(http, "driver") for _ in range(DRIVERS)]
         listeners = [await OfferListener.open(base_url, d) for d in drivers[1:]]
         stalled = await open_stalled(base_url, drivers[0])
+        gave_up = f"socket closed for reading too slowly user_id={drivers[0].id}"
+        rounds_while_stalled = 0
         try:
             async with await connect(base_url, rider.access) as rider_ws:
-                # Free of the stall before and after it, so drift over the test shows up
-                # on both sides of the comparison.
-                before = await offer_latencies(rider_ws, listeners, ROUNDS)
+                await offer_latencies(rider_ws, listeners, 1)
                 await stop_reading(stalled)
-                during = await offer_latencies(rider_ws, listeners, 2 * ROUNDS)
-                stalled.transport.abort()
-                after = await offer_latencies(rider_ws, listeners, ROUNDS)
+                # Every listener gets each round's offer (offer_latencies waits for all
+                # 99); count the rounds done before the gateway closed the stuck socket.
+                while gave_up not in gateway.log():
+                    await offer_latencies(rider_ws, listeners, 1)
+                    rounds_while_stalled += gave_up not in gateway.log()
         finally:
             for listener in listeners:
                 await listener.close()
@@ -217,13 +226,10 @@ async def test_a_driver_who_stops_reading_does_not_slow_the_offers_of_99_others(
     finally:
         worker.stop()
         gateway.stop()
-    free, stalling = max(p99(before), p99(after)), p99(during)
-    print(f"\noffer p99 to 99 drivers: {free:.1f} ms; with one driver stalled: {stalling:.1f} ms")
-    assert stalling - free <= 10, (
-        f"a stalled driver moved the others' p99 by {stalling - free:.1f} ms"
+    print(f"\n{rounds_while_stalled} rounds of offers reached 99 drivers while one was stuck")
+    assert rounds_while_stalled >= ROUNDS_WHILE_STALLED, (
+        f"only {rounds_while_stalled} rounds reached the others while one driver was stuck"
     )
-    # It did stall: the gateway gave up on it for reading too slowly.
-    assert f"socket closed for reading too slowly user_id={drivers[0].id}" in gateway.log()
 
 
 async def stop_reading(ws: ClientConnection) -> None:
@@ -233,10 +239,6 @@ async def stop_reading(ws: ClientConnection) -> None:
     filler = {"type": "echo.message", "data": "x" * 60_000}
     for _ in range(STALL_BACKLOG_FRAMES):
         await send(ws, filler)
-
-
-def p99(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=100)[98]
 
 
 async def open_stalled(base_url: str, driver: Account) -> ClientConnection:
