@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 
 from dispatcher.nearby import NearbyDrivers
 from shared import broker
-from shared.locations import decode_reports
+from shared.driver_reports import decode_reports
 from shared.topology import LOCATIONS_WANTED_KEY, Topology
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,14 @@ class LocationFeed:
         drivers = self._drivers
         if gateway is not None:
             drivers.heard(gateway, self._heard_clock())
-        for report in reports:
-            if report.point is not None and report.free:
-                drivers.update(
-                    report.driver_id, report.point.lat, report.point.lng, report.at, gateway
-                )
-            elif report.free:
+        for driver_id, lat, lng, at, free in reports:
+            if lat is not None and lng is not None and free:
+                drivers.update(driver_id, lat, lng, at, gateway)
+            elif free:
                 # Gone from this gateway; they may still be reporting through another.
-                drivers.forget(report.driver_id, gateway)
+                drivers.forget(driver_id, gateway)
             else:
-                drivers.forget(report.driver_id)
+                drivers.forget(driver_id)
 
     async def sweep(self) -> None:
         """Drop drivers whose last report went stale, so the index holds who is around."""

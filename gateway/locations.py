@@ -36,7 +36,8 @@ from typing import NamedTuple, Protocol
 
 from gateway import metrics
 from gateway.connected import ConnectedUser
-from shared.locations import DriverReport, Location, driver_location_frame, encode_reports
+from shared.driver_reports import DriverReport, encode_reports
+from shared.locations import Location, driver_location_frame
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class DriverLocations:
     def gone(self, driver: ConnectedUser) -> None:
         """The driver's last socket here closed: they take no offers now."""
         if driver.location is not None:
-            self._put_report(DriverReport(driver.user.id, None, self._wall_clock()))
+            self._put_report(DriverReport.gone(driver.user.id, self._wall_clock()))
 
     def replay(self, drivers: Iterable[ConnectedUser]) -> None:
         """A worker started: send it every location held here."""
@@ -188,7 +189,7 @@ class DriverLocations:
     def _for_dispatch(self, driver: ConnectedUser) -> None:
         assert driver.location is not None
         self._put_report(
-            DriverReport(
+            DriverReport.at_point(
                 driver.user.id, driver.location.point, driver.located_at, free=not driver.busy
             )
         )

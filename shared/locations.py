@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
-
-import orjson
+from typing import Any
 
 from shared import wire
 from shared.wire import ErrorCode, FrameError
@@ -48,94 +46,6 @@ class Location:
     point: Point
     heading: float | None = None
     speed_mps: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DriverReport:
-    """What a gateway tells the workers about a driver it holds: where they were at
-    `at` (seconds since the epoch) and whether they are free for offers; or, with no
-    point, that they went offline. Internal: no client sends this shape."""
-
-    driver_id: int
-    point: Point | None
-    at: float
-    free: bool = True
-
-    def encode(self) -> bytes:
-        point = self.point
-        return orjson.dumps(
-            {
-                "driver_id": self.driver_id,
-                "lat": point.lat if point else None,
-                "lng": point.lng if point else None,
-                "at": self.at,
-                "free": self.free,
-            }
-        )
-
-    @classmethod
-    def from_fields(cls, fields: Any) -> DriverReport:
-        """One report as `decode_reports` reads it; ValueError for anything a gateway
-        could not have sent."""
-        try:
-            driver_id, lat, lng = fields["driver_id"], fields["lat"], fields["lng"]
-            at, free = fields["at"], fields["free"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a driver report: {exc!r}") from None
-        if isinstance(driver_id, bool) or not isinstance(driver_id, int):
-            raise ValueError("driver_id must be an integer")
-        if not isinstance(free, bool) or isinstance(at, bool) or not isinstance(at, int | float):
-            raise ValueError("free must be a boolean and at a number")
-        if lat is None and lng is None:
-            return cls(driver_id, None, float(at), free)
-        try:
-            point = _point({"lat": lat, "lng": lng}, "", "driver report")
-        except FrameError as exc:
-            raise ValueError(exc.message) from None
-        return cls(driver_id, point, float(at), free)
-
-
-class ReportBatch(NamedTuple):
-    """One gateway message as a worker reads it: which gateway sent it (None from a
-    gateway that does not say), its reports, and why each item that is none was refused."""
-
-    gateway: str | None
-    reports: list[DriverReport]
-    refused: list[str]
-
-
-def encode_reports(gateway_id: str, encoded: list[bytes]) -> bytes:
-    """Reports already encoded one by one, as the one message gateway `gateway_id`
-    sends for them. Thousands of drivers report every few seconds; a message per
-    batch, not per report, is what keeps the broker's and the workers' cost low. The
-    gateway's id is said once per batch (not per report): a worker tells by it whose
-    drivers to stop trusting when a gateway falls silent. An empty batch is the
-    gateway's heartbeat."""
-    return b'{"gateway":' + orjson.dumps(gateway_id) + b',"reports":[' + b",".join(encoded) + b"]}"
-
-
-def decode_reports(body: bytes) -> ReportBatch:
-    """The sender and the reports of one gateway message, and why each item that is no
-    report was refused. A bare array (a gateway that names no sender) is read too."""
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return ReportBatch(None, [], [f"not JSON: {exc}"])
-    gateway = None
-    items = message
-    if isinstance(message, dict) and "reports" in message:
-        gateway, items = message.get("gateway"), message["reports"]
-        if not isinstance(gateway, str) or not gateway:
-            return ReportBatch(None, [], ["gateway must be a non-empty string"])
-    if not isinstance(items, list):
-        items = [items]
-    reports, refused = [], []
-    for item in items:
-        try:
-            reports.append(DriverReport.from_fields(item))
-        except ValueError as exc:
-            refused.append(str(exc))
-    return ReportBatch(gateway, reports, refused)
 
 
 def driver_location_frame(trip_id: str, location: Location, at: float) -> bytes:

@@ -160,9 +160,15 @@ async def until_dispatch_knows(
             probe_centre = north_of(centre, driver.metres)
             while True:
                 trip = await request(rider_ws, probe_centre)
-                offer = await receive_until(
-                    driver.ws, lambda f, t=trip: about(t["id"])(f), wait_seconds=10
-                )
+                try:
+                    # A driver dispatch does not know yet is offered nothing (a driver
+                    # without a location gets only trips without a pick-up point).
+                    offer = await receive_until(
+                        driver.ws, lambda f, t=trip: about(t["id"])(f), wait_seconds=2
+                    )
+                except TimeoutError:
+                    await cancel(rider_ws, trip)
+                    continue
                 await cancel(rider_ws, trip)
                 await receive_until(driver.ws, about(trip["id"], "trip.cancelled"))
                 if offer["type"] == "trip.requested" and "distance_m" in offer["data"]:

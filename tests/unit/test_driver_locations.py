@@ -14,7 +14,8 @@ from gateway import locations as gateway_locations
 from gateway.connected import ConnectedUsers
 from gateway.locations import DriverLocations
 from gateway.notification_log import Logged
-from shared.locations import DriverReport, Location, Point, decode_reports, encode_reports
+from shared.driver_reports import DriverReport, decode_reports, encode_reports
+from shared.locations import Location, Point
 from shared.trips import TripUnderWay
 from shared.users import User
 
@@ -96,10 +97,10 @@ async def test_reports_that_came_in_together_leave_as_one_message_in_order() -> 
     (batch,) = broker.with_reports()
     gateway, reports, refused = decode_reports(batch)
     assert (gateway, refused) == ("gw-1", [])
-    assert [(r.driver_id, r.point, r.at, r.free) for r in reports] == [
-        (1, Point(52.0, 4.9), 5000.0, True),
-        (2, Point(52.01, 4.9), 5000.0, True),
-        (3, Point(52.02, 4.9), 5000.0, True),
+    assert reports == [
+        DriverReport(1, 52.0, 4.9, 5000.0, True),
+        DriverReport(2, 52.01, 4.9, 5000.0, True),
+        DriverReport(3, 52.02, 4.9, 5000.0, True),
     ]
 
 
@@ -155,10 +156,10 @@ def test_a_worker_reads_a_batch_into_its_index_and_skips_what_is_no_report() -> 
     batch = encode_reports(
         "gw-1",
         [
-            DriverReport(1, Point(52.0, 4.9), 990.0).encode(),
-            DriverReport(2, Point(52.001, 4.9), 990.0).encode(),
-            b'{"driver_id": "three"}',
-            DriverReport(2, None, 995.0).encode(),  # went offline
+            DriverReport(1, 52.0, 4.9, 990.0).encode(),
+            DriverReport(2, 52.001, 4.9, 990.0).encode(),
+            DriverReport(3, 95.0, 4.9, 990.0).encode(),  # no place on earth
+            DriverReport.gone(2, 995.0).encode(),  # went offline
         ],
     )
 
@@ -188,11 +189,19 @@ async def test_a_gateway_names_itself_and_speaks_every_second_with_nothing_to_re
 
 
 def test_a_batch_reads_back_with_its_gateway_and_one_without_reads_as_from_nobody() -> None:
-    report = DriverReport(1, Point(52.0, 4.9), 990.0)
+    report = DriverReport(1, 52.0, 4.9, 990.0)
 
     assert decode_reports(encode_reports("gw-1", [report.encode()])) == ("gw-1", [report], [])
-    assert decode_reports(b"[" + report.encode() + b"]") == (None, [report], [])
+    # As earlier releases sent them: JSON, naming the gateway or not.
+    legacy = b'{"driver_id": 1, "lat": 52.0, "lng": 4.9, "at": 990.0, "free": true}'
+    assert decode_reports(b'{"gateway": "gw-1", "reports": [' + legacy + b"]}") == (
+        "gw-1",
+        [report],
+        [],
+    )
+    assert decode_reports(b"[" + legacy + b"]") == (None, [report], [])
     assert decode_reports(b'{"gateway": 5, "reports": []}').refused != []
+    assert decode_reports(encode_reports("gw-1", [report.encode()])[:-1]).refused != []
 
 
 def test_a_worker_passes_over_the_drivers_of_a_gateway_it_stopped_hearing() -> None:
@@ -204,8 +213,8 @@ def test_a_worker_passes_over_the_drivers_of_a_gateway_it_stopped_hearing() -> N
         drivers, stale_seconds=30, clock=lambda: 1000.0, heard_clock=lambda: heard_at[0]
     )
     near, farther = (
-        DriverReport(1, Point(52.0, 4.9), 999.0),
-        DriverReport(2, Point(52.01, 4.9), 999.0),
+        DriverReport(1, 52.0, 4.9, 999.0),
+        DriverReport(2, 52.01, 4.9, 999.0),
     )
     feed.apply(encode_reports("A", [near.encode()]))
     feed.apply(encode_reports("B", [farther.encode()]))
@@ -228,10 +237,10 @@ def test_a_worker_passes_over_the_drivers_of_a_gateway_it_stopped_hearing() -> N
 def test_a_driver_gone_from_one_gateway_stays_while_reporting_through_another() -> None:
     drivers = NearbyDrivers()
     feed = LocationFeed(drivers, stale_seconds=30, clock=lambda: 1000.0, heard_clock=lambda: 0.0)
-    feed.apply(encode_reports("A", [DriverReport(1, Point(52.0, 4.9), 998.0).encode()]))
-    feed.apply(encode_reports("B", [DriverReport(1, Point(52.0, 4.9), 999.0).encode()]))
+    feed.apply(encode_reports("A", [DriverReport(1, 52.0, 4.9, 998.0).encode()]))
+    feed.apply(encode_reports("B", [DriverReport(1, 52.0, 4.9, 999.0).encode()]))
 
-    feed.apply(encode_reports("A", [DriverReport(1, None, 999.5).encode()]))
+    feed.apply(encode_reports("A", [DriverReport.gone(1, 999.5).encode()]))
     assert len(drivers) == 1
-    feed.apply(encode_reports("B", [DriverReport(1, None, 999.6).encode()]))
+    feed.apply(encode_reports("B", [DriverReport.gone(1, 999.6).encode()]))
     assert len(drivers) == 0
