@@ -54,11 +54,17 @@ SOCKETS_REVOKED = Counter(
 )
 
 KNOWN_FRAME_TYPES = frozenset({"echo.message", UPDATE_LOCATION, *COMMAND_TYPES})
+# Each type's counter, looked up once: `labels()` takes a lock and builds a key on
+# every call, a cost every frame of every client would pay.
+_FRAMES_IN_BY_TYPE = {
+    frame_type: FRAMES_IN.labels(frame_type) for frame_type in (*KNOWN_FRAME_TYPES, "unknown")
+}
 
 
 def frame_in(frame_type: str | None) -> None:
     """Count a client frame; types are bounded to the known ones to keep label sets small."""
-    FRAMES_IN.labels(frame_type if frame_type in KNOWN_FRAME_TYPES else "unknown").inc()
+    counter = _FRAMES_IN_BY_TYPE.get(frame_type) if frame_type else None
+    (counter or _FRAMES_IN_BY_TYPE["unknown"]).inc()
 
 
 def location_passed_on(frame: bytes) -> None:

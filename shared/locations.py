@@ -133,13 +133,16 @@ def _number(
     request: str,
     prefix: str = "",
 ) -> float:
-    field = f'"{prefix}{name}"'
+    value = data.get(name)
     low, high = bounds
+    # The usual case first: a finite float in range (NaN fails the comparison).
+    if type(value) is float and low <= value <= high and math.isfinite(value):
+        return value
+    field = f'"{prefix}{name}"'
     if name not in data:
         raise FrameError(
             ErrorCode.INVALID_DATA, f"{field} is missing; it must be {_wanted(bounds)}", request
         )
-    value = data[name]
     # A boolean is an int to Python, but `true` is no coordinate.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FrameError(

@@ -141,7 +141,8 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
             continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        # Only containers go on the stack: a frame's numbers and strings cost nothing.
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
