@@ -2,6 +2,12 @@
 
 `Database` exists from start-up but opens its pool only in `start()`, which the
 application's lifespan (or the worker's bootstrap) calls: no connection at import.
+
+TAXI_DATABASE_URL may name several servers, libpq style
+(`postgresql://user@h1:5432,h2:5433/taxi?target_session_attrs=read-write`): asyncpg
+tries them in turn and keeps the one that accepts writes. When the primary dies, the
+pool's connections to it fail (an outage, retried as any other) and every new one is
+opened the same way, so the pool fills again from the promoted standby.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from shared.settings import Settings
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
-# What an unreachable or restarting Postgres looks like to asyncpg.
+# What an unreachable or restarting Postgres looks like to asyncpg; with several servers
+# named, also none of them being the primary for a moment (during a failover).
 DATABASE_OUTAGE: tuple[type[BaseException], ...] = (
     OSError,
+    asyncpg.TargetServerAttributeNotMatched,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from yoyo import get_backend, read_migrations
 
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings, SettingsError, postgres_hosts
 from shared.user_names import skeleton
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -89,7 +89,22 @@ def with_database(database_url: str, name: str) -> str:
 
 
 def _yoyo_url(database_url: str) -> str:
+    """yoyo's URL for psycopg. yoyo reads one host and port from the URL itself, so
+    several servers (a primary and its standbys) go as libpq's `host` and `port`
+    parameters instead, which yoyo hands psycopg as they are: libpq then picks the
+    primary by `target_session_attrs`, as every other process does."""
     parts = urlsplit(database_url)
+    hosts = postgres_hosts(database_url)
+    if len(hosts) > 1:
+        user = parts.netloc.rpartition("@")[0]
+        query = [
+            *parse_qsl(parts.query),
+            ("host", ",".join(host for host, _ in hosts)),
+            ("port", ",".join(str(port) for _, port in hosts)),
+        ]
+        # urlunsplit would drop the // of an empty host part.
+        netloc = f"{user}@" if user else ""
+        return f"postgresql+psycopg://{netloc}{parts.path}?{urlencode(query)}"
     return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings, SettingsError, postgres_hosts
 
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
 COMPOSE_WAIT_SECONDS = 120
@@ -53,7 +53,11 @@ def docker_engine_answers() -> bool:
 
 def unreachable(settings: Settings) -> dict[str, list[str]]:
     """The services none of whose addresses answer (RabbitMQ may list several nodes)."""
-    services = {"PostgreSQL": [settings.database_url], "RabbitMQ": settings.amqp_urls}
+    postgres = [
+        f"postgresql://{f'[{host}]' if ':' in host else host}:{port}"
+        for host, port in postgres_hosts(settings.database_url)
+    ]
+    services = {"PostgreSQL": postgres, "RabbitMQ": settings.amqp_urls}
     return {
         name: urls for name, urls in services.items() if not any(reachable(url) for url in urls)
     }

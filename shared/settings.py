@@ -220,6 +220,37 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def postgres_hosts(url: str) -> list[tuple[str, int]]:
+    """(host, port) of every server a Postgres URL names: one, or several separated by
+    commas, libpq style (`postgresql://user@h1:5432,h2:5433/taxi`: a primary and its
+    standbys, `target_session_attrs=read-write` picking the primary); 5432 where no port
+    is given. ValueError for an empty host or a port that is not one."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts = []
+    for item in netloc.split(","):
+        if item.startswith("["):  # [::1]:5432
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        if not host:
+            raise ValueError("name every server as host or host:port, separated by commas")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{item!r}: its port must be a number from 1 to 65535")
+        hosts.append((host, int(port) if port else 5432))
+    return hosts
+
+
+def _postgres_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "must be a URL like postgresql://user@host:port/name, or with several servers "
+            "postgresql://user@h1:5432,h2:5433/name?target_session_attrs=read-write"
+        )
+    postgres_hosts(raw)
+    return raw
+
+
 def _tiles_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -280,7 +311,7 @@ def _upper(raw: str) -> str:
 _SECRET_BEARING = frozenset({"database_url", "amqp_url", "jwt_secret"})
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "database_url": _url("postgresql", "postgres"),
+    "database_url": _postgres_url,
     "amqp_url": _urls("amqp", "amqps"),
     "access_token_minutes": _positive_int,
     "refresh_token_days": _positive_int,
