@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORKERS ?= 2
 
 .PHONY: install install-run install-bench install-test run cluster cluster-stop bench test \
-	test-unit test-integration test-e2e migrate lint format clean clean-broker reset browser client promtool
+	test-unit test-integration test-e2e migrate lint format clean clean-broker reset browser client promtool patroni
 
 # What each target installs into .venv, again whenever pyproject.toml changes (-qq leaves
 # only errors on the screen): running needs the project alone, the load generator adds
@@ -71,8 +71,11 @@ run: install-run client
 # epmd of their own on CLUSTER_EPMD_PORT; two gateways on TAXI_PORT and TAXI_PORT + 1
 # and CLUSTER_WORKERS workers (Procfile.cluster), every one given all three nodes in
 # TAXI_AMQP_URL. Gateway 1's metrics are on TAXI_METRICS_PORT, worker n's on
-# TAXI_METRICS_PORT + n, gateway 2's after the workers'. Ctrl-C, or `make cluster-stop`
-# from another terminal, stops it all and removes the nodes' data.
+# TAXI_METRICS_PORT + n, gateway 2's after the workers'. Beside the nodes, a Postgres
+# that fails over (shared/local_postgres.py: Patroni on a private etcd, a primary and a
+# synchronous standby on free ports), migrated, named in every process's
+# TAXI_DATABASE_URL; Patroni and etcd are installed with apt as root. Ctrl-C, or
+# `make cluster-stop` from another terminal, stops it all and removes the nodes' data.
 CLUSTER_WORKERS ?= 3
 CLUSTER_AMQP_PORT ?= 5701
 CLUSTER_EPMD_PORT ?= 4370
@@ -81,7 +84,6 @@ CLUSTER_ARGS = --workers $(CLUSTER_WORKERS) --amqp-port $(CLUSTER_AMQP_PORT) \
 
 cluster: install-run client
 	$(BIN)/python -m shared.local_cluster check $(CLUSTER_ARGS)
-	$(BIN)/python -m shared.migrate
 	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m shared.local_cluster run $(CLUSTER_ARGS) -- \
 		honcho start --procfile Procfile.cluster \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
@@ -112,7 +114,11 @@ browser:
 promtool:
 	scripts/ensure-promtool
 
-test: install-test client browser promtool
+# The database failover test runs Debian's Patroni and etcd; this installs them (as root) or says how.
+patroni:
+	scripts/ensure-patroni
+
+test: install-test client browser promtool patroni
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install-test

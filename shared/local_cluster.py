@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from shared.foreground import run_in_foreground
-from shared.preflight import port_taken, reachable
+from shared.preflight import port_taken
 from shared.processes import free_port, free_port_run
 from shared.settings import Settings, SettingsError
 
@@ -738,18 +738,17 @@ def _settings() -> Settings:
 
 def check(args: argparse.Namespace, *, system: bool) -> None:
     """Before anything starts: RabbitMQ installed, the ports free, and with `system`
-    (the gateways and workers too) their ports free and Postgres answering."""
+    (the gateways and workers too) their ports free and Patroni and etcd installed."""
     if not (RABBITMQ_HOME / "bin" / "rabbitmq-server").exists():
         sys.exit(f"no RabbitMQ under {RABBITMQ_HOME}: apt-get install rabbitmq-server")
     ports = ClusterPorts.from_base(args.nodes, args.amqp_port, args.epmd_port)
     settings = _settings() if system else None
     if problem := taken_port(ports, settings, args.workers):
         sys.exit(problem)
-    if settings is not None and not reachable(settings.database_url):
-        sys.exit(
-            "PostgreSQL not reachable at TAXI_DATABASE_URL: start it, or point "
-            "TAXI_DATABASE_URL at a running one (DEVELOPERS.md, Services)"
-        )
+    if settings is not None:
+        from shared import local_postgres  # it imports this module
+
+        local_postgres.check()
 
 
 def start(args: argparse.Namespace, supervisor_pid: int | None = None) -> LocalCluster:
@@ -839,9 +838,17 @@ def run(args: argparse.Namespace) -> int:
     }
     # Ctrl-C and `make cluster-stop` (SIGTERM to this process) reach the command, which
     # stops its processes; a stop so asked for is status 0 (shared.foreground).
+    from shared import local_postgres  # it imports this module
+
+    postgres = None
     try:
+        postgres = local_postgres.start_for_cluster(cluster.base, settings.database_name)
+        env["TAXI_DATABASE_URL"] = postgres.url(settings.database_name)
         status = run_in_foreground(command, env=env)
     finally:
+        if postgres is not None:
+            print("stopping the Postgres cluster", flush=True)
+            postgres.remove()
         print("stopping the RabbitMQ cluster", flush=True)
         cluster.remove()
         print(f"cluster stopped; {cluster.base} removed", flush=True)
@@ -880,6 +887,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         start(args)
     elif args.action == "stop":
         stop(args)
+        from shared import local_postgres  # it imports this module
+
+        local_postgres.stop_for_cluster(Path(args.dir) if args.dir else default_dir(args.amqp_port))
     elif args.action in ("kill", "restart"):
         kill_or_restart(args)
     else:
