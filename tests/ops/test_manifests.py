@@ -1,8 +1,8 @@
 """The deployment artefacts, checked against their schemas and against the code.
 
 - `deploy/k8s/*.yaml`: Kubernetes' own kinds with kubernetes-validate in strict mode
-  (unknown fields fail), KEDA's kinds with jsonschema against KEDA's CRD schemas
-  vendored in `tests/schemas/` (made strict the same way).
+  (unknown fields fail), KEDA's and CloudNativePG's kinds with jsonschema against
+  their CRD schemas vendored in `tests/schemas/` (made strict the same way).
 - `docker-compose.yml`: jsonschema against the compose-spec schema in `tests/schemas/`.
 - `deploy/Dockerfile`: read as text (no Docker engine needed).
 
@@ -42,7 +42,7 @@ from dispatcher.worker import SHUTDOWN_GRACE_SECONDS
 from gateway.app import create_app
 from shared.broker import COMMAND_DELIVERY_LIMIT, DEAD_LETTER_BACKLOG, gateway_queue_arguments
 from shared.metrics import metrics_app
-from shared.settings import Settings, SettingsError, env_name
+from shared.settings import Settings, SettingsError, env_name, postgres_hosts
 from shared.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,7 @@ CONFIG_MAP = "taxi-config"
 APP_SECRET = "taxi-secrets"
 GATEWAY = "taxi-gateway"
 DISPATCHER = "taxi-dispatcher"
+POSTGRES = "taxi-postgres"
 # Settings whose values are secrets: they belong in the Secret, never in the ConfigMap.
 SECRET_SETTINGS = frozenset({"TAXI_DATABASE_URL", "TAXI_AMQP_URL", "TAXI_JWT_SECRET"})
 EXPECTED_FILES = frozenset(
@@ -71,11 +72,14 @@ EXPECTED_FILES = frozenset(
         "gateway.yaml",
         "dispatcher.yaml",
         "rabbitmq.yaml",
+        "postgres.yaml",
     }
 )
-KEDA_SCHEMA_FILES = {
+# Kinds of operators (KEDA, CloudNativePG): their CRDs' schemas, vendored.
+CRD_SCHEMA_FILES = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobject_v1alpha1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentication_v1alpha1.json",
+    ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_cluster_v1.json",
 }
 # A JWT secret good enough for production, standing in for the operator's own.
 REAL_JWT_SECRET = "x" * 48
@@ -215,8 +219,8 @@ def strict(schema: Any) -> Any:
     return result
 
 
-def keda_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
-    schema = strict(json.loads((SCHEMAS_DIR / KEDA_SCHEMA_FILES[(api_version, kind)]).read_text()))
+def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    schema = strict(json.loads((SCHEMAS_DIR / CRD_SCHEMA_FILES[(api_version, kind)]).read_text()))
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -231,10 +235,10 @@ def compose_validator() -> jsonschema.protocols.Validator:
 def schema_errors(doc: Manifest) -> list[str]:
     """Every schema violation of one manifest, for every Kubernetes version targeted."""
     key = (doc.get("apiVersion"), doc.get("kind"))
-    if key in KEDA_SCHEMA_FILES:
+    if key in CRD_SCHEMA_FILES:
         errors = [
             f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in keda_validator(*key).iter_errors(doc)
+            for error in crd_validator(*key).iter_errors(doc)
         ]
         # The CRD schema leaves metadata open; hold it to Kubernetes' ObjectMeta.
         as_config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}
@@ -282,6 +286,9 @@ def test_the_validators_refuse_what_they_should() -> None:
     auth = json.loads(json.dumps(find("TriggerAuthentication", "taxi-rabbitmq")))
     del auth["spec"]["secretTargetRef"][0]["key"]
     assert schema_errors(auth), "a secretTargetRef without its key passed"
+    postgres = json.loads(json.dumps(find("Cluster", POSTGRES)))
+    postgres["spec"]["postgresql"]["synchronous"]["dataDurabilty"] = "required"
+    assert schema_errors(postgres), "a misspelt CloudNativePG Cluster field passed"
 
 
 def test_everything_lives_in_the_namespace() -> None:
@@ -829,6 +836,26 @@ def test_the_processes_reach_the_cluster_through_its_service() -> None:
         assert parts.username == cluster["RABBITMQ_DEFAULT_USER"], url
 
 
+def test_postgres_is_a_primary_and_a_synchronous_standby_on_two_machines() -> None:
+    spec = find("Cluster", POSTGRES)["spec"]
+    assert spec["instances"] == 2
+    synchronous = spec["postgresql"]["synchronous"]
+    assert synchronous["number"] == spec["instances"] - 1 and synchronous["method"] == "any"
+    assert spec["affinity"]["podAntiAffinityType"] == "required"
+    assert spec["affinity"]["topologyKey"] == "kubernetes.io/hostname"
+    assert spec["bootstrap"]["initdb"]["database"] == production_settings().database_name
+    connections = int(spec["postgresql"]["parameters"]["max_connections"])
+    assert connections > 217, "fewer connections than the workers and gateways open"
+
+
+def test_the_processes_reach_the_postgres_primary_through_its_read_write_service() -> None:
+    """CloudNativePG's `<cluster>-rw` Service follows the primary through a failover."""
+    url = urlsplit(production_settings().database_url)
+    assert (url.hostname, url.port) == (f"{POSTGRES}-rw.{NAMESPACE}.svc.cluster.local", 5432)
+    owner = find("Cluster", POSTGRES)["spec"]["bootstrap"]["initdb"]["owner"]
+    assert url.username == owner
+
+
 # --- docker compose --------------------------------------------------------------------
 
 
@@ -919,6 +946,19 @@ def test_compose_runs_a_three_node_rabbitmq_cluster_the_processes_list() -> None
     for name in taxi_services():
         if name != "migrate":
             assert set(services[name]["depends_on"]) >= set(nodes), name
+
+
+def test_compose_runs_a_primary_and_a_synchronous_standby_the_processes_list() -> None:
+    services = compose()["services"]
+    primary = " ".join(services["postgres"]["command"])
+    assert "synchronous_standby_names=ANY 1 (standby)" in primary
+    standby = services["postgres-standby"]
+    assert "pg_basebackup --host=postgres" in standby["command"][0]
+    assert "cluster_name=standby" in standby["command"][0]
+    assert standby["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    url = compose_env("migrate")["TAXI_DATABASE_URL"]
+    assert postgres_hosts(url) == [("postgres", 5432), ("postgres-standby", 5432)]
+    assert "target_session_attrs=read-write" in urlsplit(url).query
 
 
 def test_compose_start_order_uses_health_and_completion() -> None:
