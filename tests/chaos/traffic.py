@@ -191,15 +191,34 @@ class Traffic:
             TRIP_DEADLINE_SECONDS * 3 + trips_per_pair * pause_seconds,
         )
 
+    async def run_until(self, stop: asyncio.Event, pause_seconds: float = 0.0) -> None:
+        """Every pair goes through trip after trip, resting `pause_seconds` between two,
+        until `stop` is set; each finishes the trip it is on. A burst sized by what must
+        happen during it (every node killed, say), not by the clock: on a busy machine
+        it lasts longer instead of ending too soon."""
+        await asyncio.gather(*(self._drive(pair, None, pause_seconds, stop) for pair in self.pairs))
+
     async def wait_until_completed(self, count: int) -> None:
         while self.completed < count:
             self.progress.clear()
             await self.progress.wait()
 
-    async def _drive(self, pair: Pair, trips: int, pause_seconds: float = 0.0) -> None:
-        for number in range(trips):
+    async def _drive(
+        self,
+        pair: Pair,
+        trips: int | None,
+        pause_seconds: float = 0.0,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        for number in itertools.count() if trips is None else range(trips):
             if number and pause_seconds:
-                await asyncio.sleep(pause_seconds)
+                if stop is None:
+                    await asyncio.sleep(pause_seconds)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause_seconds)
+            if stop is not None and stop.is_set():
+                return
             label = f"pair {pair.index} trip {number}"
             trip_id = await self._request(pair, label, f"pair-{pair.index}-trip-{number}")
             pair.trips[label] = trip_id
