@@ -147,6 +147,13 @@ def parse_args() -> argparse.Namespace:
         help="cluster: times the node gateway 1 is on is killed mid-traffic (default 3; 0: none)",
     )
     on_cluster.add_argument(
+        "--database-kills",
+        type=int,
+        default=1,
+        help="cluster: times the Postgres primary (Patroni, a synchronous standby beside it) "
+        "is killed mid-traffic, after the nodes' kills (default 1; 0: none)",
+    )
+    on_cluster.add_argument(
         "--recovery-seconds",
         type=float,
         default=30,

@@ -17,7 +17,11 @@ node, so the gateways start on nodes 1 and 2 and the workers on the others).
    and their ratios, cluster / one node.
 2. Failover, on the cluster: steady traffic goes on while the node that gateway 1
    is connected to is killed with SIGKILL, `--kills` times; `--recovery-seconds`
-   after each kill the node is booted again and rejoins. For each kill: the gap
+   after each kill the node is booted again and rejoins. Then the database primary
+   is killed the same way, `--database-kills` times: the cluster side's Postgres is
+   `shared.local_postgres` (Patroni on a private etcd, a primary and a synchronous
+   standby, both named in TAXI_DATABASE_URL), which promotes the standby; the old
+   primary rejoins as its standby before the next kill. For each kill: the gap
    (from the kill to the first offer, and to the first assignment, of a trip
    requested after it by a user of a gateway that was on the killed node), the
    offer and assign p99 of the recovery window against the same length before the
@@ -46,6 +50,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 from unittest import mock
 
@@ -60,8 +65,9 @@ from bench.compare import alternate_rounds, merge_usage
 from bench.load import DRAIN_SECONDS, Load, Trip, User
 from bench.stats import percentiles
 from bench.system import LocalSystem
-from shared.local_cluster import LocalCluster
-from shared.migrate import migrate
+from shared.local_cluster import LocalCluster, wait_until
+from shared.local_postgres import DCS, PostgresCluster
+from shared.migrate import migrate, with_database
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 
 SIDES = ("one node", "cluster")
@@ -252,11 +258,21 @@ class BrokerSystem(LocalSystem):
     """`LocalSystem` on the given RabbitMQ nodes, with several gateways: process n
     lists the nodes from node n on (round the end)."""
 
-    def __init__(self, urls: list[str], gateways: int, workers: int, label: str) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        gateways: int,
+        workers: int,
+        label: str,
+        database_server: str | None = None,
+    ) -> None:
         super().__init__(workers, label=label)
         self.node_urls = urls
         self.gateways = gateways
         self.settings = replace(self.settings, amqp_url=",".join(urls))
+        if database_server is not None:  # its own database there, same name
+            url = with_database(database_server, self.settings.database_name)
+            self.settings = replace(self.settings, database_url=url)
         self.base_urls: list[str] = []
 
     def _listing_from(self, n: int) -> Any:
@@ -313,6 +329,7 @@ async def cluster(
     rounds = max(1, args.rounds)
     per_round = args.seconds / rounds
     alone, three = LocalCluster(1), LocalCluster(NODES)
+    postgres = PostgresCluster()
     async with contextlib.AsyncExitStack() as stack:
         print(
             "starting one RabbitMQ node alone and a cluster of three"
@@ -320,17 +337,26 @@ async def cluster(
             file=sys.stderr,
             flush=True,
         )
+        print(
+            f"and a Postgres primary with a synchronous standby (Patroni, in {postgres.base})",
+            file=sys.stderr,
+            flush=True,
+        )
+        stack.callback(postgres.remove)
         stack.callback(three.remove)
         stack.callback(alone.remove)
         booted = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
             await asyncio.gather(
-                *(asyncio.wrap_future(pool.submit(node.start)) for node in (alone, three))
+                *(
+                    asyncio.wrap_future(pool.submit(server.start))
+                    for server in (alone, three, postgres)
+                )
             )
         boot_seconds = round(time.monotonic() - booted, 1)
         print(f"  nodes up and clustered in {boot_seconds}s", file=sys.stderr)
         brokers = {"one node": alone, "cluster": three}
-        steady = await _steady_and_failover(args, brokers, rounds, per_round, summarise)
+        steady = await _steady_and_failover(args, brokers, postgres, rounds, per_round, summarise)
         cities = await _cities(args, brokers) if args.city_drivers else None
     return {**steady, "city": cities, "nodes_boot_seconds": boot_seconds}
 
@@ -338,6 +364,7 @@ async def cluster(
 async def _steady_and_failover(
     args: argparse.Namespace,
     brokers: dict[str, LocalCluster],
+    postgres: PostgresCluster,
     rounds: int,
     per_round: float,
     summarise: Callable[[argparse.Namespace, Load, float, dict[str, Any]], dict[str, Any]],
@@ -347,7 +374,13 @@ async def _steady_and_failover(
         systems: dict[str, BrokerSystem] = {}
         loads: dict[str, ClusterLoad] = {}
         for side in SIDES:
-            system = BrokerSystem(brokers[side].urls, args.gateways, args.workers, side)
+            system = BrokerSystem(
+                brokers[side].urls,
+                args.gateways,
+                args.workers,
+                side,
+                postgres.url("postgres") if side == "cluster" else None,
+            )
             await stack.enter_async_context(system)
             systems[side] = system
         for side in SIDES:
@@ -392,7 +425,7 @@ async def _steady_and_failover(
             result["server_cpu_ms_per_trip"] = cpu_per_trip(result)
             result["resends"] = loads[side].resends
             results[side] = result
-        failover = await run_failover(args, three, systems["cluster"], loads["cluster"])
+        failover = await run_failover(args, three, systems["cluster"], loads["cluster"], postgres)
     return {
         "scenario": "cluster",
         "parameters": {
@@ -406,6 +439,7 @@ async def _steady_and_failover(
             "gateways": args.gateways,
             "workers": args.workers,
             "kills": args.kills,
+            "database_kills": args.database_kills,
             "recovery_seconds": args.recovery_seconds,
         },
         "order": order,
@@ -551,12 +585,17 @@ def _process_ms_per_trip(result: dict[str, Any], prefix: str) -> float | None:
 
 
 async def run_failover(
-    args: argparse.Namespace, nodes: LocalCluster, system: BrokerSystem, load: ClusterLoad
+    args: argparse.Namespace,
+    nodes: LocalCluster,
+    system: BrokerSystem,
+    load: ClusterLoad,
+    postgres: PostgresCluster,
 ) -> dict[str, Any]:
     """Steady traffic on the cluster while the node gateway 1 is on is killed, and
-    booted again `recovery_seconds` later, `kills` times."""
-    if args.kills < 1:
-        return {"kills": []}
+    booted again `recovery_seconds` later, `kills` times; then the database primary,
+    `database_kills` times, each time once the old one is back as the standby."""
+    if args.kills < 1 and args.database_kills < 1:
+        return {"kills": [], "database_kills": []}
     ports = [node.port for node in nodes.nodes]
     first_trip = len(load.trips)
     stop = asyncio.Event()
@@ -564,6 +603,7 @@ async def run_failover(
     picker_stop = asyncio.Event()
     picker = asyncio.create_task(load.take_unoffered(picker_stop))
     kills: list[dict[str, Any]] = []
+    database_kills: list[dict[str, Any]] = []
     window = args.recovery_seconds
     try:
         await asyncio.sleep(window)  # the window before the first kill
@@ -601,6 +641,17 @@ async def run_failover(
             # The window before the next kill; after the last, a few seconds on the nodes
             # all back.
             await asyncio.sleep(window if number + 1 < args.kills else min(window, 5))
+        if args.kills and args.database_kills:
+            await asyncio.sleep(window)  # a whole window before the database's kill
+        for number in range(args.database_kills):
+            database_kills.append(await kill_database_primary(postgres, system, window))
+            print(
+                f"  old primary back as the synchronous standby after "
+                f"{database_kills[-1]['standby_again_after_seconds']}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(window if number + 1 < args.database_kills else min(window, 5))
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -609,12 +660,13 @@ async def run_failover(
         with contextlib.suppress(Exception):
             await picker
     trips = list(load.trips.values())[first_trip:]
-    for kill in kills:
+    for kill in kills + database_kills:
         kill.update(measure_kill(load, kill, window))
         del kill["killed_at"]
     checked = await check_trips(system, load, trips)
     return {
         "kills": kills,
+        "database_kills": database_kills,
         "trips": checked,
         "double_assignments": sum(1 for trip in trips if len(trip.winners) > 1),
         "offers_missing": _missing_offers(load, trips),
@@ -627,6 +679,32 @@ async def run_failover(
             "offer_max": _max(k["gap_seconds"]["offer_on_affected_gateway"] for k in kills),
             "assign_max": _max(k["gap_seconds"]["assign_on_affected_gateway"] for k in kills),
         },
+    }
+
+
+async def kill_database_primary(
+    postgres: PostgresCluster, system: BrokerSystem, window: float
+) -> dict[str, Any]:
+    """kill -9 the Postgres primary (postmaster and backends); measure for `window`
+    seconds; then wait until the old primary follows the promoted standby."""
+    print("database failover: kill -9 the Postgres primary", file=sys.stderr, flush=True)
+    killed_at = time.perf_counter()
+    started = time.monotonic()
+    old = await asyncio.to_thread(postgres.kill_primary)
+    await asyncio.sleep(window)
+    new = postgres.primary()
+    if new is None or new == old:
+        raise RuntimeError(f"Patroni promoted no standby within {window}s: {postgres.members()}")
+    await asyncio.to_thread(
+        wait_until, partial(postgres.standby_of, new), "the old primary back as a standby"
+    )
+    return {
+        "node": f"postgres {old + 1}",
+        "processes_on_it": ["every gateway and worker"],
+        "killed_at": killed_at,
+        "affected_gateways": list(range(system.gateways)),
+        "promoted": f"postgres {new + 1}",
+        "standby_again_after_seconds": round(time.monotonic() - started, 1),
     }
 
 
@@ -796,7 +874,7 @@ def cluster_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {a} | {b} |")
     lines += _city_markdown(result.get("city"))
     failover = result["failover"]
-    if failover["kills"]:
+    if failover["kills"] or failover.get("database_kills"):
         lines += [
             "",
             f"### failover: kill -9 of the node gateway 1 is on, {len(failover['kills'])} "
@@ -828,6 +906,7 @@ def cluster_markdown(result: dict[str, Any]) -> str:
                 f"| {after['trips_requested']} / {after['trips_completed']} "
                 f"| {kill.get('node_back_after_seconds', '-')} |"
             )
+        lines += _database_kills_markdown(failover.get("database_kills", []), params)
         trips = failover["trips"]
         lines += [
             "",
@@ -848,6 +927,40 @@ def cluster_markdown(result: dict[str, Any]) -> str:
             f"| socket closes | {failover['socket_closes']} |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _database_kills_markdown(kills: list[dict[str, Any]], params: dict[str, Any]) -> list[str]:
+    if not kills:
+        return []
+    lines = [
+        "",
+        f"### database failover: kill -9 of the Postgres primary, {len(kills)} time(s), "
+        "steady traffic going on",
+        "",
+        "Patroni (shared/local_postgres.py: "
+        + ", ".join(f"{k} {v}" for k, v in DCS.items() if not isinstance(v, dict))
+        + ") promotes the synchronous standby; every process lists both servers in "
+        "TAXI_DATABASE_URL with target_session_attrs=read-write. Gap: seconds from the kill "
+        "to the first offer (first assignment) of a trip requested after it. Windows: "
+        f"{params['recovery_seconds']:g} s before the kill and after it.",
+        "",
+        "| kill | killed | promoted | gap offer | gap assign "
+        "| offer p99 before / recovery (ms) | assign p99 before / recovery (ms) "
+        "| trips requested / completed in recovery | old primary a standby again after (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, kill in enumerate(kills, 1):
+        gaps, windows = kill["gap_seconds"], kill["windows"]
+        before, after = windows["before"], windows["recovery"]
+        lines.append(
+            f"| {n} | {kill['node']} | {kill['promoted']} "
+            f"| {gaps['offer_anywhere']} | {gaps['assign_anywhere']} "
+            f"| {before['offer_ms']['p99']} / {after['offer_ms']['p99']} "
+            f"| {before['assign_ms']['p99']} / {after['assign_ms']['p99']} "
+            f"| {after['trips_requested']} / {after['trips_completed']} "
+            f"| {kill['standby_again_after_seconds']} |"
+        )
+    return lines
 
 
 def _city_markdown(city: dict[str, Any] | None) -> list[str]:

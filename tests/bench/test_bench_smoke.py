@@ -221,8 +221,9 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
     assert "location -> rider ms" in markdown
 
 
-# Four RabbitMQ nodes boot, two systems start, a node is killed and booted again: two
-# minutes on a quiet 2-core machine, several on a busy one.
+# Four RabbitMQ nodes and a Patroni-managed Postgres pair boot, two systems start, a node
+# is killed and booted again, then the database primary: two to three minutes on a quiet
+# 2-core machine, several on a busy one.
 CLUSTER_RUN_SECONDS = 480
 
 
@@ -257,6 +258,12 @@ def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
     assert kill["gap_seconds"]["offer_on_affected_gateway"] is not None
     assert kill["gap_seconds"]["assign_on_affected_gateway"] is not None
     assert kill["windows"]["recovery"]["offer_ms"]["count"] > 0
+    # The database primary killed (--database-kills 1 by default): the standby promoted,
+    # trips flowed again, and the old primary came back as the standby.
+    [database_kill] = failover["database_kills"]
+    assert database_kill["promoted"] != database_kill["node"]
+    assert database_kill["gap_seconds"]["assign_anywhere"] is not None
+    assert database_kill["standby_again_after_seconds"] > 0
     assert failover["trips"]["requested"] > 0
     assert failover["trips"]["lost"] == 0
     assert failover["trips"]["requests_stored_twice"] == 0
@@ -264,6 +271,7 @@ def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
     assert failover["double_assignments"] == 0
     assert result["city"] is None  # --city-drivers 0
     assert "failover" in (tmp_path / "cluster.md").read_text()
+    assert "database failover" in (tmp_path / "cluster.md").read_text()
 
 
 def marked_processes(mark: str) -> list[str]:
