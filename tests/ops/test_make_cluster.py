@@ -1,11 +1,12 @@
-"""`make cluster` as an operator uses it: three private RabbitMQ nodes clustered, two
-gateways and three workers on them, a trip across the gateways, and Ctrl-C or
-`make cluster-stop` stopping it all and removing the nodes' data; a taken port named
-in one line before anything starts.
+"""`make cluster` as an operator uses it: three private RabbitMQ nodes clustered and a
+Postgres primary with a synchronous standby under Patroni, two gateways and three
+workers on them, a trip across the gateways, and Ctrl-C or `make cluster-stop`
+stopping it all and removing the nodes' and the Postgres servers' data; a taken port
+named in one line before anything starts.
 
-The nodes are private (their own names, ports, epmd and data directory), and the
-database is one of the session's private Postgres: the machine's shared services are
-not touched.
+The nodes and the Postgres servers are private (their own names, ports and data
+directories; Patroni's etcd is private too): the machine's shared services are not
+touched. The database's name is the test's own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from shared.local_cluster import (
     default_dir,
     process_alive,
 )
+from shared.local_postgres import cluster_dir
 from shared.migrate import drop_database
 from shared.preflight import port_taken
 from shared.processes import free_port, free_port_run
@@ -241,6 +243,8 @@ def assert_all_gone(run: MakeCluster, cluster: LocalCluster, pids: list[int]) ->
         assert not process_alive(pid, f"RABBITMQ_PID_FILE={node.pid_file}"), node.node
     assert not cluster.epmd.running
     assert not run.data_dir.exists(), "the nodes' data was left behind"
+    assert not cluster_dir(run.data_dir).exists(), "the Postgres servers' data was left behind"
+    assert "stopping the Postgres cluster" in output
     assert "cluster stopped" in output
 
 
@@ -251,6 +255,12 @@ async def test_make_cluster_runs_two_gateways_and_three_workers_and_ctrl_c_remov
         cluster, pids = running_cluster(run)
         output = run.output()
         assert f"TAXI_AMQP_URL={cluster.amqp_url}" in output
+        database_url = re.search(r"TAXI_DATABASE_URL=(\S+)", output)
+        assert database_url is not None, output[-3000:]
+        assert database_url.group(1).endswith(
+            f"/{run.settings.database_name}?target_session_attrs=read-write"
+        )
+        assert database_url.group(1).count(",") == 1  # the primary and the standby
         # A trip requested on one gateway is offered and accepted on the other.
         await one_trip_across(*run.gateways)
         await one_trip_across(*reversed(run.gateways))
