@@ -2,9 +2,10 @@
 
 In the transaction that causes them, each user's notifications take the next
 numbers of that user's sequence (`users.last_seq`) and are stored whole, `seq`
-included. A gateway forwards them in that order to every socket of the user, and
-a client that was away reads them back from here (`?since=N`). Offers are for no
-one in particular and pass through untouched.
+included (with the outbox rows, in one statement: `outbox.store`). A gateway
+forwards them in that order to every socket of the user, and a client that was
+away reads them back from here (`?since=N`). Offers are for no one in particular
+and pass through untouched.
 """
 
 from __future__ import annotations
@@ -23,40 +24,38 @@ from shared.topology import SEQ_HEADER
 async def number(
     conn: Connection, notifications: Sequence[Notification], now: datetime
 ) -> list[Notification]:
-    """Give each user's notifications their sequence numbers and store them; return all
-    notifications, those for a user now carrying `seq`, in the order given."""
+    """Give each user's notifications the next numbers of that user's sequence, in one
+    statement for all of them; return all notifications, those for a user now carrying
+    `seq`, in the order given. They are stored, in the log and the outbox, by
+    `outbox.store`, in the same transaction."""
     per_user: dict[int, list[int]] = defaultdict(list)
     for index, notification in enumerate(notifications):
         if notification.user_id is not None:
             per_user[notification.user_id].append(index)
     numbered = list(notifications)
-    # Counters are locked in user id order, so that two transactions that both tell
-    # a rider and a driver cannot deadlock.
-    for user_id in sorted(per_user):
-        indexes = per_user[user_id]
-        last = await conn.fetchval(
-            "UPDATE users SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
-            user_id,
-            len(indexes),
+    if not per_user:
+        return numbered
+    user_ids = sorted(per_user)
+    # The counters are locked in user id order, so that two transactions that both
+    # tell a rider and a driver cannot deadlock.
+    rows = await conn.fetch(
+        """
+        WITH locked AS (
+            SELECT id FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
         )
-        first = int(last) - len(indexes) + 1
+        UPDATE users u SET last_seq = u.last_seq + c.count
+        FROM unnest($1::bigint[], $2::bigint[]) AS c(id, count)
+        WHERE u.id = c.id AND u.id IN (SELECT id FROM locked)
+        RETURNING u.id, u.last_seq
+        """,
+        user_ids,
+        [len(per_user[user_id]) for user_id in user_ids],
+    )
+    for row in rows:
+        indexes = per_user[row["id"]]
+        first = int(row["last_seq"]) - len(indexes) + 1
         for seq, index in enumerate(indexes, start=first):
             numbered[index] = _stamped(notifications[index], seq)
-    stored = [n for n in numbered if n.seq is not None]
-    if stored:
-        await conn.execute(
-            """
-            INSERT INTO notifications (user_id, seq, created, frame_type, body)
-            SELECT user_id, seq, $5, frame_type, body
-            FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])
-                AS n(user_id, seq, frame_type, body)
-            """,
-            [n.user_id for n in stored],
-            [n.seq for n in stored],
-            [n.frame_type for n in stored],
-            [n.body for n in stored],
-            now,
-        )
     return numbered
 
 

@@ -1,9 +1,11 @@
 """The outbox: notifications stored with the change that caused them, then published.
 
 The worker publishes a command's notifications right after its transaction
-commits and deletes them once the broker confirmed them. Whatever a crash or a
-broker outage left behind, the relay publishes later: a notification is sent at
-least once, and its event id lets clients drop a duplicate.
+commits and, once the broker confirmed them, deletes their rows with those of
+every other command published meanwhile, every DELETE_EVERY_SECONDS (`Published`):
+one statement and one commit for them all, not one per command. Whatever a crash
+or a broker outage left behind, the relay publishes later: a notification is sent
+at least once, and its event id (and a user's `seq`) lets a duplicate be dropped.
 """
 
 from __future__ import annotations
@@ -27,18 +29,30 @@ log = logging.getLogger(__name__)
 # leaves rows alone for this long so that it does not race the worker.
 RELAY_GRACE_SECONDS = 5
 RELAY_BATCH = 500
+# Published rows are deleted together this often, well within RELAY_GRACE_SECONDS,
+# so the relay does not publish again what the worker published.
+DELETE_EVERY_SECONDS = 0.1
 
 
 async def store(
     conn: Connection, notifications: Sequence[Notification], now: datetime, *, exchange: str
 ) -> list[int]:
-    """Write the notifications in the caller's transaction; return their outbox ids."""
+    """Write the notifications in the caller's transaction, those numbered for a user
+    (`notification_log.number`) into the notification log too, in one statement;
+    return their outbox ids."""
     rows = await conn.fetch(
         """
+        WITH given AS (
+            SELECT * FROM unnest(
+                $1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[],
+                $6::bigint[], $7::bigint[]
+            ) WITH ORDINALITY AS n(key, body, frame_type, headers, expires, user_id, seq, ord)
+        ), logged AS (
+            INSERT INTO notifications (user_id, seq, created, frame_type, body)
+            SELECT user_id, seq, $9, frame_type, body FROM given WHERE seq IS NOT NULL
+        )
         INSERT INTO outbox (exchange, routing_key, body, frame_type, headers, expires)
-        SELECT $6, key, body, frame_type, headers::jsonb, expires
-        FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[])
-            AS n(key, body, frame_type, headers, expires)
+        SELECT $8, key, body, frame_type, headers::jsonb, expires FROM given ORDER BY ord
         RETURNING id
         """,
         [n.routing_key for n in notifications],
@@ -46,13 +60,42 @@ async def store(
         [n.frame_type for n in notifications],
         [orjson.dumps(n.headers).decode() for n in notifications],
         [_expiry(n, now) for n in notifications],
+        [n.user_id if n.seq is not None else None for n in notifications],
+        [n.seq for n in notifications],
         exchange,
+        now,
     )
     return [row["id"] for row in rows]
 
 
 async def delete(database: Database, outbox_ids: Sequence[int]) -> None:
     await database.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", outbox_ids)
+
+
+class Published:
+    """The rows this worker published and has yet to delete: deleted together, in one
+    statement every DELETE_EVERY_SECONDS. A worker that dies first leaves them to the
+    relay, which publishes them again (at least once, never lost)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._ids: list[int] = []
+
+    def add(self, outbox_ids: Sequence[int]) -> None:
+        self._ids.extend(outbox_ids)
+
+    async def run(self) -> None:
+        await periodic.every(DELETE_EVERY_SECONDS, self.flush, "outbox clean-up")
+
+    async def flush(self) -> None:
+        ids, self._ids = self._ids, []
+        if not ids:
+            return
+        try:
+            await delete(self._database, ids)
+        except BaseException:
+            self._ids[:0] = ids  # tried again next round
+            raise
 
 
 class OutboxRelay:

@@ -52,7 +52,7 @@ from dispatcher.notifications import (
     reply,
     withdrawn,
 )
-from dispatcher.outbox import OutboxRelay
+from dispatcher.outbox import OutboxRelay, Published
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
 from shared import broker
@@ -120,6 +120,7 @@ class Worker:
         self._consuming = False
         self._topology = Topology(settings.broker_prefix)
         self._database = Database(settings)
+        self._published = Published(self._database)
         self._database_watch = DatabaseWatch(self._database)
         self._watch_channel: AbstractChannel | None = None
         self._slots = asyncio.Semaphore(concurrency)
@@ -183,6 +184,8 @@ class Worker:
             await self._drain(queue, consumer_tag)
             for task in background:
                 task.cancel()
+            with contextlib.suppress(*DATABASE_OUTAGE):
+                await self._published.flush()
         finally:
             if serving is not None:
                 health.should_exit = True
@@ -201,6 +204,7 @@ class Worker:
         them, each keeps its own index of drivers fresh."""
         jobs = [
             asyncio.create_task(OutboxRelay(self._database, publisher).run()),
+            asyncio.create_task(self._published.run()),
             # After a second, so the index holds what the gateways sent on request.
             asyncio.create_task(
                 periodic.every(1, self._widen_rings, "widening rings", first_after=1)
@@ -550,7 +554,7 @@ class Worker:
         assert self._publisher is not None
         try:
             await self._publisher.publish(outcome.notifications)
-            await outbox.delete(self._database, outcome.outbox_ids)
+            self._published.add(outcome.outbox_ids)
         except Exception as exc:
             # Committed and stored: the relay publishes these rows once it can.
             log.warning(

@@ -265,3 +265,34 @@ async def test_notifications_stored_in_a_rolled_back_transaction_are_gone(
 
     assert ids
     assert await remaining(database, ids) == set()
+
+
+async def test_published_rows_of_many_commands_go_in_one_delete_and_a_failed_one_is_retried(
+    relay: OutboxRelay, database: Database, routing_key: str
+) -> None:
+    first = await store_committed(
+        database,
+        [Notification(routing_key, frame_body())],
+        exchange=relay.exchange,
+        stored_ago=timedelta(0),
+        left_behind=False,
+    )
+    second = await store_committed(
+        database,
+        [Notification(routing_key, frame_body())],
+        exchange=relay.exchange,
+        stored_ago=timedelta(0),
+        left_behind=False,
+    )
+    published = outbox.Published(database)
+    published.add(first)
+    published.add(second)
+    await database.close()
+    with pytest.raises(RuntimeError):  # the database is not started: nothing deleted
+        await published.flush()
+    await database.start()
+    assert await remaining(database, first + second) == set(first + second)
+
+    await published.flush()
+
+    assert await remaining(database, first + second) == set()
