@@ -286,10 +286,12 @@ def _list_items(text: str) -> list[str]:
 
 
 def _markdown(text: str) -> str:
-    """The little Markdown the descriptions use: `code`, **bold** and links to this site."""
+    """The little Markdown the descriptions use: `code`, **bold**, *emphasis* and links
+    to this site."""
     escaped = _text(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
     escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    escaped = re.sub(r"(?<![\w*])\*(?![\s*])([^*<>]+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", escaped)
     return re.sub(r"\[([^\]]+)\]\((/[^)\s]*)\)", r'<a href="\2">\1</a>', escaped)
 
 
