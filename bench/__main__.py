@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from bench.city import city, city_markdown
+from bench.city import city, city_compare_markdown, city_markdown
 from bench.cluster import cluster, cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.idle import idle, idle_markdown
@@ -180,8 +180,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    if args.compare_with and args.scenario in ("saturation", "workers", "city", "cluster"):
-        parser.error("--compare-with applies to steady, smoke and idle")
+    if args.compare_with and args.scenario in ("saturation", "workers", "cluster"):
+        parser.error("--compare-with applies to steady, smoke, idle and city")
     if args.compare_with and args.url:
         parser.error("--compare-with starts both systems itself: leave out --url")
     if args.url and args.scenario == "cluster":
@@ -378,6 +378,9 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         return
     if "runs" in result:
         (out / f"{scenario}.md").write_text(idle_markdown(result))
+        return
+    if "city_compare" in result:
+        (out / f"{scenario}.md").write_text(city_compare_markdown(result))
         return
     if "phases" in result:
         (out / f"{scenario}.md").write_text(city_markdown(result))

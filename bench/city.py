@@ -82,6 +82,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -91,6 +92,7 @@ import psutil
 from bench.client import IdleSocket, close_all, open_sockets, raise_open_files_limit
 from bench.load import Load
 from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb, rabbitmq_pids
+from bench.revision import Worktree, this_tree_label
 from bench.stats import percentiles
 from bench.system import LocalSystem
 from shared.locations import EARTH_RADIUS_M
@@ -1237,10 +1239,36 @@ async def city(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.url:
         return await _run(args, args.url, None, None)
-    async with LocalSystem(workers=args.workers) as system:
+    if args.compare_with:
+        return await _compare(args)
+    return await _on_local_system(args)
+
+
+async def _on_local_system(
+    args: argparse.Namespace, code: Path | None = None, label: str = "this tree"
+) -> dict[str, Any]:
+    async with LocalSystem(workers=args.workers, code=code, label=label) as system:
         result = await _run(args, system.base_url, system, system.settings)
     result["setup"]["queues_left_after_clean_up"] = system.queues_left
     return result
+
+
+async def _compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The same city (drivers, demand, seed) on REV, then on this tree, in one run, one
+    system at a time (a city is most of what the machine holds): the figures that
+    travel between machines are the CPU per trip and per report."""
+    with Worktree(args.compare_with) as worktree:
+        assert worktree.path is not None
+        print(f"city, before ({worktree.label})", file=sys.stderr)
+        before = await _on_local_system(args, worktree.path, worktree.label)
+        labels = {"before": worktree.label, "after": this_tree_label()}
+    print(f"city, after ({labels['after']})", file=sys.stderr)
+    after = await _on_local_system(args)
+    return {
+        "scenario": "city",
+        "city_compare": {"labels": labels, "before": before, "after": after},
+        "machine": _machine(),
+    }
 
 
 async def _run(
@@ -1527,6 +1555,57 @@ def _machine() -> dict[str, Any]:
 
 
 # --- the report ----------------------------------------------------------------
+
+
+def city_compare_markdown(result: dict[str, Any]) -> str:
+    """The two runs side by side on the figures that travel, then each in full."""
+    compared = result["city_compare"]
+    labels = compared["labels"]
+    sides = {side: compared[side] for side in ("before", "after")}
+
+    def figure(run: dict[str, Any], *path: str) -> Any:
+        value: Any = run
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return "-" if value is None else value
+
+    def per_report(run: dict[str, Any]) -> Any:
+        costs = figure(run, "phases", "baseline", "cpu_us_per_location_report")
+        if not isinstance(costs, dict):
+            return "-"
+        server = {k: v for k, v in costs.items() if k != "load generator"}
+        return f"{sum(server.values())} ({', '.join(f'{k} {v}' for k, v in server.items())})"
+
+    rows: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        (
+            "server CPU ms per trip, by distance (above the baseline)",
+            lambda r: (
+                f"{figure(r, 'phases', 'by distance', 'server_cpu_ms_per_trip')} "
+                f"({figure(r, 'phases', 'by distance', 'server_cpu_ms_per_trip_above_baseline')})"
+            ),
+        ),
+        ("server CPU us per location report (baseline)", per_report),
+        (
+            "offer p99 ms (first offer), by distance",
+            lambda r: figure(r, "phases", "by distance", "latency_ms", "first_offer", "p99"),
+        ),
+        (
+            "assign p99 ms, by distance",
+            lambda r: figure(r, "phases", "by distance", "latency_ms", "assign", "p99"),
+        ),
+        ("gateway KB per connection", lambda r: figure(r, "gateway_memory", "kb_per_connection")),
+    ]
+    lines = [
+        "### city, side by side",
+        "",
+        f"| figure | before ({labels['before']}) | after ({labels['after']}) |",
+        "|---|---|---|",
+    ]
+    for name, cell in rows:
+        lines.append(f"| {name} | {cell(sides['before'])} | {cell(sides['after'])} |")
+    for side, run in sides.items():
+        lines += ["", f"## {side} ({labels[side]})", "", city_markdown(run)]
+    return "\n".join(lines) + "\n"
 
 
 def city_markdown(result: dict[str, Any]) -> str:
