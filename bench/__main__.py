@@ -39,6 +39,7 @@ from bench.cluster import cluster, cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.idle import idle, idle_markdown
 from bench.load import Load
+from bench.policies import policies_markdown, run_policies
 from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb, rabbitmq_pids
 from bench.stats import markdown_table, percentiles
 from bench.system import LocalSystem
@@ -136,6 +137,51 @@ def parse_args() -> argparse.Namespace:
         "(position, free or busy) to lag this many seconds behind what was sent (default 1)",
     )
     city.add_argument("--seed", type=int, default=1, help="city: the random seed (default 1)")
+    city.add_argument(
+        "--policy",
+        choices=("rings", "matched", "both"),
+        help="city: start the system with this TAXI_DISPATCH_POLICY (both: one run each, "
+        "same drivers, demand and seed, side by side; see bench.policies). Default: the "
+        "environment's, as before",
+    )
+    city.add_argument(
+        "--decline-share",
+        type=float,
+        default=0.0,
+        help="city: share of the offers a free driver declines (decline.trip; default 0)",
+    )
+    city.add_argument(
+        "--ignore-share",
+        type=float,
+        default=0.0,
+        help="city: share of the offers a free driver leaves to expire (default 0)",
+    )
+    city.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="city: requests sent in groups of this many at once, each group's pick-ups "
+        "within --burst-radius of one point (default 1: uniform)",
+    )
+    city.add_argument(
+        "--burst-radius",
+        type=float,
+        default=1500,
+        help="city: metres around a burst's point its pick-ups fall within (default 1500)",
+    )
+    city.add_argument(
+        "--offer-seconds",
+        type=int,
+        default=5,
+        help="city with --policy: TAXI_OFFER_SECONDS of the system started (default 5)",
+    )
+    city.add_argument(
+        "--request-timeout",
+        type=int,
+        default=30,
+        help="city with --policy: TAXI_REQUEST_TIMEOUT_SECONDS of the system started, so "
+        "that no_driver happens within the run (default 30)",
+    )
     on_cluster = parser.add_argument_group("cluster scenario (--rounds: rounds per system)")
     on_cluster.add_argument(
         "--gateways", type=int, default=2, help="cluster: gateways of each system (default 2)"
@@ -184,6 +230,10 @@ def parse_args() -> argparse.Namespace:
         parser.error("--compare-with applies to steady, smoke, idle and city")
     if args.compare_with and args.url:
         parser.error("--compare-with starts both systems itself: leave out --url")
+    if args.policy and (args.url or args.compare_with or args.scenario != "city"):
+        parser.error(
+            "--policy starts the city's system itself: city only, no --url or --compare-with"
+        )
     if args.url and args.scenario == "cluster":
         parser.error("cluster starts its RabbitMQ nodes and both systems itself: leave out --url")
     for name, default in SCENARIOS[args.scenario].items():
@@ -316,6 +366,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return {"scenario": "workers", "by_workers": runs, "machine": machine()}
     if args.scenario == "idle":
         return await idle(args)
+    if args.scenario == "city" and args.policy:
+        return await run_policies(args)
     if args.scenario == "city":
         return await city(args)
     if args.scenario == "cluster":
@@ -364,6 +416,8 @@ def results_name(args: argparse.Namespace) -> str:
     """`steady`, or `steady-compare` for a side-by-side run (idle holds both either way)."""
     if args.compare_with and args.scenario != "idle":
         return f"{args.scenario}-compare"
+    if args.scenario == "city" and args.policy == "both":
+        return "city-policies" + ("-burst" if args.burst > 1 else "")
     return str(args.scenario)
 
 
@@ -372,6 +426,9 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
     (out / f"{scenario}.json").write_text(json.dumps(result, indent=2))
     if "failover" in result:
         (out / f"{scenario}.md").write_text(cluster_markdown(result))
+        return
+    if "policies" in result:
+        (out / f"{scenario}.md").write_text(policies_markdown(result))
         return
     if "compare" in result:
         (out / f"{scenario}.md").write_text(compare_markdown(result))

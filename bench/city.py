@@ -91,6 +91,15 @@ import psutil
 
 from bench.client import IdleSocket, close_all, open_sockets, raise_open_files_limit
 from bench.load import Load
+from bench.policies import (
+    ACCEPT,
+    DECLINE,
+    DISPATCH_ROWS,
+    Answers,
+    Demand,
+    dispatch_figures,
+    dispatch_rows,
+)
 from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb, rabbitmq_pids
 from bench.revision import Worktree, this_tree_label
 from bench.stats import percentiles
@@ -431,6 +440,13 @@ class City:
         self.slack = args.slack
         self.rng = random.Random(args.seed)
         self.area = Area(CENTRE, SIDE_M)
+        # Demand and drivers' answers from the seed alone (bench.policies).
+        self.demand = Demand(
+            self.area, args.seed, getattr(args, "burst", 1), getattr(args, "burst_radius", 0)
+        )
+        self.answers = Answers(
+            args.seed, getattr(args, "decline_share", 0), getattr(args, "ignore_share", 0)
+        )
         self.load = Load(base_url, drivers=args.drivers, riders=args.riders, racers=0)
         self.run_id = self.load.run_id
         self.driver_sockets: list[IdleSocket | None] = []
@@ -570,7 +586,7 @@ class City:
         phase.started_at = time.perf_counter()
         count = int(rate * seconds)
         for number in range(count):
-            delay = phase.started_at + number / rate - time.perf_counter()
+            delay = phase.started_at + self.demand.offset(number, rate) - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             self._request(phase, number)
@@ -605,7 +621,7 @@ class City:
         data: dict[str, Any] = {"pick_up_address": label, "drop_off_address": "B"}
         pick_up = None
         if phase.with_pick_up:
-            pick_up = self.area.point(*self.area.random_xy(self.rng))
+            pick_up = self.area.point(*self.demand.pick_up_xy(number))
             data["pick_up"] = {"lat": pick_up[0], "lng": pick_up[1]}
         trip = CityTrip(key, label, phase.name, rider, now, pick_up)
         if pick_up is not None:
@@ -728,6 +744,8 @@ class City:
             self._loop.call_later(
                 self.args.trip_seconds / 2, self._send_update, driver, trip, "IN_PROGRESS"
             )
+        elif kind == "trip.withdrawn":
+            phase.frames[f"withdrawn {data.get('reason')}"] += 1
         elif kind == "trip.picked_up":
             self._loop.call_later(
                 self.args.trip_seconds / 2, self._send_update, driver, trip, "COMPLETED"
@@ -750,6 +768,13 @@ class City:
             trip.first_offer_at = now
             phase.first_offer_ms.append((now - trip.sent_at) * 1000)
         if trip.closed or trip.racers >= self.args.racers or not self.fleet.free[driver]:
+            return
+        answer = self.answers.answer(trip, driver)
+        if answer != ACCEPT:
+            driver_socket = self.driver_sockets[driver]
+            if answer == DECLINE and trip.id is not None and driver_socket is not None:
+                decline = {"type": "decline.trip", "data": {"id": trip.id}}
+                driver_socket.send_text(orjson.dumps(decline))
             return
         trip.racers += 1
         trip.first_accept_at = trip.first_accept_at or now
@@ -1155,6 +1180,7 @@ class City:
         result["live_tracking"] = self.live_tracking(phase)
         if phase.with_pick_up:
             result["nearest_check"] = self.check(phase)
+            result["dispatch"] = dispatch_figures(self, phase)
         return result
 
 
@@ -1749,6 +1775,7 @@ def city_markdown(result: dict[str, Any]) -> str:
             "before; matching no recent report",
             _position_used_cell,
         ),
+        *(row(name, partial(_dispatch_cell, n)) for n, name in enumerate(DISPATCH_ROWS)),
         row("lost races (trip_unavailable, expected)", lambda p: p["lost_races"]),
         row("requests sent again (service_unavailable)", lambda p: p["retries"]),
         row("error frames", lambda p: _counts(p["error_frames"]) or 0),
@@ -1819,6 +1846,10 @@ def city_markdown(result: dict[str, Any]) -> str:
         f"{setup['seconds_to_open']} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _dispatch_cell(n: int, phase: dict[str, Any]) -> str:
+    return dispatch_rows(phase)[n][1]
 
 
 def _live_latency_cell(phase: dict[str, Any]) -> str:
