@@ -11,6 +11,7 @@ from dataclasses import replace
 import uvloop
 
 from dispatcher.worker import ServiceUnreachable, Worker
+from shared import tracing
 from shared.logs import configure_logging
 from shared.metrics import MetricsPortUnavailable
 from shared.settings import Settings, SettingsError
@@ -70,6 +71,10 @@ def main() -> None:
     if metrics_port(settings, args) > 65535:
         sys.exit("dispatcher: TAXI_METRICS_PORT + 1 is beyond 65535: pass --metrics-port")
     configure_logging(settings.log_level, "dispatcher")
+    try:
+        tracing.configure("dispatcher")
+    except tracing.TracingUnavailable as exc:
+        sys.exit(f"dispatcher: {exc}")
     try:
         uvloop.run(serve(settings, args))
     except MetricsPortUnavailable as exc:

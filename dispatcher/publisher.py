@@ -10,6 +10,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, HeadersType
 
 from dispatcher.notifications import Notification
+from shared import tracing
 from shared.broker import PublishFailed, publish_confirmed
 
 __all__ = ["NotificationPublisher", "PublishFailed"]
@@ -29,13 +30,17 @@ class NotificationPublisher:
 
     async def _publish_one(self, notification: Notification) -> None:
         persistent = notification.ttl_seconds is None
+        headers = dict(notification.headers)
+        if tracing.enabled:
+            # The command's trace, continued by the gateway's writes to the sockets.
+            tracing.inject(headers)
         message = aio_pika.Message(
             notification.body,
             content_type="application/json",
             type=notification.frame_type or None,
             # A list of routing keys is an AMQP array (FieldArray), which the type
             # checker cannot see a list[str] as.
-            headers=cast(HeadersType, dict(notification.headers)),
+            headers=cast(HeadersType, headers),
             # Offers are worth nothing after their time to live, so they are not
             # written to disk; every other notification survives a broker restart.
             delivery_mode=(

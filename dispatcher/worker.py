@@ -30,6 +30,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError
+from opentelemetry.trace import SpanKind
 
 from dispatcher import (
     driver_locations,
@@ -55,7 +56,7 @@ from dispatcher.notifications import (
 from dispatcher.outbox import OutboxRelay, Published
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
-from shared import broker
+from shared import broker, tracing
 from shared import metrics as shared_metrics
 from shared.commands import Command, InvalidCommand, decode_command
 from shared.database_watch import WATCH_SECONDS, DatabaseWatch
@@ -275,6 +276,19 @@ class Worker:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        if tracing.enabled:
+            # A child of the gateway's publish, whose context the command's headers carry.
+            with tracing.span(
+                f"{message.routing_key} process",
+                SpanKind.CONSUMER,
+                parent=tracing.extract(message.headers),
+                attributes={"messaging.message.id": message.message_id or ""},
+            ):
+                await self._process_command(message)
+            return
+        await self._process_command(message)
+
+    async def _process_command(self, message: AbstractIncomingMessage) -> None:
         if message.redelivered:
             metrics.REDELIVERIES.inc()
         try:
@@ -292,7 +306,15 @@ class Worker:
         except Exception as exc:
             await self._give_back(message, command, exc)
             return
-        await self._publish(outcome)
+        if tracing.enabled:
+            with tracing.span(
+                "notifications publish",
+                SpanKind.PRODUCER,
+                attributes={"messaging.batch.message_count": len(outcome.notifications)},
+            ):
+                await self._publish(outcome)
+        else:
+            await self._publish(outcome)
         metrics.observe_latency(command.sent_at, outcome.trips)
         await _settle(message.ack(), command)
         metrics.COMMANDS.labels(command.type, outcome.kind).inc()
@@ -304,6 +326,9 @@ class Worker:
         conflicts = 0
         while True:
             try:
+                if tracing.enabled:
+                    with tracing.span("transaction", attributes={"taxi.command": command.type}):
+                        return await self._transaction(command, handler)
                 return await self._transaction(command, handler)
             except asyncpg.UniqueViolationError:
                 conflicts += 1

@@ -12,6 +12,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.http_timeouts import bounded_http
 from gateway.socket_protocol import limited_protocol
+from shared import tracing
 from shared.logs import configure_logging
 from shared.metrics import MetricsPortUnavailable, bind
 from shared.settings import Settings, SettingsError
@@ -23,6 +24,10 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
     configure_logging(settings.log_level, "gateway")
+    try:
+        tracing.configure("gateway")
+    except tracing.TracingUnavailable as exc:
+        sys.exit(f"gateway: {exc}")
     # Bound first, so that a port in use stops the gateway at once, in one line.
     try:
         metrics_listener = bind(settings.host, settings.metrics_port)

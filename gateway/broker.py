@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import aio_pika
 import orjson
@@ -26,8 +27,9 @@ from aio_pika.abc import (
     AbstractQueueIterator,
     AbstractRobustConnection,
 )
+from opentelemetry.trace import SpanKind
 
-from shared import broker
+from shared import broker, tracing
 from shared.broker import PublishFailed
 from shared.locations import DRIVER_LOCATION
 from shared.settings import Settings
@@ -123,16 +125,30 @@ class GatewayBroker:
         """Publish and wait for the broker's confirm; raise PublishFailed if it does not come."""
         if self._commands is None:
             raise PublishFailed("the gateway is not connected to the broker")
+        key = command_key(command_type)
+        if tracing.enabled:
+            with tracing.span(
+                f"{key} publish", SpanKind.PRODUCER, attributes={"messaging.message.id": message_id}
+            ):
+                headers: dict[str, Any] = {}
+                tracing.inject(headers)
+                await self._publish_command(key, body, message_id, headers)
+            return
+        await self._publish_command(key, body, message_id)
+
+    async def _publish_command(
+        self, key: str, body: bytes, message_id: str, headers: dict[str, Any] | None = None
+    ) -> None:
+        assert self._commands is not None
         message = aio_pika.Message(
             body,
             message_id=message_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
         )
         # Mandatory: a command that reaches no queue would be lost without a word.
-        await broker.publish_confirmed(
-            self._commands, message, command_key(command_type), mandatory=True
-        )
+        await broker.publish_confirmed(self._commands, message, key, mandatory=True)
 
     async def publish_location(self, body: bytes) -> None:
         """A driver's report to every worker: unconfirmed, and never written to disk."""

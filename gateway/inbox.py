@@ -28,6 +28,7 @@ from gateway.connected import ConnectedUsers
 from gateway.locations import DriverLocations
 from gateway.offers import OfferFanout
 from gateway.outgoing import Frame
+from shared import tracing
 from shared.locations import DRIVER_LOCATION
 from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, SOCKETS_REPLACED, TRIP_HEADER
 
@@ -74,14 +75,16 @@ class Inbox:
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
+        # The command's trace, for the writes to the sockets (`shared.tracing`).
+        trace = tracing.extract(headers) if tracing.enabled else None
         if seq is not None:
-            connected.pass_on(Frame(message.body.decode(), kind, int(str(seq))))
+            connected.pass_on(Frame(message.body.decode(), kind, int(str(seq)), trace))
         elif kind == DRIVER_LOCATION:
             trip = connected.under_way
             if trip is not None and trip.id == headers.get(TRIP_HEADER):
                 connected.put_live(Frame(message.body.decode(), DRIVER_LOCATION))
                 metrics.location_passed_on(message.body)
         elif kind == REFUSAL:
-            connected.put_live(Frame(message.body.decode(), REFUSAL))
+            connected.put_live(Frame(message.body.decode(), REFUSAL, trace=trace))
         else:
             connected.replace(set(orjson.loads(message.body)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from gateway.connected import ConnectedUsers
 from gateway.outgoing import Frame
+from shared import tracing
 from shared.topology import (
     CC_HEADER,
     DISTANCES_HEADER,
@@ -54,6 +56,8 @@ class OfferFanout:
         excluded_id = int(excluded) if isinstance(excluded, str) and excluded.isdigit() else None
         # The same frame goes to every driver here: decode it once.
         frame = _frame(message)
+        if tracing.enabled:
+            frame = replace(frame, trace=tracing.extract(message.headers))
         for driver in self._users.drivers():
             if not driver.busy and driver.user.id != excluded_id:
                 for socket in driver.sockets:
@@ -76,6 +80,8 @@ class OfferFanout:
                 if distance is None
                 else Frame(with_distance(message.body, distance), message.type or "unknown")
             )
+            if tracing.enabled:
+                frame = replace(frame, trace=tracing.extract(headers))
             for socket in driver.sockets:
                 socket.put(frame)
 

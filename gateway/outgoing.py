@@ -29,8 +29,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
 from gateway import metrics
 from gateway.notification_log import READ_BATCH, Logged
+from shared import tracing
 
 # Frames waiting for one socket at most; a client that falls this far behind is slow.
 BUFFER_FRAMES = 256
@@ -42,6 +46,8 @@ class Frame:
     type: str
     # Its number in the user's sequence; None for what is not kept (offers, replies).
     seq: int | None = None
+    # The trace of the command that caused it, when traces are on (`shared.tracing`).
+    trace: Context | None = None
 
 
 # Put in a buffer to wake its writer, which then sends anything of the user's
@@ -207,11 +213,11 @@ class Outgoing:
             if frame is CATCH_UP:
                 await self._catch_up()
             elif frame.seq is None:
-                await self._send(frame.text, frame.type, numbered=False)
+                await self._send(frame.text, frame.type, numbered=False, trace=frame.trace)
             elif frame.seq > self.sent_up_to:
                 if frame.seq > self.sent_up_to + 1:
                     await self._catch_up(frame.seq - 1)
-                await self._send(frame.text, frame.type, numbered=True)
+                await self._send(frame.text, frame.type, numbered=True, trace=frame.trace)
                 self.sent_up_to = frame.seq
 
     async def _next(self) -> Frame:
@@ -234,7 +240,9 @@ class Outgoing:
             if len(missed) < READ_BATCH:
                 return
 
-    async def _send(self, text: str, frame_type: str, *, numbered: bool) -> None:
+    async def _send(
+        self, text: str, frame_type: str, *, numbered: bool, trace: Context | None = None
+    ) -> None:
         if self._dialect is not None:
             translated = self._dialect(frame_type, text, numbered)
             if translated is None:
@@ -242,7 +250,16 @@ class Outgoing:
             text = translated
         self._send_started = self._clock()
         try:
-            await self._send_text(text)
+            if trace is None:
+                await self._send_text(text)
+            else:
+                await self._send_traced(text, frame_type, trace)
         finally:
             self._send_started = None
         metrics.FRAMES_OUT.labels(frame_type).inc()
+
+    async def _send_traced(self, text: str, frame_type: str, trace: Context) -> None:
+        """The write as the last span of the command's trace."""
+        attributes: dict[str, str | int] = {"taxi.user_id": self.user_id, "taxi.socket": self.id}
+        with tracing.span(f"{frame_type} write", SpanKind.PRODUCER, trace, attributes):
+            await self._send_text(text)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aio_pika.exceptions import AMQPError
+from opentelemetry.trace import SpanKind
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import metrics
@@ -35,7 +36,7 @@ from gateway.rate_limit import TokenBucket
 from gateway.socket_protocol import RATE_LIMIT_EXTENSION
 from gateway.tokens import TokenClaims, TokenError, TokenService
 from gateway.users import UserRepository
-from shared import wire
+from shared import tracing, wire
 from shared.commands import COMMAND_TYPES, UPDATE_LOCATION, new_command, new_location
 from shared.db import DATABASE_OUTAGE
 from shared.users import User
@@ -367,6 +368,20 @@ class TaxiSocket:
             metrics.LOCATIONS_THINNED.inc()
 
     async def _command(
+        self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame
+    ) -> None:
+        if tracing.enabled:
+            # The root of the command's trace (`shared.tracing`).
+            with tracing.span(
+                f"receive {frame.type}",
+                SpanKind.SERVER,
+                attributes={"taxi.user_id": connected.user.id, "taxi.command": frame.type},
+            ):
+                await self._publish_command(outgoing, connected, frame)
+            return
+        await self._publish_command(outgoing, connected, frame)
+
+    async def _publish_command(
         self, outgoing: Outgoing, connected: ConnectedUser, frame: ClientFrame
     ) -> None:
         user = connected.user
