@@ -9,6 +9,11 @@ The city scenario (`bench.city`): 10,000 drivers reporting where they are, trips
 at random points offered by distance, then by broadcast for comparison; riders on a
 trip receive their driver's position (`driver.location`), timed from the report.
 
+`city --policy rings|matched|both` (`bench.policies`): the city on a system started
+with that TAXI_DISPATCH_POLICY, both side by side on the same drivers, demand and
+seed, with drivers declining (`--decline-share`) and ignoring (`--ignore-share`)
+offers, uniform demand or `--burst`: pick-up distance, time to assign, no_driver.
+
 The cluster scenario (`bench.cluster`): steady traffic on one private RabbitMQ node
 and on a three-node cluster in the same run, as ratios; then nodes killed under it.
 

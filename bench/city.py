@@ -798,6 +798,9 @@ class City:
         if sent.status == "STARTED" and self.driver_trip[driver] is sent.trip:
             self.driver_trip[driver] = None  # the race was lost: free again
             self.fleet.set_free(driver, True, now)
+            # Lost to another driver, or the offer's window had passed: a later offer
+            # of the trip (the next ring, round) may be raced for again.
+            sent.trip.racers -= 1
 
     def _on_rider(self, rider: int, payload: bytes) -> None:
         now = time.perf_counter()
