@@ -15,10 +15,16 @@ needs on what the app never sees: control frames, and the connection's own buffe
   app, not after every message: uvicorn pauses and resumes reading around each one,
   two system calls per frame for a client that sends many small ones (a driver's
   location reports).
+- A gateway holds tens of thousands of idle sockets, so each is lean: the messages
+  waiting for the app and the "writable" flag are a list and a future, not an
+  asyncio.Queue and Event (whose deques cost about 2.5 KB a socket even when empty),
+  and the handshake's request and response (their headers) are let go once the
+  socket is open.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -43,6 +49,14 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.bucket = TokenBucket(*self.rate_limit)
         self.refused_pings = 0
+        self.queue = _Waiting()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # Only the handshake needed them; the socket may live for hours.
+            self.request = self.response = None  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -91,6 +105,69 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         else:
             self.transport.abort()
         self.close_sent = True
+
+
+class _Waiting:
+    """The client's messages waiting for the app: what uvicorn asks of its queue."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        # A list, not a deque: at most READ_AHEAD and a few more wait.
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+class _Flag:
+    """Whether the connection takes more data now: what uvicorn asks of its Event."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
 
 
 def limited_protocol(rate_limit: tuple[int, int]) -> type[LimitedWebSocketProtocol]:

@@ -167,6 +167,7 @@ class TaxiSocket:
             asked = websocket.scope.get("subprotocols", [])
             dialect = OUR_SUBPROTOCOL if OUR_SUBPROTOCOL in asked else None
             await websocket.accept(subprotocol=dialect)
+            _forget_handshake(websocket)
             await self._serve(
                 websocket, connected, _resume_after(since, point), claims, course=dialect is None
             )
@@ -431,6 +432,14 @@ def _about(refusal: FrameError, frame: ClientFrame | None) -> FrameError:
 def _client(websocket: WebSocket) -> str:
     client = websocket.client
     return f"{client.host}:{client.port}" if client else "unknown"
+
+
+def _forget_handshake(websocket: WebSocket) -> None:
+    """Let go of what only the handshake needed (its headers, the query with the
+    token): a socket may live for hours, and a gateway holds tens of thousands."""
+    websocket.scope["headers"] = []
+    websocket.scope["query_string"] = b""
+    vars(websocket).pop("_query_params", None)
 
 
 def _since(websocket: WebSocket) -> int | None:
