@@ -51,6 +51,9 @@ async def number(
         user_ids,
         [len(per_user[user_id]) for user_id in user_ids],
     )
+    if len(rows) != len(user_ids):
+        missing = set(user_ids) - {row["id"] for row in rows}
+        raise LookupError(f"notifications for users who do not exist: {sorted(missing)}")
     for row in rows:
         indexes = per_user[row["id"]]
         first = int(row["last_seq"]) - len(indexes) + 1

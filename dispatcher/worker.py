@@ -618,8 +618,8 @@ class Worker:
 
     async def _tell_dead_lettered(self, command: Command) -> None:
         """The sender hears that their request was given up on, as any refusal: an
-        error frame in their sequence, naming the request. If even that cannot be
-        stored (the failure may be the database's), the log says so."""
+        error frame to their sockets open now, naming the request. If even that cannot
+        be stored (the failure may be the database's), the log says so."""
         refusal = for_refusal(
             command.user_id,
             ErrorCode.INTERNAL,
