@@ -23,7 +23,8 @@ from shared.users import User
 from tests.clients import PASSWORD, Account, create_account, new_username, sign_up
 
 USER_FIELDS = {"id", "username", "first_name", "last_name", "group", "photo"}
-TOKEN_CLAIMS = USER_FIELDS | {"token_type", "exp", "iat", "jti"}
+# `sid` names the session the token belongs to (ended sessions refuse their tokens).
+TOKEN_CLAIMS = USER_FIELDS | {"token_type", "exp", "iat", "jti", "sid"}
 
 # The smallest valid PNG: one transparent pixel.
 TINY_PNG = base64.b64decode(
@@ -715,9 +716,10 @@ async def test_a_driver_pages_through_open_requests_and_every_trip_of_their_own(
     driver = await create_account(http, "driver")
     other_driver_id = await insert_user(db, "driver")
     long_ago = datetime.now(UTC) - timedelta(days=2)
+    # Trips of their own that have ended: a driver on a trip sees no open request.
     own = [
         await insert_trip(db, await insert_user(db, "rider"), long_ago, status, driver.id)
-        for status in ("STARTED", "COMPLETED", "COMPLETED", "CANCELLED")
+        for status in ("CANCELLED", "COMPLETED", "COMPLETED", "CANCELLED")
     ]
     others = [
         await insert_trip(db, await insert_user(db, "rider"), long_ago, status, other_driver_id)
