@@ -44,6 +44,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             # on gateways of their own (tests/e2e/test_http_abuse.py).
             login_attempts=1_000_000,
             signup_attempts=1_000_000,
+            # A run starts dozens of gateways and workers beside one another on one
+            # Postgres (100 connections by default): small pools keep them all under it.
+            db_pool_size=4,
         )
         try:
             yield run_settings
