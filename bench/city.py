@@ -1331,9 +1331,10 @@ async def _run(
         watched = await _watched(system)
         await run.run_phase("baseline", False, 0, args.baseline_seconds, watched)
         await run.run_phase("by distance", True, args.rate, args.seconds, watched)
-        await run.run_phase(
-            "broadcast", False, args.broadcast_rate, args.broadcast_seconds, watched
-        )
+        if args.broadcast_seconds > 0:
+            await run.run_phase(
+                "broadcast", False, args.broadcast_rate, args.broadcast_seconds, watched
+            )
         # Trips of an earlier phase may still be going: give them the same time.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.all_ended.wait(), args.drain_seconds)
