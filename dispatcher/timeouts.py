@@ -42,7 +42,7 @@ async def end_lost(
     """Cancel up to `limit` trips under way whose driver is lost, in the caller's
     transaction; return the transitions to notify about once it commits.
 
-    When a driver was last seen is kept by the gateways (`gateway.presence`: every few
+    When a driver was last seen is kept by the gateways (`gateway.live.presence`: every few
     seconds, the drivers with an open socket there), so this holds whichever gateway or
     worker died. Locked when read, saved only if unchanged since: a drop-off racing the
     sweep wins or loses cleanly."""

@@ -10,8 +10,8 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import create_app
-from gateway.http_timeouts import bounded_http
-from gateway.socket_protocol import limited_protocol
+from gateway.live.socket_protocol import limited_protocol
+from gateway.web.http_timeouts import bounded_http
 from shared import tracing
 from shared.logs import configure_logging
 from shared.metrics import MetricsPortUnavailable, bind
@@ -45,7 +45,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        # httptools, with deadlines for reading each request (gateway.http_timeouts).
+        # httptools, with deadlines for reading each request (gateway.web.http_timeouts).
         http=bounded_http(settings.http_read_seconds),
         # An idle connection after an answer; one that never sends a whole request
         # is cut off by the read deadlines.

@@ -22,27 +22,28 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.broker import GatewayBroker
-from gateway.connected import ConnectedUsers
-from gateway.description import routes as description_routes
-from gateway.errors import ApiError, OrjsonResponse, api_error_handler, http_error_handler
-from gateway.http_api import MAX_JSON_BODY_BYTES, AuthApi
-from gateway.http_guards import BodyLimit, Cors, SecurityHeaders
-from gateway.inbox import Inbox, forward
-from gateway.locations import DriverLocations
-from gateway.media import MEDIA_URL, PhotoStore
-from gateway.notification_log import NotificationLog
-from gateway.offers import OfferFanout
-from gateway.open_sockets import OpenSockets
-from gateway.passwords import Passwords
-from gateway.presence import Presence, round_seconds
-from gateway.revocations import Revocations
-from gateway.sessions import Sessions
-from gateway.throttle import Throttle
+from gateway.live.broker import GatewayBroker
+from gateway.live.connected import ConnectedUsers
+from gateway.live.inbox import Inbox, forward
+from gateway.live.locations import DriverLocations
+from gateway.live.notification_log import NotificationLog
+from gateway.live.offers import OfferFanout
+from gateway.live.open_sockets import OpenSockets
+from gateway.live.presence import Presence, round_seconds
+from gateway.live.revocations import Revocations
+from gateway.live.websocket import TaxiSocket
+from gateway.responses import OrjsonResponse
 from gateway.tokens import TokenService
-from gateway.trips_api import TripsApi
 from gateway.users import UserRepository
-from gateway.websocket import TaxiSocket
+from gateway.web.description import routes as description_routes
+from gateway.web.errors import ApiError, api_error_handler, http_error_handler
+from gateway.web.http_api import MAX_JSON_BODY_BYTES, AuthApi
+from gateway.web.http_guards import BodyLimit, Cors, SecurityHeaders
+from gateway.web.media import MEDIA_URL, PhotoStore
+from gateway.web.passwords import Passwords
+from gateway.web.sessions import Sessions
+from gateway.web.throttle import Throttle
+from gateway.web.trips_api import TripsApi
 from shared import metrics
 from shared.database_watch import DatabaseWatch
 from shared.db import DATABASE_OUTAGE, Database

@@ -67,7 +67,7 @@ async def _exists(
     return channel, True
 
 
-# The URL path under which the gateway serves TAXI_MEDIA_DIR (gateway.media.MEDIA_URL).
+# The URL path under which the gateway serves TAXI_MEDIA_DIR (gateway.web.media.MEDIA_URL).
 _MEDIA_URL = "/media/"
 
 

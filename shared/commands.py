@@ -6,7 +6,7 @@ and never trusts a body it did not check.
 
 A driver's `update.location` is validated here too, but it is no command: locations
 come often and matter only while fresh, so the gateway keeps them with the driver and
-passes them to every worker's index of drivers (`gateway.locations`), never through
+passes them to every worker's index of drivers (`gateway.live.locations`), never through
 the commands queue.
 """
 

@@ -16,7 +16,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from gateway.course_dialect import OUR_SUBPROTOCOL
+from gateway.live.course_frames import OUR_SUBPROTOCOL
 
 PASSWORD = "pAssw0rd!"
 # Our clients speak our own dialect (PROTOCOL D4), not the course's.

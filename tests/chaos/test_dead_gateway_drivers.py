@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from gateway.locations import HEARTBEAT_SECONDS
+from gateway.live.locations import HEARTBEAT_SECONDS
 from shared.locations import EARTH_RADIUS_M
 from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings

@@ -5,7 +5,7 @@ trip, a lost race, a second request while one is open, a driver reporting
 locations, a cancel, a request that times out, and a resume.
 
 Each frame received is fed to a model of the course's dashboards (the one the unit
-tests of `gateway.course_dialect` use), which raises where the course's page would
+tests of `gateway.live.course_frames` use), which raises where the course's page would
 throw or go blank. The system is this module's own, with a short request timeout.
 """
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from gateway.signup import is_acceptable_username
+from gateway.web.signup import is_acceptable_username
 from shared.locations import location_from
 from shared.processes import ServiceProcess
 from shared.settings import Settings

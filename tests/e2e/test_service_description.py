@@ -30,7 +30,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from gateway import description
+from gateway.web import description
 from tests.clients import (
     PASSWORD,
     SUBPROTOCOLS,

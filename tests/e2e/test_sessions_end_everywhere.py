@@ -23,8 +23,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.passwords import Passwords
 from gateway.tokens import TokenService
+from gateway.web.passwords import Passwords
 from shared.processes import ServiceProcess, metrics_url
 from shared.settings import Settings
 from shared.users import User

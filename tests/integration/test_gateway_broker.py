@@ -22,7 +22,7 @@ from aio_pika.abc import (
     AbstractQueueIterator,
 )
 
-from gateway.broker import GatewayBroker
+from gateway.live.broker import GatewayBroker
 from shared.broker import PublishFailed, declare_exchanges
 from shared.settings import Settings
 from shared.topology import DRIVER_OFFERS_KEY, Topology, command_key, user_key
@@ -92,7 +92,7 @@ async def test_a_bound_users_notifications_reach_the_gateway_queue_and_offers_do
 ) -> None:
     own, offer = unique_body(), unique_body()
     messages = gateway.notifications()
-    offers = gateway.offers()
+    offers = gateway.live.offers()
     await gateway.bind_user(user_id)
 
     await publish(notifications, DRIVER_OFFERS_KEY, offer)

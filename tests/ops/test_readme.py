@@ -43,7 +43,7 @@ from tests.clients import SUBPROTOCOLS
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESSES = ("localhost:8000", "127.0.0.1:8000")
 WAIT_SECONDS = 20
-# The gateway answers this frame type itself (gateway/websocket.py).
+# The gateway answers this frame type itself (gateway/live/websocket.py).
 ECHO = "echo.message"
 CLIENT_TYPES = frozenset({*COMMAND_TYPES, ECHO, UPDATE_LOCATION})
 RESYNC = "resync"

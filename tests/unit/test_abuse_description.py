@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway import description
-from gateway.http_timeouts import TIMED_OUT
-from gateway.throttle import rate_limited
+from gateway.web import description
+from gateway.web.http_timeouts import TIMED_OUT
+from gateway.web.throttle import rate_limited
 
 
 def openapi() -> dict[str, Any]:

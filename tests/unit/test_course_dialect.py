@@ -1,4 +1,5 @@
-"""The course's dialect (PROTOCOL D4, `gateway.course_dialect`): every frame a socket
+"""The course's dialect (PROTOCOL D4, `gateway.live.course_frames`
+and `gateway.web.course_forms`): every frame a socket
 without the `taxi.v2` subprotocol receives is one the course's own React client
 (taxi-react-app v4.0.0) handles as its server would have sent it, and the HTTP forms'
 errors come as its forms read them.
@@ -19,13 +20,10 @@ import orjson
 import pytest
 
 from dispatcher.notifications import Audience, Broadcast, Notification, for_transition
-from gateway import course_dialect
-from gateway.course_dialect import (
-    course_form_errors,
-    course_frame,
-    speaks_course_forms,
-)
-from gateway.offers import with_distance
+from gateway.live import course_frames
+from gateway.live.course_frames import course_frame
+from gateway.live.offers import with_distance
+from gateway.web.course_forms import course_form_errors, speaks_course_forms
 from shared import trips, wire
 from shared.locations import Location, Point, driver_location_frame
 from shared.trips import Status, Transition
@@ -320,13 +318,13 @@ def test_one_frame_put_to_many_sockets_is_translated_once(
 ) -> None:
     (offer, *_) = sent_to(requested())["offers"]
     calls = []
-    translate = course_dialect._translate
+    translate = course_frames._translate
 
     def counted(*args: Any) -> str | None:
         calls.append(args)
         return translate(*args)
 
-    monkeypatch.setattr(course_dialect, "_translate", counted)
+    monkeypatch.setattr(course_frames, "_translate", counted)
     first = course_frame(*offer)
     again = [course_frame(*offer) for _ in range(50)]
 

@@ -10,10 +10,10 @@ import pytest
 
 from dispatcher.driver_locations import LocationFeed
 from dispatcher.nearby import NearbyDrivers
-from gateway import locations as gateway_locations
-from gateway.connected import ConnectedUsers
-from gateway.locations import DriverLocations
-from gateway.notification_log import Logged
+from gateway.live import locations as gateway_locations
+from gateway.live.connected import ConnectedUsers
+from gateway.live.locations import DriverLocations
+from gateway.live.notification_log import Logged
 from shared.driver_reports import DriverReport, decode_reports, encode_reports
 from shared.locations import Location, Point
 from shared.trips import TripUnderWay

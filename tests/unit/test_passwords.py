@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.passwords import PROFILES, Passwords
+from gateway.web.passwords import PROFILES, Passwords
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

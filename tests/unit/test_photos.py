@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from gateway.media import MAX_SIDE, PhotoError, reencode
+from gateway.web.media import MAX_SIDE, PhotoError, reencode
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112

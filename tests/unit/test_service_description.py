@@ -40,13 +40,13 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from dispatcher.notifications import Audience, Broadcast, for_refusal, for_transition
-from gateway import description
 from gateway.app import SOCKET_PATH, create_app
-from gateway.errors import HttpCode
-from gateway.offers import with_distance
-from gateway.signup import MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from gateway.trips_api import MAX_PAGE_SIZE
-from gateway.websocket import MAX_SEQ
+from gateway.live.offers import with_distance
+from gateway.live.websocket import MAX_SEQ
+from gateway.web import description
+from gateway.web.errors import HttpCode
+from gateway.web.signup import MAX_NAME_LENGTH, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from gateway.web.trips_api import MAX_PAGE_SIZE
 from shared import locations, trips, wire
 from shared.commands import MAX_ADDRESS_LENGTH, new_command, new_location
 from shared.locations import Location, Point, driver_location_frame

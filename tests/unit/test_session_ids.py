@@ -1,6 +1,6 @@
 """Session ids without I/O: tokens name their session family (`sid`), commands carry the
 session of the token they were sent with, and which sockets an ended session closes
-(`gateway.revocations.ends`). The database side is tested end to end
+(`gateway.live.revocations.ends`). The database side is tested end to end
 (tests/e2e/test_sessions_end_everywhere.py)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import jwt
 import orjson
 import pytest
 
-from gateway.outgoing import Outgoing
-from gateway.revocations import ends
+from gateway.live.outgoing import Outgoing
+from gateway.live.revocations import ends
 from gateway.tokens import TokenError, TokenService
 from shared.commands import CREATE_TRIP, InvalidCommand, decode_command, new_command
 from shared.users import User

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.signup import SignUp, validate_sign_up
+from gateway.web.signup import SignUp, validate_sign_up
 
 
 def form(**changes: Any) -> dict[str, Any]:

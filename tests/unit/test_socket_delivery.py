@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from gateway.connected import ConnectedUser, ConnectedUsers
-from gateway.notification_log import READ_BATCH, Logged, ResumePoint
-from gateway.offers import OfferFanout
-from gateway.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
+from gateway.live.connected import ConnectedUser, ConnectedUsers
+from gateway.live.notification_log import READ_BATCH, Logged, ResumePoint
+from gateway.live.offers import OfferFanout
+from gateway.live.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
 from shared.topology import (
     CC_HEADER,
     DISTANCES_HEADER,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.signup import is_acceptable_username
+from gateway.web.signup import is_acceptable_username
 from shared.user_names import skeleton
 
 

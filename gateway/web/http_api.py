@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields
-from gateway.media import Photo, PhotoError, PhotoStore
-from gateway.passwords import Passwords
-from gateway.sessions import Sessions
-from gateway.signup import TAKEN, normalized_username, validate_sign_up
-from gateway.throttle import Throttle
+from gateway.responses import OrjsonResponse
 from gateway.users import UsernameTaken, UserRepository
+from gateway.web.errors import ApiError, HttpCode, invalid_fields
+from gateway.web.media import Photo, PhotoError, PhotoStore
+from gateway.web.passwords import Passwords
+from gateway.web.sessions import Sessions
+from gateway.web.signup import TAKEN, normalized_username, validate_sign_up
+from gateway.web.throttle import Throttle
 from shared.wire import ErrorCode
 
 # At most one photo and this many form fields in a sign-up.
@@ -102,7 +103,7 @@ class AuthApi:
         if errors:
             raise invalid_fields(errors)
         username = normalized_username(fields["username"])
-        # Recorded as a failure until it succeeds; 429 past the limit (`gateway.throttle`).
+        # Recorded as a failure until it succeeds; 429 past the limit (`gateway.web.throttle`).
         attempt = await self._throttle.log_in(username, request)
         # Postgres text cannot hold NUL, so no stored username contains one.
         found = None if "\x00" in username else await self._users.find_with_password_hash(username)

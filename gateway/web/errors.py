@@ -6,7 +6,7 @@ and, for a request whose fields were wrong, `"fields": {"<name>": ["<message>"]}
 naming each one. Handlers raise `ApiError`; the app turns it, and Starlette's own
 404 and 405, into that body, so no error leaves in another shape.
 
-The one exception is the course's client (`gateway.course_dialect`): the errors of
+The one exception is the course's client (`gateway.web.course_forms`): the errors of
 its sign-up and log-in forms come as those forms read them, `{"<field>": [...]}`.
 """
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from gateway.course_dialect import course_form_errors, speaks_course_forms
+from gateway.responses import OrjsonResponse
+from gateway.web.course_forms import course_form_errors, speaks_course_forms
 from shared.wire import ErrorCode
 
 FieldErrors = Mapping[str, Sequence[str]]
@@ -35,11 +35,6 @@ class HttpCode:
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-
-
-class OrjsonResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 class ApiError(Exception):

@@ -1,8 +1,8 @@
-"""The course's dialect (PROTOCOL D4): what the testdriven.io course's own React client
-(`taxi-react-app`, `client/`, v4.0.0) gets instead of our own frames and error bodies.
-Pure functions, no I/O.
+"""The course's dialect on the socket (PROTOCOL D4): what the testdriven.io course's own
+React client (`taxi-react-app`, `client/`, v4.0.0) gets instead of our own frames. Its
+error bodies over HTTP are `gateway.web.course_forms`. Pure functions, no I/O.
 
-WebSocket. A socket opened without the `taxi.v2` subprotocol gets, for each of our
+A socket opened without the `taxi.v2` subprotocol gets, for each of our
 frames, what `course_frame` makes of it: the frame the course's server would have sent
 (`{"type": "echo.message", "data": <trip>}`), or nothing. The course's client adds
 every received frame's `data` to its list of trips by `id`, and reads `data.rider`
@@ -28,17 +28,10 @@ or blanks its page. So, by our frame:
 - `trip.withdrawn`, `driver.location`, `error`, `resync`, and any frame of a type not
   named here: dropped (their `data` is not a trip).
 - `echo.message`: sent as it is, as the course's server echoes.
-
-HTTP. The course's client posts its sign-up (multipart form data) and its log-in with
-axios, whose every request says `Accept: application/json, text/plain, */*`; our own
-clients and curl say otherwise. For such a request, the error answers of those two
-forms are what its forms read: `{"<field>": ["message", ...]}` like Django REST
-framework's, non-field messages under `__all__` (the log-in form shows those).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -51,8 +44,6 @@ COURSE_TYPE: Final = "echo.message"
 
 # Our trip frames that reach the course's client as its server would have sent them.
 _TRIP_STEPS: Final = frozenset({"trip.accepted", "trip.picked_up", "trip.completed"})
-
-# --- WebSocket -------------------------------------------------------------------------
 
 # The last frame translated, and what it became: one frame is often put to many
 # sockets in a row (an offer to every driver here, a notification to every socket of
@@ -109,33 +100,3 @@ def _is_trip(data: Any, *, needs_driver: bool) -> bool:
         return False
     driver = data.get("driver")
     return isinstance(driver, dict) if needs_driver else driver is None or isinstance(driver, dict)
-
-
-# --- HTTP ------------------------------------------------------------------------------
-
-# axios's default Accept header (axios 0.x and 1.x), which every request of the
-# course's client carries.
-AXIOS_ACCEPT: Final = ("application/json", "text/plain", "*/*")
-# The course's forms that read error bodies.
-COURSE_FORMS: Final = frozenset({"/api/sign_up/", "/api/log_in/"})
-# Where the course's forms show a message that names no field (its log-in form does).
-NON_FIELD: Final = "__all__"
-
-
-def speaks_course_forms(path: str, accept: str | None) -> bool:
-    """Whether an error answer to this request goes in the course's form dialect: one
-    of the course's forms, posted by an axios client."""
-    if path not in COURSE_FORMS or not accept:
-        return False
-    return tuple(part.strip() for part in accept.split(",")) == AXIOS_ACCEPT
-
-
-def course_form_errors(
-    detail: str, fields: Mapping[str, Sequence[str]] | None, *, photo_too_large: bool = False
-) -> dict[str, list[str]]:
-    """An error body as the course's forms read it: each field's messages, or the
-    detail under `__all__` (or under `photo`, for a sign-up form too large to take,
-    which only its photo can make so)."""
-    if fields:
-        return {name: list(messages) for name, messages in fields.items()}
-    return {"photo" if photo_too_large else NON_FIELD: [detail]}

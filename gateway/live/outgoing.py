@@ -32,8 +32,8 @@ from typing import Final, Protocol
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from gateway import metrics
-from gateway.notification_log import READ_BATCH, Logged
+from gateway.live import metrics
+from gateway.live.notification_log import READ_BATCH, Logged
 from shared import tracing
 
 # Frames waiting for one socket at most; a client that falls this far behind is slow.
@@ -56,7 +56,7 @@ CATCH_UP: Final = Frame("", "catch-up")
 
 SendText = Callable[[str], Awaitable[None]]
 # What a socket speaking another dialect is sent for one of our frames (its type, its
-# text, whether it is numbered), or None for nothing (`gateway.course_dialect`).
+# text, whether it is numbered), or None for nothing (`gateway.live.course_frames`).
 Dialect = Callable[[str, str, bool], str | None]
 Close = Callable[[int, str], Awaitable[None]]
 
@@ -107,13 +107,13 @@ class Outgoing:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.user_id = user_id
-        # Names the socket among all of its user's, on every gateway (`gateway.open_sockets`).
+        # Names the socket among all of its user's, on every gateway (`gateway.live.open_sockets`).
         self.id = uuid.uuid4().hex
         # When the token the socket was opened with was issued (a revocation of the
         # user's sessions after that closes it), and when the socket opened.
         self.issued_at = issued_at
         # The session family of that token (its `sid`; None for an older token): when
-        # the family ends, the socket is closed (`gateway.revocations`).
+        # the family ends, the socket is closed (`gateway.live.revocations`).
         self.session = session
         self.opened_at = clock()
         # The number of the last notification this socket was sent.

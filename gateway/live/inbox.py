@@ -1,6 +1,6 @@
 """What reaches this gateway from the broker, and where each message goes.
 
-The gateway's own queue (`gateway.broker`) carries:
+The gateway's own queue (`gateway.live.broker`) carries:
 - `user.<id>` with a number (x-seq): a notification of the user, for every socket
   of theirs here (`ConnectedUser.pass_on`);
 - `user.<id>` without one: an offer or its withdrawal, sent to drivers by name
@@ -9,7 +9,7 @@ The gateway's own queue (`gateway.broker`) carries:
   only while that trip is the rider's, or a worker's refusal of the user's command
   (`error`, a reply: for every socket of theirs here, whatever their state), or
   the ids of their sockets that made room for a newer one on another gateway
-  (`sockets.replaced`, `gateway.open_sockets`);
+  (`sockets.replaced`, `gateway.live.open_sockets`);
 - `gateways.locations`: a worker that started asks for the drivers' locations
   held here (`DriverLocations.replay`).
 The offers queue carries the broadcasts (`OfferFanout.broadcast`).
@@ -23,11 +23,11 @@ from collections.abc import Callable
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
 
-from gateway import metrics
-from gateway.connected import ConnectedUsers
-from gateway.locations import DriverLocations
-from gateway.offers import OfferFanout
-from gateway.outgoing import Frame
+from gateway.live import metrics
+from gateway.live.connected import ConnectedUsers
+from gateway.live.locations import DriverLocations
+from gateway.live.offers import OfferFanout
+from gateway.live.outgoing import Frame
 from shared import tracing
 from shared.locations import DRIVER_LOCATION
 from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, SOCKETS_REPLACED, TRIP_HEADER

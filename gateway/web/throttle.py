@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
-from gateway.errors import ApiError
+from gateway.web.errors import ApiError
 from shared.db import Database
 from shared.wire import ErrorCode
 

@@ -34,8 +34,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple, Protocol
 
-from gateway import metrics
-from gateway.connected import ConnectedUser
+from gateway.live import metrics
+from gateway.live.connected import ConnectedUser
 from shared.driver_reports import DriverReport, encode_reports
 from shared.locations import Location, driver_location_frame
 

@@ -46,7 +46,7 @@ LOCATIONS_DROPPED = Counter(
 
 REVOCATION_CHECKS = Counter(
     "taxi_gateway_revocation_checks_total",
-    "Looks at the sessions that ended since the last one (gateway.revocations).",
+    "Looks at the sessions that ended since the last one (gateway.live.revocations).",
 )
 SOCKETS_REVOKED = Counter(
     "taxi_gateway_sockets_revoked_total",

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from gateway.connected import ConnectedUsers
-from gateway.outgoing import Frame
+from gateway.live.connected import ConnectedUsers
+from gateway.live.outgoing import Frame
 from shared import tracing
 from shared.topology import (
     CC_HEADER,

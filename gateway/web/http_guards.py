@@ -22,8 +22,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.course_dialect import speaks_course_forms
-from gateway.errors import ApiError, HttpCode
+from gateway.web.course_forms import speaks_course_forms
+from gateway.web.errors import ApiError, HttpCode
 from shared.wire import ErrorCode
 
 # What a page from an allowed origin may do: the API's methods and the headers its

@@ -30,7 +30,7 @@ from typing import Any, Final
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
-from gateway.rate_limit import TokenBucket
+from gateway.live.rate_limit import TokenBucket
 from shared.wire import CloseCode
 
 # Where the socket endpoint finds the connection's rate limit in the ASGI scope.

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import orjson
 
-from gateway.notification_log import READ_BATCH, Logged, ResumePoint
-from gateway.outgoing import Frame, Outgoing
+from gateway.live.notification_log import READ_BATCH, Logged, ResumePoint
+from gateway.live.outgoing import Frame, Outgoing
 from shared.db import DATABASE_OUTAGE
 from shared.locations import Location
 from shared.trips import EventType, TripUnderWay
@@ -53,7 +53,7 @@ TripChanged = Callable[["ConnectedUser"], None]
 
 
 class LogReader(Protocol):
-    """Where the gateway reads back what it missed (`gateway.notification_log`)."""
+    """Where the gateway reads back what it missed (`gateway.live.notification_log`)."""
 
     async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]: ...
 
@@ -70,7 +70,7 @@ class ConnectedUser:
     trip_changed: TripChanged = _no_one_to_tell
     sockets: set[Outgoing] = field(default_factory=set)
     under_way: TripUnderWay | None = None
-    # A driver's last location acted on (`gateway.locations`), when (seconds since the
+    # A driver's last location acted on (`gateway.live.locations`), when (seconds since the
     # epoch), and when the next report may be acted on (monotonic seconds).
     location: Location | None = None
     located_at: float = 0.0

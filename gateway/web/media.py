@@ -1,5 +1,5 @@
 """User photos: checked by their content, re-encoded, stored under the media
-directory, served at /media/ (with `nosniff`, like every answer: `gateway.http_guards`).
+directory, served at /media/ (with `nosniff`, like every answer: `gateway.web.http_guards`).
 
 A photo is what Pillow decodes it to be, whatever type its sender declared: HTML
 labelled image/png is refused. What is stored is never the uploaded file itself but

@@ -6,7 +6,7 @@ protocol, both sides, as a page for the people who write clients and servers at
 every endpoint), styled with the browser client's own stylesheet. Both pages are made
 from the documents, so what they say cannot drift from them.
 
-Both documents are written by hand in `gateway/api/`, in YAML, for their readers. The
+Both documents are written by hand in `gateway/web/api/`, in YAML, for their readers. The
 schemas they share (a user, a trip, a point, the error body) are written once, in
 `schemas.yaml`; each document gets those it refers to, and the package's version,
 here. `tests/unit/test_service_description.py` holds them to the code: every route,
@@ -87,7 +87,7 @@ def _encoded(name: str) -> bytes:
 
 
 def load(name: str) -> dict[str, Any]:
-    """The description in `gateway/api/<name>`, completed as it is served."""
+    """The description in `gateway/web/api/<name>`, completed as it is served."""
     document = _read(name)
     document["info"]["version"] = _version()
     shared = _read("schemas.yaml")

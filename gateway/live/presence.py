@@ -19,7 +19,7 @@ import logging
 
 import asyncpg
 
-from gateway.connected import ConnectedUsers
+from gateway.live.connected import ConnectedUsers
 from shared.db import DATABASE_OUTAGE, Database
 from shared.settings import Settings
 

@@ -10,7 +10,7 @@ Every token names its family (`sid`). An ended family is a row of `session_ends`
 (the same table the trigger writes the user-wide ends to): from its commit on, every
 token of the family is refused (`shared.sessions.live_user`, in the lookup of the
 user that the handshake, the HTTP API and the dispatcher make anyway), and its open
-sockets are closed (`gateway.revocations`).
+sockets are closed (`gateway.live.revocations`).
 
 A refresh holds the user's row (FOR SHARE) from its check until its new tokens are
 issued and committed. A transaction ending the user's sessions, however long it
@@ -24,9 +24,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway.errors import token_not_valid
 from gateway.tokens import TokenClaims, TokenError, TokenService
 from gateway.users import UserRepository
+from gateway.web.errors import token_not_valid
 from shared.db import Connection, Database
 from shared.sessions import live_user
 from shared.users import User

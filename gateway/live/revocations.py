@@ -39,9 +39,9 @@ import logging
 import time
 import uuid
 
-from gateway import metrics
-from gateway.connected import ConnectedUsers
-from gateway.outgoing import Outgoing
+from gateway.live import metrics
+from gateway.live.connected import ConnectedUsers
+from gateway.live.outgoing import Outgoing
 from shared.db import DATABASE_OUTAGE, Database
 from shared.wire import CloseCode
 

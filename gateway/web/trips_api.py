@@ -23,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import ApiError, HttpCode, OrjsonResponse, invalid_fields, token_not_valid
+from gateway.responses import OrjsonResponse
 from gateway.tokens import TokenError, TokenService
 from gateway.users import UserRepository
+from gateway.web.errors import ApiError, HttpCode, invalid_fields, token_not_valid
 from shared.db import Database
 from shared.trip_rows import Position, visible_trip, visible_trips
 from shared.trips import Status, Trip

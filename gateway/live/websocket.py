@@ -6,9 +6,9 @@ upgrade. Once open, every frame from the client is validated; a bad one gets an
 `error` frame and the connection stays open. Commands are stamped with the user and
 a message id and published. The socket first gets what its user missed (after
 `since`, or after where their last socket left off), then every notification of the
-user as it arrives (`gateway.connected`), each written by the socket's own writer
-(`gateway.outgoing`). Drivers also get offers (`gateway.offers`) while they are free,
-and report where they are (`gateway.locations`).
+user as it arrives (`gateway.live.connected`), each written by the socket's own writer
+(`gateway.live.outgoing`). Drivers also get offers (`gateway.live.offers`) while they are free,
+and report where they are (`gateway.live.locations`).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from aio_pika.exceptions import AMQPError
 from opentelemetry.trace import SpanKind
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gateway import metrics
-from gateway.broker import GatewayBroker, PublishFailed
-from gateway.connected import ConnectedUser, ConnectedUsers
-from gateway.course_dialect import OUR_SUBPROTOCOL, course_frame
-from gateway.errors import OrjsonResponse
-from gateway.locations import DriverLocations
-from gateway.notification_log import NotificationLog, ResumePoint
-from gateway.open_sockets import OpenSockets, Replaced
-from gateway.outgoing import Frame, Outgoing
-from gateway.rate_limit import TokenBucket
-from gateway.socket_protocol import RATE_LIMIT_EXTENSION
+from gateway.live import metrics
+from gateway.live.broker import GatewayBroker, PublishFailed
+from gateway.live.connected import ConnectedUser, ConnectedUsers
+from gateway.live.course_frames import OUR_SUBPROTOCOL, course_frame
+from gateway.live.locations import DriverLocations
+from gateway.live.notification_log import NotificationLog, ResumePoint
+from gateway.live.open_sockets import OpenSockets, Replaced
+from gateway.live.outgoing import Frame, Outgoing
+from gateway.live.rate_limit import TokenBucket
+from gateway.live.socket_protocol import RATE_LIMIT_EXTENSION
+from gateway.responses import OrjsonResponse
 from gateway.tokens import TokenClaims, TokenError, TokenService
 from gateway.users import UserRepository
 from shared import tracing, wire
@@ -300,7 +300,8 @@ class TaxiSocket:
     ) -> int | None:
         """The client's frames, each handled in turn, until it goes: the close code."""
         user = connected.user
-        # The connection's own bucket, which its pings take from too (`gateway.socket_protocol`).
+        # The connection's own bucket, which its pings take from too
+        # (`gateway.live.socket_protocol`).
         bucket = websocket.scope["extensions"].get(RATE_LIMIT_EXTENSION) or TokenBucket(
             *self._rate_limit
         )
