@@ -54,25 +54,25 @@ $(LEAFLET)/leaflet.js: $(CLIENT_BUILD)/package.json $(CLIENT_BUILD)/package-lock
 		$(CLIENT_BUILD)/node_modules/leaflet/LICENSE $(LEAFLET)/
 	cp $(CLIENT_BUILD)/node_modules/leaflet/dist/leaflet.js $(LEAFLET)/
 
-# Ctrl-C reaches honcho alone (shared.foreground gives it the terminal), which stops
+# Ctrl-C reaches honcho alone (tools.foreground gives it the terminal), which stops
 # every process; a stop so asked for ends `make run` with status 0, not "Interrupt".
 # The gateway serves its metrics on TAXI_METRICS_PORT; honcho gives each worker
 # PORT = its base port + the worker's index (dispatcher comes first in the Procfile),
 # so with the base one above it worker n gets TAXI_METRICS_PORT + n.
 run: install-run client
-	$(BIN)/python -m shared.preflight --workers $(WORKERS)
+	$(BIN)/python -m tools.preflight --workers $(WORKERS)
 	$(BIN)/python -m shared.migrate
-	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m shared.foreground -- honcho start --procfile Procfile \
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m tools.foreground -- honcho start --procfile Procfile \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency gateway=1,dispatcher=$(WORKERS)
 
-# The system on a three-node RabbitMQ cluster of private nodes (shared/local_cluster.py):
+# The system on a three-node RabbitMQ cluster of private nodes (tools/local_cluster.py):
 # node n on AMQP port CLUSTER_AMQP_PORT + n - 1 (distribution port that + 20000), one
 # epmd of their own on CLUSTER_EPMD_PORT; two gateways on TAXI_PORT and TAXI_PORT + 1
 # and CLUSTER_WORKERS workers (Procfile.cluster), every one given all three nodes in
 # TAXI_AMQP_URL. Gateway 1's metrics are on TAXI_METRICS_PORT, worker n's on
 # TAXI_METRICS_PORT + n, gateway 2's after the workers'. Beside the nodes, a Postgres
-# that fails over (shared/local_postgres.py: Patroni on a private etcd, a primary and a
+# that fails over (tools/local_postgres.py: Patroni on a private etcd, a primary and a
 # synchronous standby on free ports), migrated, named in every process's
 # TAXI_DATABASE_URL; Patroni and etcd are installed with apt as root. Ctrl-C, or
 # `make cluster-stop` from another terminal, stops it all and removes the nodes' data.
@@ -83,27 +83,27 @@ CLUSTER_ARGS = --workers $(CLUSTER_WORKERS) --amqp-port $(CLUSTER_AMQP_PORT) \
 	--epmd-port $(CLUSTER_EPMD_PORT)
 
 cluster: install-run client
-	$(BIN)/python -m shared.local_cluster check $(CLUSTER_ARGS)
-	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m shared.local_cluster run $(CLUSTER_ARGS) -- \
+	$(BIN)/python -m tools.local_cluster check $(CLUSTER_ARGS)
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec python -m tools.local_cluster run $(CLUSTER_ARGS) -- \
 		honcho start --procfile Procfile.cluster \
 		--port "$$(( $$($(BIN)/python -m shared.settings TAXI_METRICS_PORT) + 1 ))" \
 		--concurrency dispatcher=$(CLUSTER_WORKERS),gateway=1,gateway2=1
 
 cluster-stop: install-run
-	$(BIN)/python -m shared.local_cluster stop $(CLUSTER_ARGS)
+	$(BIN)/python -m tools.local_cluster stop $(CLUSTER_ARGS)
 
 # Remove the exchanges and queues of TAXI_BROKER_PREFIX; `reset` also drops the database.
 clean-broker: install-run
-	$(BIN)/python -m shared.cleanup broker
+	$(BIN)/python -m tools.cleanup broker
 
 reset: install-run
-	$(BIN)/python -m shared.cleanup reset
+	$(BIN)/python -m tools.cleanup reset
 
 # Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|city|cluster|smoke
 # for the others, BENCH_ARGS for more options (`python -m bench --help`).
 SCENARIO ?= steady
 bench: install-bench
-	$(BIN)/python -m shared.preflight
+	$(BIN)/python -m tools.preflight
 	$(BIN)/python -m bench $(SCENARIO) $(BENCH_ARGS)
 
 # The browser tests drive Debian's Chromium; this installs it (as root) or says how.

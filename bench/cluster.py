@@ -1,7 +1,7 @@
 """The system on a three-node RabbitMQ cluster against the same system on one node, and
 what a node's loss costs (`python -m bench cluster`).
 
-Four private RabbitMQ nodes of `shared.local_cluster` on this machine, removed with
+Four private RabbitMQ nodes of `tools.local_cluster` on this machine, removed with
 their data at the end: one alone, and three clustered with `join_cluster`. Nothing
 is asked of the machine's own broker. Two systems run at once, each with its own
 database and broker prefix, the same number of gateways and workers, and their own
@@ -19,7 +19,7 @@ node, so the gateways start on nodes 1 and 2 and the workers on the others).
    is connected to is killed with SIGKILL, `--kills` times; `--recovery-seconds`
    after each kill the node is booted again and rejoins. Then the database primary
    is killed the same way, `--database-kills` times: the cluster side's Postgres is
-   `shared.local_postgres` (Patroni on a private etcd, a primary and a synchronous
+   `tools.local_postgres` (Patroni on a private etcd, a primary and a synchronous
    standby, both named in TAXI_DATABASE_URL), which promotes the standby; the old
    primary rejoins as its standby before the next kill. For each kill: the gap
    (from the kill to the first offer, and to the first assignment, of a trip
@@ -65,10 +65,10 @@ from bench.compare import alternate_rounds, merge_usage
 from bench.load import DRAIN_SECONDS, Load, Trip, User
 from bench.stats import percentiles
 from bench.system import LocalSystem
-from shared.local_cluster import LocalCluster, wait_until
-from shared.local_postgres import DCS, PostgresCluster
 from shared.migrate import migrate, with_database
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
+from tools.local_cluster import LocalCluster, wait_until
+from tools.local_postgres import DCS, PostgresCluster
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 SIDES = ("one node", "cluster")
 NODES = 3
@@ -937,7 +937,7 @@ def _database_kills_markdown(kills: list[dict[str, Any]], params: dict[str, Any]
         f"### database failover: kill -9 of the Postgres primary, {len(kills)} time(s), "
         "steady traffic going on",
         "",
-        "Patroni (shared/local_postgres.py: "
+        "Patroni (tools/local_postgres.py: "
         + ", ".join(f"{k} {v}" for k, v in DCS.items() if not isinstance(v, dict))
         + ") promotes the synchronous standby; every process lists both servers in "
         "TAXI_DATABASE_URL with target_session_attrs=read-write. Gap: seconds from the kill "

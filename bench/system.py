@@ -23,15 +23,15 @@ import aio_pika
 import asyncpg
 
 from bench.resources import rabbitmq_queues
-from shared.cleanup import delete_broker_objects, unique_name
 from shared.migrate import drop_database, migrate, with_database
-from shared.processes import (
+from shared.settings import Settings
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import (
     ServiceProcess,
     free_port,
     start_dispatcher,
     start_gateway,
 )
-from shared.settings import Settings
 
 # Queue deletions run on this many channels at once (thousands of per-user queues).
 DELETE_CHANNELS = 8

@@ -12,12 +12,12 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.cleanup import delete_broker_objects, unique_name
 from shared.migrate import drop_database, migrate, with_database
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, shared_server_identities
 from tests.services import docker_engine_available, service_urls
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page, WebSocketRoute, expect
 
-from shared.processes import ServiceProcess, free_port, start_dispatcher
 from shared.settings import Settings
 from tests.browser.conftest import OpenPage, OpenTab, Screenshot
 from tests.clients import (
@@ -34,6 +33,7 @@ from tests.clients import (
     receive_until,
 )
 from tests.clients import send as send_frame
+from tools.processes import ServiceProcess, free_port, start_dispatcher
 
 pytestmark = pytest.mark.usefixtures("dispatchers")
 

@@ -7,7 +7,7 @@ session starts on free ports with a data directory of its own and removes at the
 `PrivatePostgres` (initdb and pg_ctl) and `PrivateRabbitMQ` (a separately named node
 with its own ports, Erlang cookie, epmd and data directory; nothing of
 /etc/rabbitmq is read). The private RabbitMQ nodes, alone or as the cluster of
-tests/chaos/test_cluster.py, are `make cluster`'s own (shared/local_cluster.py).
+tests/chaos/test_cluster.py, are `make cluster`'s own (tools/local_cluster.py).
 Every stop is paired with a start in a `finally`, so a failing test still leaves
 the private server serving for the tests after it.
 
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from shared.local_cluster import (
+from tools.local_cluster import (
     SERVICE_TIMEOUT_SECONDS,
     LocalCluster,
     PrivateRabbitMQ,
@@ -40,7 +40,7 @@ from shared.local_cluster import (
     run_command,
     wait_until,
 )
-from shared.processes import free_port
+from tools.processes import free_port
 
 __all__ = [
     "LocalCluster",

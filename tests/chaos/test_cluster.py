@@ -1,7 +1,7 @@
 """The system on a three-node RabbitMQ cluster: any one node killed mid-burst, and a
 gateway killed mid-burst, lose nothing.
 
-The cluster is `make cluster`'s own (shared/local_cluster.py): three private nodes
+The cluster is `make cluster`'s own (tools/local_cluster.py): three private nodes
 on free ports with their own epmd, cookie and data directory, joined with
 `rabbitmqctl join_cluster`, removed with their data at the end of the module. The
 database is the session's private Postgres. The machine's shared RabbitMQ and
@@ -33,12 +33,12 @@ import orjson
 import pytest
 import websockets
 
-from shared.cleanup import unique_name
-from shared.local_cluster import LocalCluster, Owner
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.traffic import RIDER_EVENTS, Delivery, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive_until, send
+from tools.cleanup import unique_name
+from tools.local_cluster import LocalCluster, Owner
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 # Three nodes booting on a busy 2-core machine take tens of seconds; the burst with
 # three kills and restarts a few minutes at most.

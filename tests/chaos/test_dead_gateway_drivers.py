@@ -20,9 +20,9 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.live.locations import HEARTBEAT_SECONDS
 from shared.locations import EARTH_RADIUS_M
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import about, connect, create_account, receive_until, send
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 METRES_PER_DEGREE_OF_LATITUDE = EARTH_RADIUS_M * math.pi / 180
 CENTRE = {"lat": 59.3293, "lng": 18.0686}  # a city no other test uses

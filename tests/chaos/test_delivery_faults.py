@@ -22,7 +22,6 @@ from dispatcher import notification_log, outbox, repository
 from dispatcher.handlers import update_trip
 from dispatcher.notifications import Audience, Broadcast, for_transition
 from shared.commands import UPDATE_TRIP, Command, UpdateTrip
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.trips import Status
@@ -37,6 +36,7 @@ from tests.clients import (
     send,
     ws_url,
 )
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 REQUEST = {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}}
 

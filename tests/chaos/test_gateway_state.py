@@ -23,10 +23,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from shared.locations import EARTH_RADIUS_M
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.relay import Relay
 from tests.clients import Account, about, connect, create_account, receive_until, send
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 REQUEST = {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}}
 # Somewhere no other test puts its drivers.

@@ -1,7 +1,7 @@
 """The database primary killed mid-burst: Patroni promotes the synchronous standby and
 nothing a client saw is lost.
 
-The Postgres is `make cluster`'s own (shared/local_postgres.py): Patroni on a private
+The Postgres is `make cluster`'s own (tools/local_postgres.py): Patroni on a private
 etcd, a primary and a synchronous standby of private servers on free ports, removed
 with their data at the end of the module however the test ends. Every process gets
 both servers in TAXI_DATABASE_URL (`target_session_attrs=read-write`). The broker is
@@ -26,15 +26,15 @@ import orjson
 import pytest
 import websockets
 
-from shared.cleanup import unique_name
-from shared.local_cluster import wait_until
-from shared.local_postgres import PostgresCluster, missing_packages
 from shared.migrate import migrate
-from shared.processes import ServiceProcess, metrics_url, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.test_cluster import FINISH, assert_nothing_lost_or_doubled
 from tests.chaos.traffic import Traffic
 from tests.clients import Account, about, connect, create_account, receive_until, send
+from tools.cleanup import unique_name
+from tools.local_cluster import wait_until
+from tools.local_postgres import PostgresCluster, missing_packages
+from tools.processes import ServiceProcess, metrics_url, start_dispatcher, start_gateway
 
 pytestmark = pytest.mark.timeout(900)
 

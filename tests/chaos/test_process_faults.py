@@ -17,12 +17,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from shared.commands import CREATE_TRIP, Command, CreateTrip
-from shared.processes import ServiceProcess, free_port, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from tests.chaos.relay import Relay
 from tests.chaos.traffic import LiveSocket, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive, receive_until, send
+from tools.processes import ServiceProcess, free_port, start_dispatcher, start_gateway
 
 
 async def test_clients_of_a_killed_gateway_get_what_they_missed_after_reconnecting(

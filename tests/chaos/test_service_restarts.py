@@ -22,7 +22,6 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.tokens import TokenService
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.users import USER_COLUMNS, User, user_from_row
 from tests.chaos.services import (
@@ -33,6 +32,7 @@ from tests.chaos.services import (
 )
 from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive, receive_until, send
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 # The first test to ask for a private server waits for its start, on a slow machine
 # tens of seconds (pytest-timeout counts fixture set-up).

@@ -9,10 +9,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from shared.processes import start_dispatcher, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.chaos.traffic import RIDER_EVENTS, Traffic, rider_deliveries
+from tools.processes import start_dispatcher, start_gateway
 
 PAIRS = 20
 TRIPS_PER_PAIR = 10  # 200 trips, 800 commands

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from shared.processes import ServiceProcess, start_gateway
 from shared.settings import Settings
+from tools.processes import ServiceProcess, start_gateway
 
 COURSE_ORIGIN = "http://localhost:3001"
 AXIOS_ACCEPT = "application/json, text/plain, */*"

@@ -25,11 +25,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from shared.cleanup import delete_broker_objects, unique_name
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import Account, create_account, ws_url
 from tests.unit.test_course_dialect import driver_dashboard, rider_dashboard
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 REQUEST_TIMEOUT_SECONDS = 3
 REQUEST = {"type": "create.trip", "data": {"pick_up_address": "A", "drop_off_address": "B"}}

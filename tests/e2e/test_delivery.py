@@ -14,9 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.cleanup import delete_broker_objects
 from shared.commands import CREATE_TRIP, UPDATE_TRIP, Command, CreateTrip, UpdateTrip
-from shared.processes import ServiceProcess, start_gateway
 from shared.settings import Settings
 from shared.topology import Topology, command_key
 from shared.trips import Status
@@ -31,6 +29,8 @@ from tests.clients import (
     send,
 )
 from tests.e2e.test_dispatch import request_trip, update
+from tools.cleanup import delete_broker_objects
+from tools.processes import ServiceProcess, start_gateway
 
 
 async def test_a_redelivered_command_changes_nothing_twice(

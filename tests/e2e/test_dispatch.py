@@ -10,7 +10,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from shared.processes import ServiceProcess
 from shared.settings import Settings
 from tests.clients import (
     Account,
@@ -23,6 +22,7 @@ from tests.clients import (
     rider_and_driver,
     send,
 )
+from tools.processes import ServiceProcess
 
 pytestmark = pytest.mark.usefixtures("dispatchers")
 

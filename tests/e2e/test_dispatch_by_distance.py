@@ -25,12 +25,12 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from shared.cleanup import delete_broker_objects, unique_name
 from shared.locations import EARTH_RADIUS_M
 from shared.migrate import drop_database, migrate, with_database
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import Account, about, connect, create_account, receive, receive_until, send
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 RADIUS_M = 1000
 MAX_OFFERS = 2

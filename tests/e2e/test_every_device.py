@@ -18,7 +18,6 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from shared.commands import command_id
-from shared.processes import ServiceProcess, start_gateway
 from shared.settings import Settings
 from tests.clients import (
     SUBPROTOCOLS,
@@ -31,6 +30,7 @@ from tests.clients import (
     send,
     ws_url,
 )
+from tools.processes import ServiceProcess, start_gateway
 
 LIFECYCLE = [
     ("STARTED", "trip.accepted"),

@@ -31,11 +31,11 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.web.signup import is_acceptable_username
 from shared.locations import location_from
-from shared.processes import ServiceProcess
 from shared.settings import Settings
 from shared.trips import Status
 from shared.wire import FrameError
 from tests.clients import Account, about, connect, create_account, receive, receive_until
+from tools.processes import ServiceProcess
 
 T = TypeVar("T")
 

@@ -23,9 +23,9 @@ import httpx
 import pytest
 import websockets
 
-from shared.processes import start_gateway
 from shared.settings import Settings
 from tests.clients import PASSWORD, SUBPROTOCOLS, new_username, ws_url
+from tools.processes import start_gateway
 
 ATTEMPTS = 3
 SIGNUPS = 3

@@ -20,9 +20,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from shared.processes import start_gateway
 from shared.settings import Settings
 from tests.clients import SUBPROTOCOLS, create_account, receive
+from tools.processes import start_gateway
 
 SMALL_FRAME_LIMIT = 1024
 RATE_PER_SECOND = 2

@@ -21,8 +21,6 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from shared.cleanup import delete_broker_objects
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import (
     SUBPROTOCOLS,
@@ -33,6 +31,8 @@ from tests.clients import (
     send,
     ws_url,
 )
+from tools.cleanup import delete_broker_objects
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 
 @dataclass

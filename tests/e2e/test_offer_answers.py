@@ -20,9 +20,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from shared.cleanup import delete_broker_objects, unique_name
 from shared.migrate import drop_database, migrate, with_database
-from shared.processes import start_gateway
 from shared.settings import Settings
 from tests.clients import about, connect, create_account, is_error, receive_until, send
 from tests.e2e.test_dispatch_by_distance import (
@@ -33,6 +31,8 @@ from tests.e2e.test_dispatch_by_distance import (
     north_of,
     request,
 )
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import start_gateway
 
 NEVER_SECONDS = 60
 # The advisory lock a matching round takes (dispatcher.repository.try_match_lock).

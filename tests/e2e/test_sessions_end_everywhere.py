@@ -25,7 +25,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.tokens import TokenService
 from gateway.web.passwords import Passwords
-from shared.processes import ServiceProcess, metrics_url
 from shared.settings import Settings
 from shared.users import User
 from tests.clients import (
@@ -39,6 +38,7 @@ from tests.clients import (
     send,
     ws_url,
 )
+from tools.processes import ServiceProcess, metrics_url
 
 ECHO = {"type": "echo.message", "data": "still here"}
 NEW_PASSWORD = "n3w-pAssw0rd!"

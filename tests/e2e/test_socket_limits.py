@@ -20,9 +20,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from shared.processes import ServiceProcess, metrics_url, start_gateway
 from shared.settings import Settings
 from tests.clients import SUBPROTOCOLS, connect, create_account, receive, send, ws_url
+from tools.processes import ServiceProcess, metrics_url, start_gateway
 
 SLOW_CLIENT_SECONDS = 1
 # Echoes of this size fill a loopback connection's buffers well before the gateway's

@@ -27,10 +27,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from shared.cleanup import delete_broker_objects
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import about, receive_until, rider_and_driver, send
+from tools.cleanup import delete_broker_objects
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ async def traced(
         log_level="DEBUG",
     )
     with Receiver().running() as receiver:
-        # The processes inherit the environment (shared.processes).
+        # The processes inherit the environment (tools.processes).
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         # Exported within a tenth of a second, not the default five.

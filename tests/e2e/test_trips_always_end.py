@@ -25,11 +25,9 @@ from websockets.asyncio.client import ClientConnection
 
 from dispatcher import retention
 from dispatcher.worker import REFUSALS_KEPT_PER_USER
-from shared.cleanup import delete_broker_objects, unique_name
 from shared.commands import command_id
 from shared.locations import EARTH_RADIUS_M
 from shared.migrate import drop_database, migrate, with_database
-from shared.processes import ServiceProcess, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import (
     Account,
@@ -41,6 +39,8 @@ from tests.clients import (
     receive_until,
     send,
 )
+from tools.cleanup import delete_broker_objects, unique_name
+from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 LOST_SECONDS = 2
 RADIUS_M = 1000

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.cleanup import unique_name
 from shared.migrate import drop_database, migrate, with_database
 from shared.settings import Settings
+from tools.cleanup import unique_name
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import aio_pika
 import pytest
 
 from shared import broker
-from shared.cleanup import unique_name
-from shared.processes import start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.chaos.relay import Relay
+from tools.cleanup import unique_name
+from tools.processes import start_dispatcher, start_gateway
 
 
 def node_urls(settings: Settings, ports: list[int]) -> str:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.local_cluster import LocalCluster
-from shared.processes import start_gateway
+from tools.local_cluster import LocalCluster
+from tools.processes import start_gateway
 from shared.settings import Settings
 
 READY = Path(os.environ["LEFTOVER_READY_FILE"])

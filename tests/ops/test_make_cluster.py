@@ -26,8 +26,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.cleanup import unique_name
-from shared.local_cluster import (
+from shared.migrate import drop_database
+from shared.settings import Settings
+from tests.chaos.services import PrivatePostgres
+from tests.clients import about, connect, create_account, receive_until, send
+from tests.ops.terminal import InTerminal, start_in_terminal
+from tools.cleanup import unique_name
+from tools.local_cluster import (
     CTL_PORT_OFFSET,
     CTL_PORT_RANGE,
     DIST_PORT_OFFSET,
@@ -35,14 +40,9 @@ from shared.local_cluster import (
     default_dir,
     process_alive,
 )
-from shared.local_postgres import cluster_dir
-from shared.migrate import drop_database
-from shared.preflight import port_taken
-from shared.processes import free_port, free_port_run
-from shared.settings import Settings
-from tests.chaos.services import PrivatePostgres
-from tests.clients import about, connect, create_account, receive_until, send
-from tests.ops.terminal import InTerminal, start_in_terminal
+from tools.local_postgres import cluster_dir
+from tools.preflight import port_taken
+from tools.processes import free_port, free_port_run
 
 pytestmark = pytest.mark.timeout(600)
 

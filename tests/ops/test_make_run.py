@@ -20,14 +20,14 @@ import psycopg
 import pytest
 
 from shared import broker
-from shared.cleanup import unique_name
 from shared.migrate import migrate, with_database
-from shared.processes import free_port, free_port_run
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.chaos.traffic import Traffic
 from tests.clients import about, connect, create_account, receive_until, send
 from tests.ops.terminal import InTerminal, start_in_terminal
+from tools.cleanup import unique_name
+from tools.processes import free_port, free_port_run
 
 WORKERS = 2
 # Installing on a new machine is part of `make run`'s first start.

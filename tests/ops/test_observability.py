@@ -22,9 +22,9 @@ import httpx
 import promql_parser
 import yaml
 
-from shared.processes import free_port, metrics_url, start_dispatcher, start_gateway
 from shared.settings import Settings
 from tests.clients import about, connect, create_account, receive_until, send
+from tools.processes import free_port, metrics_url, start_dispatcher, start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"

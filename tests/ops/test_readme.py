@@ -1,7 +1,7 @@
 """The README's walk-through as a reader follows it, against the live test system:
 its sign-up block pasted into an interactive bash (history expansion on, so a `!`
 in double quotes would fail as it does for a reader), its trip typed into
-`python -m shared.ws_client`, and its example frames compared with what the system sends:
+`python -m tools.ws_client`, and its example frames compared with what the system sends:
 the numbered trip frame, a worker's and the gateway's error frames, the `resync`
 frame and the refusal of a `since` ahead of the user's notifications.
 
@@ -53,7 +53,7 @@ ERROR_CODES = frozenset(
 )
 # How the gateway writes a trip's times (UTC, microseconds).
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-# `python -m shared.ws_client` prints each frame it receives after "< ".
+# `python -m tools.ws_client` prints each frame it receives after "< ".
 RECEIVED = re.compile(r"< (\{.*\})$")
 
 
@@ -161,7 +161,7 @@ def test_the_sign_up_block_pasted_into_bash_signs_both_up_and_logs_both_in(
 
 
 class WebSocketClient:
-    """One `python -m shared.ws_client` session of the README: lines typed into it, and the
+    """One `python -m tools.ws_client` session of the README: lines typed into it, and the
     frames it prints as received."""
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
@@ -246,7 +246,7 @@ class Session:
 def websocket_sessions(block: str) -> list[Session]:
     sessions: list[Session] = []
     for line in block.splitlines():
-        if "-m shared.ws_client" in line:
+        if "-m tools.ws_client" in line:
             sessions.append(Session(shlex.split(line), []))
         elif line.startswith("> "):
             sessions[-1].lines.append(line.removeprefix("> "))
@@ -287,7 +287,7 @@ def test_the_trip_walk_through_works_typed_into_the_ws_client(
     project_root: Path,
     clients: list[WebSocketClient],
 ) -> None:
-    sessions = websocket_sessions(the_block_with("-m shared.ws_client"))
+    sessions = websocket_sessions(the_block_with("-m tools.ws_client"))
     assert len(sessions) == 2 and all(session.lines for session in sessions), sessions
     for session in sessions:
         *command, url = session.argv

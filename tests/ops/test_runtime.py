@@ -14,17 +14,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.processes import (
+from shared.settings import Settings
+from tests.chaos.services import PrivateRabbitMQ, rabbitmq_stopped
+from tests.chaos.traffic import Traffic
+from tests.clients import about, connect, create_account, receive_until, send
+from tools.processes import (
     ServiceProcess,
     free_port,
     metrics_url,
     start_dispatcher,
     start_gateway,
 )
-from shared.settings import Settings
-from tests.chaos.services import PrivateRabbitMQ, rabbitmq_stopped
-from tests.chaos.traffic import Traffic
-from tests.clients import about, connect, create_account, receive_until, send
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

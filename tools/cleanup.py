@@ -1,7 +1,7 @@
 """Removing what a deployment or a test run left on the shared services.
 
-`python -m shared.cleanup broker` (`make clean-broker`) deletes every exchange and
-queue named with TAXI_BROKER_PREFIX; `python -m shared.cleanup reset` (`make reset`)
+`python -m tools.cleanup broker` (`make clean-broker`) deletes every exchange and
+queue named with TAXI_BROKER_PREFIX; `python -m tools.cleanup reset` (`make reset`)
 also removes the photos of that database's users from TAXI_MEDIA_DIR and drops the
 database of TAXI_DATABASE_URL. Both print what they removed.
 """
@@ -97,7 +97,7 @@ def remove_photos(settings: Settings) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.cleanup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.cleanup", description=__doc__)
     parser.add_argument(
         "what",
         choices=("broker", "reset"),

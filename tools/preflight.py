@@ -1,4 +1,4 @@
-"""`python -m shared.preflight [--workers N]`: before `make run`, make sure Postgres and
+"""`python -m tools.preflight [--workers N]`: before `make run`, make sure Postgres and
 RabbitMQ answer and the ports the system will listen on are free.
 
 If a service does not answer and a Docker engine does, start both from
@@ -97,7 +97,7 @@ def taken_port(settings: Settings, workers: int) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.preflight", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.preflight", description=__doc__)
     parser.add_argument(
         "--workers",
         type=int,

@@ -1,4 +1,4 @@
-"""`python -m shared.foreground -- COMMAND...`: run a command that an operator stops with
+"""`python -m tools.foreground -- COMMAND...`: run a command that an operator stops with
 Ctrl-C (honcho under `make run`, the cluster under `make cluster`), so that stopping it
 is no failure.
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == ["--"]:
         args = args[1:]
     if not args:
-        sys.exit("usage: python -m shared.foreground -- COMMAND...")
+        sys.exit("usage: python -m tools.foreground -- COMMAND...")
     sys.exit(run_in_foreground(args))
 
 

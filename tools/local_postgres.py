@@ -1,13 +1,13 @@
 """A Postgres that fails over, on this machine: Patroni with a private etcd, managing a
 primary and a synchronous standby of private Postgres servers.
 
-`make cluster` starts one beside its RabbitMQ nodes (shared/local_cluster.py) and gives
+`make cluster` starts one beside its RabbitMQ nodes (tools/local_cluster.py) and gives
 every process its two servers in TAXI_DATABASE_URL, libpq style
 (`postgresql://postgres@127.0.0.1:P1,127.0.0.1:P2/taxi?target_session_attrs=read-write`);
 the fault test tests/chaos/test_postgres_failover.py and `make bench SCENARIO=cluster`
 kill -9 its primary mid-burst. Everything (etcd's data, both data directories, Patroni's
 configuration and logs) lives in one directory, removed at the end; every port is a
-free one (shared.processes.free_port), on 127.0.0.1 only. Nothing of the machine's own
+free one (tools.processes.free_port), on 127.0.0.1 only. Nothing of the machine's own
 Postgres (its port, /etc/postgresql, its data) is touched. Run as root, Patroni (and so
 Postgres) runs as the `postgres` system user, which owns the directory.
 
@@ -17,9 +17,9 @@ once rather than restarted in place; `loop_wait` (how often each Patroni looks) 
 how long that takes. `ttl` only matters when a whole node (Patroni included) dies: its
 leader key then expires after `ttl` seconds.
 
-    python -m shared.local_postgres start --dir D   # prints TAXI_DATABASE_URL
-    python -m shared.local_postgres kill --dir D    # kill -9 the primary's Postgres
-    python -m shared.local_postgres stop --dir D    # stops everything, removes D
+    python -m tools.local_postgres start --dir D   # prints TAXI_DATABASE_URL
+    python -m tools.local_postgres kill --dir D    # kill -9 the primary's Postgres
+    python -m tools.local_postgres stop --dir D    # stops everything, removes D
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.local_cluster import (
+from shared.migrate import migrate
+from tools.local_cluster import (
     SERVICE_TIMEOUT_SECONDS,
     Owner,
     PrivateServer,
@@ -51,8 +52,7 @@ from shared.local_cluster import (
     tail,
     wait_until,
 )
-from shared.migrate import migrate
-from shared.processes import free_port
+from tools.processes import free_port
 
 # Patroni's dynamic configuration, written to etcd at bootstrap. Patroni's minimum ttl
 # is 20 s; loop_wait 1 s and retry_timeout 5 s keep within ttl > loop_wait + 2 *
@@ -435,7 +435,7 @@ def _terminate(pid: int | None, marker: str, seconds: float) -> None:
         time.sleep(0.1)
 
 
-# The hooks shared/local_cluster.py calls for `make cluster`
+# The hooks tools/local_cluster.py calls for `make cluster`
 
 
 def cluster_dir(cluster_base: Path) -> Path:
@@ -489,7 +489,7 @@ def stop_for_cluster(cluster_base: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.local_postgres",
+        prog="python -m tools.local_postgres",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -12,10 +12,10 @@ directory); the first node boots alone and the others join it with
 `rabbitmqctl join_cluster`. Run as root, the nodes, epmd and rabbitmqctl run as
 the `rabbitmq` system user, which owns the directory.
 
-    python -m shared.local_cluster start    # three nodes on 5701-5703; prints TAXI_AMQP_URL
-    python -m shared.local_cluster stop     # stops them and removes their data
-    python -m shared.local_cluster run -- COMMAND ...   # start, run COMMAND, stop
-    python -m shared.local_cluster kill 2   # kill -9 node 2; `restart 2` boots it again
+    python -m tools.local_cluster start    # three nodes on 5701-5703; prints TAXI_AMQP_URL
+    python -m tools.local_cluster stop     # stops them and removes their data
+    python -m tools.local_cluster run -- COMMAND ...   # start, run COMMAND, stop
+    python -m tools.local_cluster kill 2   # kill -9 node 2; `restart 2` boots it again
 
 `run` is what `make cluster` uses: COMMAND (honcho with two gateways and the
 workers) gets TAXI_AMQP_URL naming every node; when it ends (Ctrl-C, or
@@ -46,10 +46,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from shared.foreground import run_in_foreground
-from shared.preflight import port_taken
-from shared.processes import free_port, free_port_run
 from shared.settings import Settings, SettingsError
+from tools.foreground import run_in_foreground
+from tools.preflight import port_taken
+from tools.processes import free_port, free_port_run
 
 # Generous: a cold start of RabbitMQ on a slow machine with both cores busy takes tens
 # of seconds. Every wait is on a condition; these deadlines only end a hopeless wait.
@@ -342,7 +342,7 @@ class RabbitNode:
             "# Empty: the machine's rabbitmq-env.conf names the shared node.\n"
         )
         (self.base / "rabbitmq.conf").write_text(
-            "# A private node (shared/local_cluster.py); its listener comes from\n"
+            "# A private node (tools/local_cluster.py); its listener comes from\n"
             "# RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT.\n"
         )
         (self.base / "enabled_plugins").write_text("[].\n")
@@ -746,7 +746,7 @@ def check(args: argparse.Namespace, *, system: bool) -> None:
     if problem := taken_port(ports, settings, args.workers):
         sys.exit(problem)
     if settings is not None:
-        from shared import local_postgres  # it imports this module
+        from tools import local_postgres  # it imports this module
 
         local_postgres.check()
 
@@ -791,10 +791,10 @@ def stop(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
         return
     supervisor = cluster.supervisor_pid
-    if supervisor is not None and process_alive(supervisor, "shared.local_cluster"):
+    if supervisor is not None and process_alive(supervisor, "tools.local_cluster"):
         # `make cluster` runs: it stops its processes, then the nodes, and cleans up.
         os.kill(supervisor, signal.SIGTERM)
-        if _wait_gone(supervisor, "shared.local_cluster", 60) and not base.exists():
+        if _wait_gone(supervisor, "tools.local_cluster", 60) and not base.exists():
             print(f"stopped the cluster of {base}")
             return
     cluster.remove()
@@ -837,8 +837,8 @@ def run(args: argparse.Namespace) -> int:
         "CLUSTER_GATEWAY2_METRICS_PORT": str(settings.metrics_port + args.workers + 1),
     }
     # Ctrl-C and `make cluster-stop` (SIGTERM to this process) reach the command, which
-    # stops its processes; a stop so asked for is status 0 (shared.foreground).
-    from shared import local_postgres  # it imports this module
+    # stops its processes; a stop so asked for is status 0 (tools.foreground).
+    from tools import local_postgres  # it imports this module
 
     postgres = None
     try:
@@ -857,7 +857,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.local_cluster",
+        prog="python -m tools.local_cluster",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -887,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         start(args)
     elif args.action == "stop":
         stop(args)
-        from shared import local_postgres  # it imports this module
+        from tools import local_postgres  # it imports this module
 
         local_postgres.stop_for_cluster(Path(args.dir) if args.dir else default_dir(args.amqp_port))
     elif args.action in ("kill", "restart"):
