@@ -139,7 +139,12 @@ async def known_to_dispatch(
         while True:
             await send(driver_ws, {"type": "update.location", "data": at})
             probe = await request(prober_ws, pick_up=at)
-            offered = await receive_until(driver_ws, about(probe["id"]), wait_seconds=3)
+            try:
+                # Offered to no one while the workers' index does not hold the report.
+                offered = await receive_until(driver_ws, about(probe["id"]), wait_seconds=3)
+            except TimeoutError:
+                await change(prober_ws, probe, "CANCELLED", "trip.cancelled")
+                continue
             await change(prober_ws, probe, "CANCELLED", "trip.cancelled")
             await receive_until(driver_ws, about(probe["id"], "trip.cancelled"))
             if "distance_m" in offered["data"]:
