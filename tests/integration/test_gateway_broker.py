@@ -92,7 +92,7 @@ async def test_a_bound_users_notifications_reach_the_gateway_queue_and_offers_do
 ) -> None:
     own, offer = unique_body(), unique_body()
     messages = gateway.notifications()
-    offers = gateway.live.offers()
+    offers = gateway.offers()
     await gateway.bind_user(user_id)
 
     await publish(notifications, DRIVER_OFFERS_KEY, offer)
