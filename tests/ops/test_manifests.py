@@ -1,20 +1,7 @@
-"""The deployment artefacts, checked against their schemas and against the code.
-
-- `deploy/k8s/*.yaml`: Kubernetes' own kinds with kubernetes-validate in strict mode
-  (unknown fields fail), KEDA's and CloudNativePG's kinds with jsonschema against
-  their CRD schemas vendored in `tests/schemas/` (made strict the same way).
-- `docker-compose.yml`: jsonschema against the compose-spec schema in `tests/schemas/`.
-- `deploy/Dockerfile`: read as text (no Docker engine needed).
-
-Then the cross-checks that keep them honest: every TAXI_* variable is a real setting,
-probe paths are real routes, the KEDA queue and the RabbitMQ policy patterns are the
-topology's names, commands are the package's entry points.
-
-The validators are imported at module level on purpose: without them this module
-fails to import and the run fails; nothing here is ever skipped.
-"""
-
-from __future__ import annotations
+"""The Kubernetes manifests, checked against their schemas and against the code:
+every TAXI_* variable is a real setting, probe paths are real routes, the KEDA queue
+and the RabbitMQ policy patterns are the topology's names, commands are the
+package's entry points (the artefacts and validators: `tests/ops/deploy_files.py`)."""
 
 import base64
 import json
@@ -22,238 +9,49 @@ import re
 import subprocess
 import sys
 import threading
-import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-import jsonschema
-import kubernetes_validate
 import pytest
-import yaml
-from kubernetes_validate.utils import latest_version
 
 from dispatcher.__main__ import parse_args
-from dispatcher.metrics import health_app
 from dispatcher.worker import SHUTDOWN_GRACE_SECONDS
-from gateway.app import create_app
 from shared.broker import COMMAND_DELIVERY_LIMIT, DEAD_LETTER_BACKLOG, gateway_queue_arguments
-from shared.metrics import metrics_app
-from shared.settings import Settings, SettingsError, env_name, postgres_hosts
+from shared.settings import Settings, SettingsError
 from shared.topology import Topology
-
-ROOT = Path(__file__).resolve().parents[2]
-K8S_DIR = ROOT / "deploy" / "k8s"
-SCHEMAS_DIR = ROOT / "tests" / "schemas"
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-PYPROJECT = ROOT / "pyproject.toml"
-
-# The oldest Kubernetes the manifests claim to support, and the newest schemas bundled.
-KUBERNETES_VERSIONS = ("1.29.0", latest_version())
-NAMESPACE = "taxi"
-CONFIG_MAP = "taxi-config"
-APP_SECRET = "taxi-secrets"
-GATEWAY = "taxi-gateway"
-DISPATCHER = "taxi-dispatcher"
-POSTGRES = "taxi-postgres"
-# Settings whose values are secrets: they belong in the Secret, never in the ConfigMap.
-SECRET_SETTINGS = frozenset({"TAXI_DATABASE_URL", "TAXI_AMQP_URL", "TAXI_JWT_SECRET"})
-EXPECTED_FILES = frozenset(
-    {
-        "namespace.yaml",
-        "config.yaml",
-        "secret.example.yaml",
-        "migrate-job.yaml",
-        "rabbitmq-policies.yaml",
-        "gateway.yaml",
-        "dispatcher.yaml",
-        "rabbitmq.yaml",
-        "postgres.yaml",
-    }
+from tests.ops.deploy_files import (
+    APP_SECRET,
+    CONFIG_MAP,
+    DISPATCHER,
+    DISPATCHER_PATHS,
+    EXPECTED_FILES,
+    GATEWAY,
+    GATEWAY_METRICS_PATHS,
+    K8S_DIR,
+    MANIFESTS,
+    NAMESPACE,
+    POSTGRES,
+    SECRET_SETTINGS,
+    Manifest,
+    config_data,
+    container_port,
+    dockerfile_user,
+    entry_points,
+    find,
+    manifest_id,
+    of_kind,
+    only_container,
+    pod_spec,
+    production_settings,
+    rabbitmq_conf,
+    schema_errors,
+    secret_data,
+    setting_names,
+    workloads,
 )
-# Kinds of operators (KEDA, CloudNativePG): their CRDs' schemas, vendored.
-CRD_SCHEMA_FILES = {
-    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobject_v1alpha1.json",
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentication_v1alpha1.json",
-    ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_cluster_v1.json",
-}
-# A JWT secret good enough for production, standing in for the operator's own.
-REAL_JWT_SECRET = "x" * 48
-
-Manifest = dict[str, Any]
-
-
-# --- loading ---------------------------------------------------------------------------
-
-
-def load_manifests() -> list[tuple[str, Manifest]]:
-    found = []
-    for path in sorted(K8S_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                found.append((path.name, doc))
-    return found
-
-
-MANIFESTS = load_manifests()
-
-
-def manifest_id(item: tuple[str, Manifest]) -> str:
-    filename, doc = item
-    return f"{filename}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-
-
-def find(kind: str, name: str) -> Manifest:
-    matches = [
-        doc for _, doc in MANIFESTS if doc["kind"] == kind and doc["metadata"]["name"] == name
-    ]
-    assert len(matches) == 1, f"expected one {kind} {name!r} in deploy/k8s, found {len(matches)}"
-    return matches[0]
-
-
-def of_kind(kind: str) -> list[Manifest]:
-    return [doc for _, doc in MANIFESTS if doc["kind"] == kind]
-
-
-def workloads() -> list[Manifest]:
-    """Every manifest that runs pods."""
-    return [doc for _, doc in MANIFESTS if doc["kind"] in ("Deployment", "Job")]
-
-
-def pod_spec(workload: Manifest) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
-    return spec
-
-
-def only_container(workload: Manifest) -> dict[str, Any]:
-    containers = pod_spec(workload)["containers"]
-    assert len(containers) == 1, f"{workload['metadata']['name']}: expected one container"
-    container: dict[str, Any] = containers[0]
-    return container
-
-
-def config_data() -> dict[str, str]:
-    data: dict[str, str] = find("ConfigMap", CONFIG_MAP)["data"]
-    return data
-
-
-def secret_data(name: str = APP_SECRET) -> dict[str, str]:
-    secret = find("Secret", name)
-    data: dict[str, str] = dict(secret.get("stringData", {}))
-    for key, value in secret.get("data", {}).items():
-        data[key] = base64.b64decode(value).decode()
-    return data
-
-
-def setting_names() -> set[str]:
-    return {env_name(field.name) for field in fields(Settings)}
-
-
-def production_settings() -> Settings:
-    """The settings the pods get once the operator has put a real JWT secret in."""
-    return Settings.from_env({**config_data(), **secret_data(), "TAXI_JWT_SECRET": REAL_JWT_SECRET})
-
-
-def pyproject() -> dict[str, Any]:
-    with PYPROJECT.open("rb") as file:
-        return tomllib.load(file)
-
-
-def entry_points() -> set[str]:
-    return set(pyproject()["project"]["scripts"])
-
-
-def container_port(container: dict[str, Any], port: int | str) -> int:
-    """A probe's or Service's port, by number or by the container port's name."""
-    if isinstance(port, int):
-        return port
-    named = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
-    assert named, f"container {container['name']} has no port named {port!r}"
-    return int(named[0])
-
-
-@pytest.fixture(scope="module")
-def gateway_paths(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """The gateway's routes (building the app opens no connection)."""
-    app = create_app(Settings(media_dir=str(tmp_path_factory.mktemp("media"))))
-    return {route.path for route in app.routes if hasattr(route, "path")}
-
-
-async def _never_ready() -> dict[str, bool]:
-    return {}
-
-
-DISPATCHER_PATHS = {route.path for route in health_app(_never_ready).routes}
-# What the gateway serves on TAXI_METRICS_PORT, apart from its public port.
-GATEWAY_METRICS_PATHS = {route.path for route in metrics_app().routes}
-
-
-# --- schemas ---------------------------------------------------------------------------
-
-
-def strict(schema: Any) -> Any:
-    """A CRD schema that refuses unknown fields, as kubernetes-validate's strict mode does.
-
-    The API server prunes fields a CRD does not declare; here a misspelt field must fail.
-    """
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    result: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "properties" and isinstance(value, dict):
-            result[key] = {name: strict(sub) for name, sub in value.items()}
-        else:
-            result[key] = strict(value)
-    if (
-        "properties" in result
-        and "additionalProperties" not in result
-        and not result.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        result["additionalProperties"] = False
-    return result
-
-
-def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
-    schema = strict(json.loads((SCHEMAS_DIR / CRD_SCHEMA_FILES[(api_version, kind)]).read_text()))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-def compose_validator() -> jsonschema.protocols.Validator:
-    schema = json.loads((SCHEMAS_DIR / "compose-spec.json").read_text())
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    return validator_class(schema)
-
-
-def schema_errors(doc: Manifest) -> list[str]:
-    """Every schema violation of one manifest, for every Kubernetes version targeted."""
-    key = (doc.get("apiVersion"), doc.get("kind"))
-    if key in CRD_SCHEMA_FILES:
-        errors = [
-            f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in crd_validator(*key).iter_errors(doc)
-        ]
-        # The CRD schema leaves metadata open; hold it to Kubernetes' ObjectMeta.
-        as_config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}
-        return errors + schema_errors(as_config_map)
-    errors = []
-    for version in KUBERNETES_VERSIONS:
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            path = ".".join(map(str, error.path))
-            errors.append(f"Kubernetes {version}: {path}: {error.message}")
-        except kubernetes_validate.SchemaNotFoundError as error:
-            errors.append(f"Kubernetes {version}: {error.message}")
-    return errors
-
 
 # --- Kubernetes: schemas ---------------------------------------------------------------
 
@@ -687,12 +485,6 @@ RABBITMQ_NODES_SERVICE = "taxi-rabbitmq-nodes"
 RABBITMQ_SECRET = "taxi-rabbitmq-cluster"
 
 
-def rabbitmq_conf(text: str) -> dict[str, str]:
-    """rabbitmq.conf's `key = value` lines (sysctl format)."""
-    pairs = (line.split("=", 1) for line in text.splitlines() if line.strip() and "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
-
-
 def rabbitmq_pod_labels() -> dict[str, str]:
     labels: dict[str, str] = find("StatefulSet", RABBITMQ)["spec"]["template"]["metadata"]["labels"]
     return labels
@@ -854,271 +646,3 @@ def test_the_processes_reach_the_postgres_primary_through_its_read_write_service
     assert (url.hostname, url.port) == (f"{POSTGRES}-rw.{NAMESPACE}.svc.cluster.local", 5432)
     owner = find("Cluster", POSTGRES)["spec"]["bootstrap"]["initdb"]["owner"]
     assert url.username == owner
-
-
-# --- docker compose --------------------------------------------------------------------
-
-
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
-    return data
-
-
-def interpolate(value: Any) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with nothing set in the shell."""
-    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda match: match.group(2) or "", str(value))
-
-
-def compose_env(service: str) -> dict[str, str]:
-    environment = compose()["services"][service].get("environment", {})
-    if isinstance(environment, list):
-        environment = dict(item.split("=", 1) for item in environment)
-    return {key: interpolate(value) for key, value in environment.items()}
-
-
-def taxi_services() -> list[str]:
-    return [
-        name
-        for name, service in compose()["services"].items()
-        if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"
-    ]
-
-
-def healthcheck_url(service: str) -> str:
-    test = compose()["services"][service]["healthcheck"]["test"]
-    assert test[0] == "CMD" and test[1] == "python", "the image has python, not curl or wget"
-    found = re.search(r"https?://[^'\"\s]+", " ".join(test))
-    assert found, test
-    return found.group(0)
-
-
-def test_compose_file_matches_the_compose_spec() -> None:
-    validator = compose_validator()
-    errors = [
-        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(compose())
-    ]
-    assert errors == []
-    # The spec's per-service constraint (image or build, build with a context).
-    constraint = json.loads((SCHEMAS_DIR / "compose-spec.json").read_text())["definitions"][
-        "constraints"
-    ]["service"]
-    for name, service in compose()["services"].items():
-        assert list(jsonschema.Draft201909Validator(constraint).iter_errors(service)) == [], name
-    broken = {"services": {"gateway": {"image": "x", "helthcheck": {}}}}
-    assert list(validator.iter_errors(broken)), "the compose validator accepts anything"
-
-
-def test_compose_runs_the_whole_system() -> None:
-    services = compose()["services"]
-    assert set(services) >= {"postgres", "rabbitmq", "migrate", "gateway", "dispatcher"}
-    assert "management" in services["rabbitmq"]["image"]
-    assert set(taxi_services()) == {"migrate", "gateway", "dispatcher"}
-    assert len({services[name]["image"] for name in taxi_services()}) == 1, "one image"
-    scripts = entry_points()
-    for name in taxi_services():
-        assert services[name]["command"][0] in scripts
-    assert services["migrate"]["command"] == ["taxi-migrate"]
-    assert services["gateway"]["command"] == ["taxi-gateway"]
-    assert services["dispatcher"]["command"][0] == "taxi-dispatcher"
-
-
-def test_compose_runs_a_three_node_rabbitmq_cluster_the_processes_list() -> None:
-    services = compose()["services"]
-    nodes = [name for name in services if name == "rabbitmq" or name.startswith("rabbitmq-")]
-    assert nodes == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
-    config = compose()["configs"]["rabbitmq-cluster"]["content"]
-    conf = rabbitmq_conf(config)
-    assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
-    listed = sorted(v for k, v in conf.items() if k.startswith("cluster_formation.classic_"))
-    assert listed == [f"rabbit@{services[name]['hostname']}" for name in nodes]
-    cookies = {compose_env(name)["RABBITMQ_ERLANG_COOKIE"] for name in nodes}
-    assert len(cookies) == 1 and "" not in cookies, "one cookie for every node"
-    volumes = [services[name]["volumes"][0].split(":")[0] for name in nodes]
-    assert len(set(volumes)) == len(nodes), "a data volume of its own for each node"
-    for name in nodes:
-        assert services[name]["configs"][0]["source"] == "rabbitmq-cluster"
-        assert compose_env(name) == compose_env("rabbitmq")
-    urls = Settings.from_env(compose_env("gateway")).amqp_urls
-    assert [urlsplit(url).hostname for url in urls] == [
-        services[name]["hostname"] for name in nodes
-    ]
-    for name in taxi_services():
-        if name != "migrate":
-            assert set(services[name]["depends_on"]) >= set(nodes), name
-
-
-def test_compose_runs_a_primary_and_a_synchronous_standby_the_processes_list() -> None:
-    services = compose()["services"]
-    primary = " ".join(services["postgres"]["command"])
-    assert "synchronous_standby_names=ANY 1 (standby)" in primary
-    standby = services["postgres-standby"]
-    assert "pg_basebackup --host=postgres" in standby["command"][0]
-    assert "cluster_name=standby" in standby["command"][0]
-    assert standby["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    url = compose_env("migrate")["TAXI_DATABASE_URL"]
-    assert postgres_hosts(url) == [("postgres", 5432), ("postgres-standby", 5432)]
-    assert "target_session_attrs=read-write" in urlsplit(url).query
-
-
-def test_compose_start_order_uses_health_and_completion() -> None:
-    services = compose()["services"]
-    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    for name in ("gateway", "dispatcher"):
-        depends = services[name]["depends_on"]
-        assert depends["migrate"] == {"condition": "service_completed_successfully"}
-        assert depends["rabbitmq"] == {"condition": "service_healthy"}
-        assert depends["postgres"] == {"condition": "service_healthy"}
-    for name, service in services.items():
-        for dependency, condition in service.get("depends_on", {}).items():
-            if condition["condition"] == "service_healthy":
-                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}"
-
-
-def test_compose_healthchecks_hit_real_routes(gateway_paths: set[str]) -> None:
-    gateway = urlsplit(healthcheck_url("gateway"))
-    assert gateway.path == "/readyz" and gateway.path in gateway_paths
-    assert gateway.port == int(compose_env("gateway")["TAXI_PORT"])
-    dispatcher = urlsplit(healthcheck_url("dispatcher"))
-    metrics_port = parse_args(compose()["services"]["dispatcher"]["command"][1:]).metrics_port
-    assert dispatcher.path in DISPATCHER_PATHS
-    assert dispatcher.port == metrics_port
-    for name in ("postgres", "rabbitmq"):
-        assert compose()["services"][name]["healthcheck"]["test"]
-
-
-def test_compose_gateway_is_published_and_the_dispatcher_scales() -> None:
-    services = compose()["services"]
-    published = [str(port).split(":")[-2:] for port in services["gateway"]["ports"]]
-    assert ["8000", compose_env("gateway")["TAXI_PORT"]] in published
-    # The gateway's metrics: inside the compose network only, never on the host.
-    metrics_port = Settings.from_env(compose_env("gateway")).metrics_port
-    assert str(metrics_port) in services["gateway"]["expose"]
-    assert all(container != str(metrics_port) for _, container in published)
-    dispatcher = services["dispatcher"]
-    assert "ports" not in dispatcher, "a fixed host port breaks --scale dispatcher=N"
-    assert "container_name" not in dispatcher, "a fixed name breaks --scale dispatcher=N"
-
-
-def test_compose_settings_are_real_and_valid() -> None:
-    real = setting_names()
-    for name in taxi_services():
-        environment = compose_env(name)
-        taxi = {key for key in environment if key.startswith("TAXI_")}
-        assert taxi <= real, f"{name}: not settings: {sorted(taxi - real)}"
-        Settings.from_env(environment)
-
-
-def test_compose_credentials_match_the_services_that_create_them() -> None:
-    environment = compose_env("gateway")
-    database = urlsplit(environment["TAXI_DATABASE_URL"])
-    postgres = compose_env("postgres")
-    assert database.hostname == "postgres"
-    assert database.username == postgres.get("POSTGRES_USER", "postgres")
-    assert database.path.lstrip("/") == postgres.get("POSTGRES_DB", database.username)
-    if postgres.get("POSTGRES_HOST_AUTH_METHOD") != "trust":
-        assert database.password == postgres["POSTGRES_PASSWORD"]
-    amqp = urlsplit(environment["TAXI_AMQP_URL"])
-    rabbitmq = compose_env("rabbitmq")
-    assert amqp.hostname == "rabbitmq"
-    assert amqp.username == rabbitmq["RABBITMQ_DEFAULT_USER"] != "guest", "guest is loopback-only"
-    assert amqp.password == rabbitmq["RABBITMQ_DEFAULT_PASS"]
-    for name in taxi_services():
-        assert compose_env(name)["TAXI_DATABASE_URL"] == environment["TAXI_DATABASE_URL"]
-        assert compose_env(name)["TAXI_AMQP_URL"] == environment["TAXI_AMQP_URL"]
-
-
-# --- Dockerfile ------------------------------------------------------------------------
-
-
-def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile's instructions, (INSTRUCTION, arguments), grouped by stage."""
-    text = re.sub(r"\\\n", "", DOCKERFILE.read_text())
-    stages: list[list[tuple[str, str]]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, arguments = line.partition(" ")
-        if instruction.upper() == "FROM":
-            stages.append([])
-        assert stages, "an instruction before the first FROM"
-        stages[-1].append((instruction.upper(), arguments.strip()))
-    return stages
-
-
-def dockerfile_user() -> str:
-    users = [args for name, args in dockerfile_stages()[-1] if name == "USER"]
-    assert users, "the final stage must switch to a non-root USER"
-    return users[-1].split(":")[0]
-
-
-def test_dockerfile_is_multi_stage_and_non_root() -> None:
-    stages = dockerfile_stages()
-    assert len(stages) >= 2
-    user = dockerfile_user()
-    assert user.isdigit() and int(user) != 0, "a numeric non-root UID (runAsNonRoot checks it)"
-
-
-def wheel_stage() -> list[tuple[str, str]]:
-    """The stage that builds the wheels (the one running `pip wheel`)."""
-    (stage,) = [
-        stage
-        for stage in dockerfile_stages()
-        if any(name == "RUN" and "pip wheel" in args for name, args in stage)
-    ]
-    return stage
-
-
-def test_dockerfile_builds_the_map_from_the_lockfile_into_the_package() -> None:
-    map_stage = dockerfile_stages()[0]
-    copied = " ".join(args for name, args in map_stage if name == "COPY")
-    assert "client-build/package-lock.json" in copied
-    assert any(name == "RUN" and "npm ci" in args for name, args in map_stage)
-    into_build = [args for name, args in wheel_stage() if name == "COPY" and "--from=map" in args]
-    assert into_build == ["--from=map /vendor/leaflet gateway/client/vendor/leaflet"]
-
-
-def test_dockerfile_builds_the_package_from_pyproject() -> None:
-    project = pyproject()
-    build = wheel_stage()
-    copied = " ".join(args for name, args in build if name == "COPY").split()
-    for needed in ("pyproject.toml", project["project"]["readme"]):
-        assert needed in copied, needed
-    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
-        package = pattern.removesuffix("*")
-        assert package in copied, f"package {package} is not copied into the build stage"
-    runs = [args for name, args in build if name == "RUN"]
-    assert any(re.search(r"pip wheel\b.*\s\.$", run) for run in runs), runs
-    runtime = " ".join(args for name, args in dockerfile_stages()[-1] if name == "RUN")
-    assert f"--no-index --find-links=/wheels {project['project']['name']}" in runtime
-
-
-def test_dockerfile_entry_points_exist() -> None:
-    scripts = entry_points()
-    final = dockerfile_stages()[-1]
-    commands = [json.loads(args) for name, args in final if name in ("CMD", "ENTRYPOINT")]
-    assert commands and commands[-1][0] in scripts
-    runtime = " ".join(args for name, args in final if name == "RUN")
-    for script in ("taxi-gateway", "taxi-dispatcher", "taxi-migrate"):
-        assert script in scripts
-        assert f"command -v {script}" in runtime, f"the image build does not check {script}"
-
-
-def test_dockerfile_package_data_check_passes_here() -> None:
-    """The build's own check (browser client and migrations are installed) is sound."""
-    runtime = " ".join(args for name, args in dockerfile_stages()[-1] if name == "RUN")
-    check = re.search(r'python -c "([^"]+)"', runtime)
-    assert check, "the runtime stage does not check the installed package"
-    result = subprocess.run(
-        [sys.executable, "-c", check.group(1)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def test_dockerfile_settings_are_real() -> None:
-    real = setting_names()
-    for name, args in dockerfile_stages()[-1]:
-        if name == "ENV":
-            for key in re.findall(r"(\w+)=", args):
-                assert not key.startswith("TAXI_") or key in real, key
