@@ -247,7 +247,7 @@ def compare(args: argparse.Namespace, runs: dict[str, Any]) -> dict[str, Any]:
     r_mean, m_mean = rings["pick_up_m"]["mean"], matched["pick_up_m"]["mean"]
     r_p50, m_p50 = rings["time_to_assign_ms"]["p50"], matched["time_to_assign_ms"]["p50"]
     shorter = round(1 - m_mean / r_mean, 4) if r_mean and m_mean is not None else None
-    limit = r_p50 + match_ms if r_p50 is not None else None
+    limit = round(r_p50 + match_ms, 1) if r_p50 is not None else None
     return {
         "load": f"bursts of {args.burst}" if args.burst > 1 else "uniform",
         "matched_pick_up_shorter_share": shorter,

@@ -359,3 +359,34 @@ def test_a_run_out_of_time_is_stopped_and_leaves_nothing_behind(
         assert made not in databases(settings)
     for folders in re.findall(r"data in (\S+) and (\S+)\)", output):
         assert not any(Path(folder).exists() for folder in folders), folders
+
+
+def test_a_city_run_compares_the_dispatch_policies_with_choosy_drivers_and_a_burst(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("city", "--policy", "both", "--drivers", "200", "--riders", "40"),
+        *("--rate", "4", "--seconds", "4", "--burst", "8", "--baseline-seconds", "1"),
+        *("--report-seconds", "2", "--trip-seconds", "4", "--workers", "1"),
+        *("--decline-share", "0.2", "--ignore-share", "0.1", "--request-timeout", "10"),
+        *("--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "city-policies-burst.json").read_text())
+
+    assert list(result["policies"]) == ["rings", "matched"]
+    for name, run in result["policies"].items():
+        assert run["parameters"]["server"]["env"]["TAXI_DISPATCH_POLICY"] == name
+        near = run["phases"]["by distance"]
+        assert near["trips"]["requested"] > 0
+        dispatch = near["dispatch"]
+        assert {"mean", "p95"} <= set(dispatch["pick_up_m"])
+        assert {"p50", "p99"} <= set(dispatch["time_to_assign_ms"])
+        assert "no_driver_share" in dispatch
+        assert sum(dispatch["driver_answers"].values()) > 0
+        assert "server_cpu_ms_per_trip" in near
+    assert {"matched_pick_up_shorter_share", "time_to_assign_goal_met"} <= set(result["comparison"])
+    markdown = (tmp_path / "city-policies-burst.md").read_text()
+    assert "pick-up distance m" in markdown
+    assert "time to assign ms" in markdown
