@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from bench.stats import percentiles
 
 if TYPE_CHECKING:
-    from bench.city import Area, City, CityTrip, Phase
+    from bench.city_model import Area, CityTrip, Phase
+    from bench.city_traffic import City
 
 POLICIES = ("rings", "matched")
 ACCEPT, DECLINE, IGNORE = "accept", "decline", "ignore"
@@ -119,7 +120,7 @@ def p95(values: list[float]) -> float | None:
 
 def dispatch_figures(run: City, phase: Phase) -> dict[str, Any]:
     """Pick-up distance of the assigned driver, time to assign, no_driver share."""
-    from bench.city import haversine
+    from bench.city_model import haversine
 
     at_acceptance: list[float] = []
     at_offer: list[float] = []
@@ -174,7 +175,7 @@ DISPATCH_ROWS = (
 
 
 def dispatch_rows(phase: dict[str, Any]) -> list[tuple[str, str]]:
-    """The figures as (measure, value) rows, for `bench.city.city_markdown`."""
+    """The figures as (measure, value) rows, for `bench.city_report.city_markdown`."""
     d = phase["dispatch"]
     pick, wait = d["pick_up_m"], d["time_to_assign_ms"]
     cells = (
@@ -258,7 +259,7 @@ def compare(args: argparse.Namespace, runs: dict[str, Any]) -> dict[str, Any]:
 
 
 def policies_markdown(result: dict[str, Any]) -> str:
-    from bench.city import city_markdown
+    from bench.city_report import city_markdown
 
     runs = result["policies"]
     names = list(runs)
