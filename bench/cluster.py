@@ -66,8 +66,9 @@ from bench.load import DRAIN_SECONDS, Load, Trip, User
 from bench.stats import percentiles
 from bench.system import LocalSystem
 from shared.migrate import migrate, with_database
-from tools.local_cluster import LocalCluster, wait_until
+from tools.local_cluster import LocalCluster
 from tools.local_postgres import DCS, PostgresCluster
+from tools.private_servers import wait_until
 from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 SIDES = ("one node", "cluster")

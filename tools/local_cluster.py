@@ -30,31 +30,37 @@ import contextlib
 import glob
 import json
 import os
-import pwd
 import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
 
 from shared.settings import Settings, SettingsError
 from tools.foreground import run_in_foreground
 from tools.preflight import port_taken
+from tools.private_servers import (
+    SERVICE_TIMEOUT_SECONDS,
+    Owner,
+    PrivateServer,
+    as_owner,
+    port_open,
+    process_alive,
+    run_command,
+    tail,
+    wait_gone,
+    wait_until,
+)
 from tools.processes import free_port, free_port_run
 
 # Generous: a cold start of RabbitMQ on a slow machine with both cores busy takes tens
 # of seconds. Every wait is on a condition; these deadlines only end a hopeless wait.
-SERVICE_TIMEOUT_SECONDS = 180
-POLL_SECONDS = 0.2
 # Each node's open-files limit (or as near as the hard limit allows). Erlang sizes its
 # port table from it: too low and the node stalls under load (every connection is a
 # descriptor), unbounded (some containers) and start-up crawls.
@@ -72,133 +78,6 @@ DEFAULT_NODES = 3
 DEFAULT_AMQP_PORT = 5701
 DEFAULT_EPMD_PORT = 4370
 STATE_FILE = "cluster.json"
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
-
-
-def wait_until(
-    condition: Callable[[], bool], what: str, alive: Callable[[], str | None] | None = None
-) -> None:
-    """Poll `condition` until it holds; fail at the deadline, or at once if `alive`
-    reports (with its log) that the server process died."""
-    deadline = time.monotonic() + SERVICE_TIMEOUT_SECONDS
-    while not condition():
-        died = alive() if alive is not None else None
-        if died is not None:
-            raise RuntimeError(f"{what}: the server exited\n{died}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not after {SERVICE_TIMEOUT_SECONDS}s")
-        time.sleep(POLL_SECONDS)
-
-
-def run_command(command: list[str], **kwargs: Any) -> str:
-    """Run to the end; its output, or RuntimeError with the output if it failed."""
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=SERVICE_TIMEOUT_SECONDS,
-        check=False,
-        **kwargs,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
-    return str(result.stdout)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return f"({path} does not exist)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-class PrivateServer:
-    """A throwaway server of its own: started on entry, and stopped and removed with
-    its data on exit, even when starting it failed halfway."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def remove(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.remove()
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The user the private nodes run as: `rabbitmq` when we are root, else ourselves."""
-
-    uid: int
-    gid: int
-
-    @classmethod
-    def for_nodes(cls) -> Owner | None:
-        if os.geteuid() != 0:
-            return None
-        try:
-            user = pwd.getpwnam(RABBITMQ_USER)
-        except KeyError:
-            return None  # no such user: root it is
-        return cls(user.pw_uid, user.pw_gid)
-
-    def popen_args(self) -> dict[str, Any]:
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def give(self, path: Path) -> None:
-        """Hand `path` and everything under it to this user."""
-        os.chown(path, self.uid, self.gid)
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
-
-
-def _as_owner(owner: Owner | None) -> dict[str, Any]:
-    return owner.popen_args() if owner is not None else {}
-
-
-def process_alive(pid: int | None, marker: str) -> bool:
-    """Whether `pid` runs, and is the process we mean (its command line or environment
-    holds `marker`): a pid read from a file may have been given to another process since."""
-    if pid is None:
-        return False
-    proc = Path(f"/proc/{pid}")
-    try:
-        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        described = b" ".join(
-            proc.joinpath(part).read_bytes().replace(b"\0", b" ") for part in ("cmdline", "environ")
-        )
-    except (OSError, IndexError):
-        return False
-    return marker.encode() in described
-
-
-def _wait_gone(pid: int, marker: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while process_alive(pid, marker):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_SECONDS)
-    return True
 
 
 @dataclass(frozen=True)
@@ -270,7 +149,7 @@ class Epmd:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            **_as_owner(self.owner),
+            **as_owner(self.owner),
         )
         self.pid = self._process.pid
         wait_until(lambda: port_open(self.port), f"epmd on port {self.port}")
@@ -280,7 +159,7 @@ class Epmd:
             _end(self._process)
         elif self.pid is not None and self.running:
             os.kill(self.pid, signal.SIGTERM)
-            if not _wait_gone(self.pid, f"-port {self.port}", 10):
+            if not wait_gone(self.pid, f"-port {self.port}", 10):
                 os.kill(self.pid, signal.SIGKILL)
 
 
@@ -361,7 +240,7 @@ class RabbitNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **_as_owner(self.owner),
+                **as_owner(self.owner),
             )
         if wait:
             self.wait_until_serving()
@@ -397,9 +276,9 @@ class RabbitNode:
         marker = self._marker
         if pid is not None and process_alive(pid, marker):
             os.kill(pid, signal.SIGTERM)
-            if not _wait_gone(pid, marker, 30):
+            if not wait_gone(pid, marker, 30):
                 os.kill(pid, signal.SIGKILL)
-                _wait_gone(pid, marker, 10)
+                wait_gone(pid, marker, 10)
         if self._server is not None:
             _end(self._server)
 
@@ -415,7 +294,7 @@ class RabbitNode:
             [rabbitmqctl, "-n", self.node, "-q", *args],
             env=self._env(),
             cwd=self.base,
-            **_as_owner(self.owner),
+            **as_owner(self.owner),
         )
 
     def _env(self) -> dict[str, str]:
@@ -469,7 +348,7 @@ class LocalCluster(PrivateServer):
         if base is None:
             base = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.base = base
-        self.owner = Owner.for_nodes()
+        self.owner = Owner.named(RABBITMQ_USER)
         self.epmd = Epmd(self.ports.epmd, self.base, self.owner)
         self.supervisor_pid: int | None = None
         self.nodes = [
@@ -794,7 +673,7 @@ def stop(args: argparse.Namespace) -> None:
     if supervisor is not None and process_alive(supervisor, "tools.local_cluster"):
         # `make cluster` runs: it stops its processes, then the nodes, and cleans up.
         os.kill(supervisor, signal.SIGTERM)
-        if _wait_gone(supervisor, "tools.local_cluster", 60) and not base.exists():
+        if wait_gone(supervisor, "tools.local_cluster", 60) and not base.exists():
             print(f"stopped the cluster of {base}")
             return
     cluster.remove()

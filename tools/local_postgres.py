@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.migrate import migrate
-from tools.local_cluster import (
+from tools.private_servers import (
     SERVICE_TIMEOUT_SECONDS,
     Owner,
     PrivateServer,

@@ -31,10 +31,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from tools.local_cluster import (
+from tools.local_cluster import LocalCluster, PrivateRabbitMQ
+from tools.private_servers import (
     SERVICE_TIMEOUT_SECONDS,
-    LocalCluster,
-    PrivateRabbitMQ,
     PrivateServer,
     port_open,
     run_command,

@@ -37,7 +37,8 @@ from shared.settings import Settings
 from tests.chaos.traffic import RIDER_EVENTS, Delivery, Traffic, rider_deliveries
 from tests.clients import about, connect, create_account, receive_until, send
 from tools.cleanup import unique_name
-from tools.local_cluster import LocalCluster, Owner
+from tools.local_cluster import RABBITMQ_USER, LocalCluster
+from tools.private_servers import Owner
 from tools.processes import ServiceProcess, start_dispatcher, start_gateway
 
 # Three nodes booting on a busy 2-core machine take tens of seconds; the burst with
@@ -233,7 +234,7 @@ async def test_the_cluster_forms_and_a_killed_node_rejoins_with_the_quorum_queue
     names = {node.node for node in cluster.nodes}
     assert len(names) == NODES and all(name.endswith("@localhost") for name in names)
     assert await asyncio.to_thread(cluster.running_nodes) == names
-    owner = Owner.for_nodes()
+    owner = Owner.named(RABBITMQ_USER)
     for node in cluster.nodes:
         status = Path(f"/proc/{node.pid}/status").read_text()
         if owner is not None:

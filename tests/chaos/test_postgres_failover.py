@@ -32,8 +32,8 @@ from tests.chaos.test_cluster import FINISH, assert_nothing_lost_or_doubled
 from tests.chaos.traffic import Traffic
 from tests.clients import Account, about, connect, create_account, receive_until, send
 from tools.cleanup import unique_name
-from tools.local_cluster import wait_until
 from tools.local_postgres import PostgresCluster, missing_packages
+from tools.private_servers import wait_until
 from tools.processes import ServiceProcess, metrics_url, start_dispatcher, start_gateway
 
 pytestmark = pytest.mark.timeout(900)

@@ -38,10 +38,10 @@ from tools.local_cluster import (
     DIST_PORT_OFFSET,
     LocalCluster,
     default_dir,
-    process_alive,
 )
 from tools.local_postgres import cluster_dir
 from tools.preflight import port_taken
+from tools.private_servers import process_alive
 from tools.processes import free_port, free_port_run
 
 pytestmark = pytest.mark.timeout(600)
