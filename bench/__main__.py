@@ -41,7 +41,8 @@ import psutil
 
 from bench.city import city
 from bench.city_report import city_compare_markdown, city_markdown
-from bench.cluster import cluster, cluster_markdown
+from bench.cluster import cluster
+from bench.cluster_report import cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.idle import idle, idle_markdown
 from bench.load import Load
