@@ -31,7 +31,7 @@ from shared.settings import Settings
 from tests.chaos.test_cluster import FINISH, assert_nothing_lost_or_doubled
 from tests.chaos.traffic import Traffic
 from tests.clients import Account, about, connect, create_account, receive_until, send
-from tools.cleanup import unique_name
+from tools.cleanup import delete_broker_objects, unique_name
 from tools.local_postgres import PostgresCluster, missing_packages
 from tools.private_servers import wait_until
 from tools.processes import ServiceProcess, metrics_url, start_dispatcher, start_gateway
@@ -63,15 +63,18 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
-def failover_settings(settings: Settings, postgres_cluster: PostgresCluster) -> Settings:
+def failover_settings(settings: Settings, postgres_cluster: PostgresCluster) -> Iterator[Settings]:
     database_url = postgres_cluster.url(unique_name("failover"))
     migrate(database_url)
-    return replace(
+    own = replace(
         settings,
         database_url=database_url,
         broker_prefix=unique_name("failover").replace("_", "-"),
         log_level="INFO",
     )
+    yield own
+    # The shared broker keeps what the test's prefix named: remove it, however it ended.
+    asyncio.run(delete_broker_objects(own))
 
 
 @asynccontextmanager

@@ -79,9 +79,12 @@ def city(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         location_stale_seconds=STALE_SECONDS,
     )
     log_dir = tmp_path_factory.mktemp("city-logs")
-    gateways = [start_gateway(city_settings, log_dir) for _ in range(2)]
-    system = City(city_settings, [url for _, url in gateways], [], log_dir)
+    gateways: list[tuple[ServiceProcess, str]] = []
+    system = City(city_settings, [], [], log_dir)
     try:
+        for _ in range(2):
+            gateways.append(start_gateway(city_settings, log_dir))
+            system.gateways.append(gateways[-1][1])
         system.start_workers(3)
         yield system
     finally:

@@ -32,7 +32,7 @@ from tests.e2e.test_dispatch_by_distance import (
     request,
 )
 from tools.cleanup import delete_broker_objects, unique_name
-from tools.processes import start_gateway
+from tools.processes import ServiceProcess, start_gateway
 
 NEVER_SECONDS = 60
 # The advisory lock a matching round takes (dispatcher.repository.try_match_lock).
@@ -66,9 +66,12 @@ def system(
         },
     )
     log_dir = tmp_path_factory.mktemp(f"{name}-logs")
-    started = [start_gateway(own, log_dir) for _ in range(gateways)]
-    city = City(own, [url for _, url in started], [], log_dir)
+    started: list[tuple[ServiceProcess, str]] = []
+    city = City(own, [], [], log_dir)
     try:
+        for _ in range(gateways):
+            started.append(start_gateway(own, log_dir))
+            city.gateways.append(started[-1][1])
         city.start_workers(workers)
         yield city
     finally:

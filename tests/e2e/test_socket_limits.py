@@ -33,8 +33,10 @@ ECHOES = 200
 
 @pytest.fixture(scope="module")
 def two_gateways(settings: Settings, log_dir: Path) -> Iterator[list[str]]:
-    started = [start_gateway(settings, log_dir) for _ in range(2)]
+    started: list[tuple[ServiceProcess, str]] = []
     try:
+        for _ in range(2):
+            started.append(start_gateway(settings, log_dir))
         yield [url for _, url in started]
     finally:
         for process, _ in started:
