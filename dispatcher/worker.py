@@ -46,6 +46,7 @@ from dispatcher.dispatch import Dispatch, DispatchPolicy
 from dispatcher.nearby import NearbyDrivers
 from dispatcher.notifications import (
     NOBODY,
+    Audience,
     Notification,
     for_refusal,
     for_transition,
@@ -511,13 +512,19 @@ class Worker:
         async with self._database.pool.acquire() as conn, conn.transaction():
             now = datetime.now(UTC)
             paired = await self._dispatch.match_round(conn, now, MATCH_BATCH)
-            notifications = [
-                n
-                for trip, audience in paired
-                for n in offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
-            ]
-            outcome = await self._record(conn, "matched", notifications, now)
+            outcome = await self._record_offers(conn, "matched", paired, now)
         await self._publish(outcome)
+
+    async def _record_offers(
+        self, conn: Connection, kind: str, offered: list[tuple[Trip, Audience]], now: datetime
+    ) -> Outcome:
+        """The offers of requests a sweep gave new drivers to, stored to go out."""
+        notifications = [
+            n
+            for trip, audience in offered
+            for n in offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
+        ]
+        return await self._record(conn, kind, notifications, now)
 
     async def _widen_rings(self) -> None:
         """Requests nobody accepted within a ring's time are offered to the next
@@ -527,12 +534,7 @@ class Worker:
             async with self._database.pool.acquire() as conn, conn.transaction():
                 now = datetime.now(UTC)
                 widened = await self._dispatch.widen_due(conn, now, WIDEN_BATCH)
-                notifications = [
-                    n
-                    for trip, audience in widened
-                    for n in offers(trip, EventType.REQUESTED, audience, self._offer_ttl)
-                ]
-                outcome = await self._record(conn, "widened", notifications, now)
+                outcome = await self._record_offers(conn, "widened", widened, now)
             await self._publish(outcome)
             if len(widened) < WIDEN_BATCH:
                 return
