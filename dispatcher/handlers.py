@@ -1,9 +1,10 @@
 """One handler per command. Each loads what the rules need, applies a pure transition
 and saves it, all on the connection of the worker's transaction.
 
-A handler returns the transition it made (or, for a decline, the offer it withdrew),
-or raises `RuleViolation`; the worker turns either into notifications, stored in the
-same transaction.
+A handler gets the command's sender as `repository.admit` loaded them (None: not
+active, or their session ended). It returns the transition it made (or, for a decline,
+the offer it withdrew), or raises `RuleViolation`; the worker turns either into
+notifications, stored in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dispatcher import repository
 from shared import trips
 from shared.commands import Command, CreateTrip, DeclineTrip, UpdateTrip
 from shared.db import Connection
-from shared.sessions import live_user
 from shared.trips import RuleViolation, Status, Transition, Withdrawal
 from shared.users import User
 from shared.wire import ErrorCode
@@ -25,9 +25,11 @@ from shared.wire import ErrorCode
 MAX_CONFLICT_ROUNDS = 3
 
 
-async def create_trip(conn: Connection, command: Command, now: datetime) -> Transition:
+async def create_trip(
+    conn: Connection, command: Command, sender: User | None, now: datetime
+) -> Transition:
     assert isinstance(command.data, CreateTrip)
-    rider = await _active_user(conn, command)
+    rider = _live(sender)
     # Two racing requests of one rider both find no live trip here; the unique index
     # `trips_one_live_per_rider` fails the loser's insert, the worker retries the
     # command, and this query then finds the winner's trip.
@@ -48,16 +50,20 @@ async def create_trip(conn: Connection, command: Command, now: datetime) -> Tran
     return transition
 
 
-async def update_trip(conn: Connection, command: Command, now: datetime) -> Transition:
+async def update_trip(
+    conn: Connection, command: Command, sender: User | None, now: datetime
+) -> Transition:
     assert isinstance(command.data, UpdateTrip)
-    user = await _active_user(conn, command)
+    user = _live(sender)
     for _ in range(MAX_CONFLICT_ROUNDS):
-        trip = await repository.get_trip(conn, command.data.trip_id)
-        if trip is None or (user.group == "rider" and trip.rider.id != user.id):
+        found = await repository.trip_as_offered(conn, command.data.trip_id, user.id, now)
+        if found is None or (user.group == "rider" and found.trip.rider.id != user.id):
             raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
-        offered = True
-        if command.data.status is Status.STARTED and trip.status is Status.REQUESTED:
-            offered = await repository.on_offer(conn, trip, user.id, now)
+        trip = found.trip
+        # Whether it is on offer to them matters only to a driver's accept.
+        offered = found.on_offer or not (
+            command.data.status is Status.STARTED and trip.status is Status.REQUESTED
+        )
         transition = trips.update(trip, user, command.data.status, now, offered)
         if await repository.save_transition(conn, transition):
             return transition
@@ -70,29 +76,28 @@ async def update_trip(conn: Connection, command: Command, now: datetime) -> Tran
     raise RuleViolation(ErrorCode.TRIP_UNAVAILABLE, "the trip changed meanwhile; try again")
 
 
-async def decline_trip(conn: Connection, command: Command, now: datetime) -> Withdrawal:
+async def decline_trip(
+    conn: Connection, command: Command, sender: User | None, now: datetime
+) -> Withdrawal:
     assert isinstance(command.data, DeclineTrip)
-    user = await _active_user(conn, command)
+    user = _live(sender)
     # Locked first, as the sweeps lock it: whether this was the last open offer of its
     # ring is then read with every other answer to that ring committed.
-    trip = await repository.get_trip(conn, command.data.trip_id, lock=True)
-    if trip is None:
+    found = await repository.trip_as_offered(conn, command.data.trip_id, user.id, now, lock=True)
+    if found is None:
         raise RuleViolation(ErrorCode.NOT_FOUND, "no such trip")
-    offered = trip.status is Status.REQUESTED and await repository.on_offer(
-        conn, trip, user.id, now
-    )
-    withdrawal = trips.decline(trip, user, offered)
+    offered = found.trip.status is Status.REQUESTED and found.on_offer
+    withdrawal = trips.decline(found.trip, user, offered)
     await repository.answer_offer(conn, withdrawal)
     return withdrawal
 
 
-async def _active_user(conn: Connection, command: Command) -> User:
-    """The sender, if active and the session their command was sent in has not ended
-    (PROTOCOL D1: a command sent after the end committed is refused, whenever the
-    gateway gets round to closing the socket)."""
-    user = await live_user(conn, command.user_id, command.issued_at, command.session)
-    if user is None:
+def _live(sender: User | None) -> User:
+    """The sender, as `repository.admit` loaded them: None if not active, or if the
+    session their command was sent in has ended (PROTOCOL D1: a command sent after the
+    end committed is refused, whenever the gateway gets round to closing the socket)."""
+    if sender is None:
         raise RuleViolation(
             ErrorCode.FORBIDDEN, "your account is not active, or this session has ended"
         )
-    return user
+    return sender

@@ -1,9 +1,10 @@
 """The outbox: notifications stored with the change that caused them, then published.
 
-The worker publishes a command's notifications right after its transaction
-commits and, once the broker confirmed them, deletes their rows with those of
-every other command published meanwhile, every DELETE_EVERY_SECONDS (`Published`):
-one statement and one commit for them all, not one per command. Whatever a crash
+They are written in the transaction of the change (`notification_log.record`). The
+worker publishes a command's notifications right after its transaction commits and,
+once the broker confirmed them, deletes their rows with those of every other command
+published meanwhile, every DELETE_EVERY_SECONDS (`Published`): one statement and one
+commit for them all, not one per command. Whatever a crash
 or a broker outage left behind, the relay publishes later: a notification is sent
 at least once, and its event id (and a user's `seq`) lets a duplicate be dropped.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 import orjson
@@ -21,7 +22,7 @@ from dispatcher import periodic
 from dispatcher.metrics import OUTBOX_BACKLOG
 from dispatcher.notifications import Notification
 from dispatcher.publisher import NotificationPublisher
-from shared.db import Connection, Database
+from shared.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +33,6 @@ RELAY_BATCH = 500
 # Published rows are deleted together this often, well within RELAY_GRACE_SECONDS,
 # so the relay does not publish again what the worker published.
 DELETE_EVERY_SECONDS = 0.1
-
-
-async def store(
-    conn: Connection, notifications: Sequence[Notification], now: datetime, *, exchange: str
-) -> list[int]:
-    """Write the notifications in the caller's transaction, those numbered for a user
-    (`notification_log.number`) into the notification log too, in one statement;
-    return their outbox ids."""
-    rows = await conn.fetch(
-        """
-        WITH given AS (
-            SELECT * FROM unnest(
-                $1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::bigint[], $7::bigint[]
-            ) WITH ORDINALITY AS n(key, body, frame_type, headers, expires, user_id, seq, ord)
-        ), logged AS (
-            INSERT INTO notifications (user_id, seq, created, frame_type, body)
-            SELECT user_id, seq, $9, frame_type, body FROM given WHERE seq IS NOT NULL
-        )
-        INSERT INTO outbox (exchange, routing_key, body, frame_type, headers, expires)
-        SELECT $8, key, body, frame_type, headers::jsonb, expires FROM given ORDER BY ord
-        RETURNING id
-        """,
-        [n.routing_key for n in notifications],
-        [n.body for n in notifications],
-        [n.frame_type for n in notifications],
-        [orjson.dumps(n.headers).decode() for n in notifications],
-        [_expiry(n, now) for n in notifications],
-        [n.user_id if n.seq is not None else None for n in notifications],
-        [n.seq for n in notifications],
-        exchange,
-        now,
-    )
-    return [row["id"] for row in rows]
 
 
 async def delete(database: Database, outbox_ids: Sequence[int]) -> None:
@@ -154,12 +121,6 @@ class OutboxRelay:
             )
         log.info("outbox relay published=%d expired=%d", len(live), len(rows) - len(live))
         return len(rows)
-
-
-def _expiry(notification: Notification, now: datetime) -> datetime | None:
-    if notification.ttl_seconds is None:
-        return None
-    return now + timedelta(seconds=notification.ttl_seconds)
 
 
 def _still_live(row: asyncpg.Record, now: datetime) -> bool:

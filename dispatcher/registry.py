@@ -9,8 +9,9 @@ from dispatcher import handlers
 from shared.commands import CREATE_TRIP, DECLINE_TRIP, UPDATE_TRIP, Command
 from shared.db import Connection
 from shared.trips import Transition, Withdrawal
+from shared.users import User
 
-Handler = Callable[[Connection, Command, datetime], Awaitable[Transition | Withdrawal]]
+Handler = Callable[[Connection, Command, User | None, datetime], Awaitable[Transition | Withdrawal]]
 
 HANDLERS: dict[str, Handler] = {
     CREATE_TRIP: handlers.create_trip,

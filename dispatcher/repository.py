@@ -6,7 +6,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.commands import Command
 from shared.db import Connection
+from shared.sessions import LIVE_USER
 from shared.trip_rows import TRIP_SELECT, trip_from_row
 from shared.trips import LIVE_STATUSES, Transition, Trip, Withdrawal
 from shared.users import USER_COLUMNS, User, user_from_row
@@ -24,22 +26,48 @@ class Earlier:
     answer: bytes | None = None
 
 
-async def mark_processed(
-    conn: Connection, command_id: uuid.UUID, user_id: int, fingerprint: bytes
-) -> Earlier | None:
-    """Record the command as handled, with who sent it and what it asked for; None if it
-    is new, else what was recorded for it before."""
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO processed_commands (id, user_id, fingerprint) VALUES ($1, $2, $3)
-        ON CONFLICT DO NOTHING RETURNING true
-        """,
-        command_id,
-        user_id,
-        fingerprint,
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a command finds on arrival: whether it was handled before (`earlier`, None
+    if it is new) and its sender, if their session is live (None: refused)."""
+
+    earlier: Earlier | None
+    sender: User | None
+
+
+# Recording the command and loading its sender is one statement: every command pays one
+# round trip for both. The sender is read with `shared.sessions.LIVE_USER` ($1-$3).
+_ADMIT = f"""
+WITH recorded AS (
+    INSERT INTO processed_commands (id, user_id, fingerprint) VALUES ($4, $1, $5)
+    ON CONFLICT DO NOTHING RETURNING true
+)
+SELECT EXISTS (SELECT FROM recorded) AS new, sender.*
+FROM (SELECT) AS one LEFT JOIN ({LIVE_USER}) AS sender ON true
+"""
+
+
+async def admit(conn: Connection, command: Command) -> Admission:
+    """Record the command as handled, with who sent it and what it asked for, and load
+    its sender if their session is live."""
+    row = await conn.fetchrow(
+        _ADMIT,
+        command.user_id,
+        command.issued_at,
+        command.session,
+        command.id,
+        command.fingerprint,
     )
-    if inserted:
-        return None
+    assert row is not None
+    sender = user_from_row(row) if row["id"] is not None else None
+    if row["new"]:
+        return Admission(None, sender)
+    return Admission(await _earlier(conn, command.id, command.fingerprint), sender)
+
+
+async def _earlier(conn: Connection, command_id: uuid.UUID, fingerprint: bytes) -> Earlier:
+    """What was recorded for a command id seen before (read in a statement of its own,
+    which sees a racing duplicate that committed after the admitting one began)."""
     row = await conn.fetchrow(
         "SELECT fingerprint, answer FROM processed_commands WHERE id = $1", command_id
     )
@@ -57,13 +85,16 @@ async def keep_refusal(
     """Keep the error frame that refused the command with its processed row, for a retry
     to get the same answer; of the user's refused commands, only the newest `keep` stay
     remembered, so what one user's refusals make the database keep is bounded."""
-    await conn.execute(
-        "UPDATE processed_commands SET answer = $2 WHERE id = $1", command_id, answer
-    )
     # One of the user's refusals at a time counts what is kept, each seeing the others'
     # (the lock waits for their commit; the next statement's snapshot includes them).
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('refusals:' || $1::bigint, 0))", user_id
+        """
+        WITH kept AS (UPDATE processed_commands SET answer = $2 WHERE id = $1)
+        SELECT pg_advisory_xact_lock(hashtextextended('refusals:' || $3::bigint, 0))
+        """,
+        command_id,
+        answer,
+        user_id,
     )
     await conn.execute(
         """
@@ -83,12 +114,8 @@ async def get_user(conn: Connection, user_id: int) -> User | None:
     return user_from_row(row) if row else None
 
 
-async def get_trip(conn: Connection, trip_id: uuid.UUID, *, lock: bool = False) -> Trip | None:
-    """The trip; with `lock`, locked for this transaction (what answers an offer locks
-    the trip first, as every sweep does, so that they take their locks in one order)."""
-    row = await conn.fetchrow(
-        f"{TRIP_SELECT} WHERE t.id = $1{' FOR UPDATE OF t' if lock else ''}", trip_id
-    )
+async def get_trip(conn: Connection, trip_id: uuid.UUID) -> Trip | None:
+    row = await conn.fetchrow(f"{TRIP_SELECT} WHERE t.id = $1", trip_id)
     return trip_from_row(row) if row else None
 
 
@@ -145,33 +172,49 @@ async def under_way_with_driver_lost(conn: Connection, cutoff: datetime, limit: 
     return [trip_from_row(row) for row in rows]
 
 
-async def on_offer(conn: Connection, trip: Trip, driver_id: int, now: datetime) -> bool:
-    """Whether the open trip is on offer to the driver now: a trip with a pick-up point
-    if an offer by name to them is open (not declined, not past its window, even if
-    the sweep has not withdrawn it yet); one without, to every free driver who has not
-    declined it.
+@dataclass(frozen=True, slots=True)
+class AsOffered:
+    """A trip, and whether it is on offer to one driver now."""
 
-    An accept that read its offer open an instant before the expiry sweep marked it
-    may still win: it came within the window, and the driver then gets the trip's
-    `trip.accepted` after its `trip.withdrawn`."""
-    if trip.pick_up is None:
-        declined = await conn.fetchval(
-            "SELECT true FROM trip_offers WHERE trip_id = $1 AND driver_id = $2",
-            trip.id,
-            driver_id,
-        )
-        return not declined
-    offered = await conn.fetchval(
-        """
-        SELECT true FROM trip_offers
-        WHERE trip_id = $1 AND driver_id = $2 AND answer IS NULL
-          AND (expires_at IS NULL OR expires_at > $3)
+    trip: Trip
+    on_offer: bool
+
+
+# Whether the open trip is on offer to driver $2 at $3: a trip with a pick-up point if
+# an offer by name to them is open (not declined, not past its window, even if the
+# sweep has not withdrawn it yet); one without, to every free driver who has not
+# declined it.
+#
+# An accept that read its offer open an instant before the expiry sweep marked it may
+# still win: it came within the window, and the driver then gets the trip's
+# `trip.accepted` after its `trip.withdrawn`.
+_ON_OFFER = """
+CASE WHEN trip.pick_up_lat IS NULL THEN NOT EXISTS (
+         SELECT FROM trip_offers o WHERE o.trip_id = trip.id AND o.driver_id = $2)
+     ELSE EXISTS (
+         SELECT FROM trip_offers o
+         WHERE o.trip_id = trip.id AND o.driver_id = $2 AND o.answer IS NULL
+           AND (o.expires_at IS NULL OR o.expires_at > $3))
+END
+"""
+
+
+async def trip_as_offered(
+    conn: Connection, trip_id: uuid.UUID, driver_id: int, now: datetime, *, lock: bool = False
+) -> AsOffered | None:
+    """The trip and whether it is on offer to the driver now, in one round trip; with
+    `lock`, the trip locked for this transaction (what answers an offer locks the trip
+    first, as every sweep does, so that they take their locks in one order)."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT trip.*, {_ON_OFFER} AS on_offer
+        FROM ({TRIP_SELECT} WHERE t.id = $1{" FOR UPDATE OF t" if lock else ""}) AS trip
         """,
-        trip.id,
+        trip_id,
         driver_id,
         now,
     )
-    return bool(offered)
+    return AsOffered(trip_from_row(row), row["on_offer"]) if row else None
 
 
 async def answer_offer(conn: Connection, withdrawal: Withdrawal) -> None:

@@ -36,7 +36,6 @@ from dispatcher import (
     driver_locations,
     metrics,
     notification_log,
-    outbox,
     periodic,
     repository,
     retention,
@@ -347,9 +346,8 @@ class Worker:
 
     async def _transaction(self, command: Command, handler: Handler) -> Outcome:
         async with self._database.pool.acquire() as conn, conn.transaction():
-            earlier = await repository.mark_processed(
-                conn, command.id, command.user_id, command.fingerprint
-            )
+            admission = await repository.admit(conn, command)
+            earlier = admission.earlier
             now = datetime.now(UTC)
             if earlier is not None and not earlier.same_request:
                 log.debug("request id reused message_id=%s", command.id)
@@ -373,7 +371,7 @@ class Worker:
                 return await self._record(conn, "duplicate", [again], now)
             changed: tuple[Trip, ...] = ()
             try:
-                change = await handler(conn, command, now)
+                change = await handler(conn, command, admission.sender, now)
             except RuleViolation as refusal:
                 log.debug(
                     "command refused message_id=%s user_id=%s code=%s",
@@ -423,11 +421,10 @@ class Worker:
     ) -> Outcome:
         """Number the users' notifications into their logs and queue all for publishing,
         in the caller's transaction."""
-        numbered = await notification_log.number(conn, notifications, now)
-        outbox_ids = await outbox.store(
-            conn, numbered, now, exchange=self._topology.notifications_exchange
+        recorded = await notification_log.record(
+            conn, notifications, now, exchange=self._topology.notifications_exchange
         )
-        return Outcome(kind, outbox_ids, numbered, trips)
+        return Outcome(kind, recorded.outbox_ids, recorded.notifications, trips)
 
     async def _expire_requests(self) -> None:
         """Requests nobody accepted in time end as CANCELLED (no driver), told to the

@@ -11,7 +11,8 @@ counts as belonging to every session of its user that ended after it was issued:
 log-out or reuse of its user refuses it. Such tokens are at most one access-token
 lifetime old, so the rule matters only just after an upgrade.
 
-It is one query, the same one that loads the user: no extra round trip.
+It is one query, the same one that loads the user: no extra round trip (the dispatcher
+runs it in the statement that records the command: `dispatcher.repository.admit`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from asyncpg.pool import Pool
 from shared.db import Connection
 from shared.users import USER_COLUMNS, User, user_from_row
 
-_LIVE_USER = f"""
+# Parameters: $1 the user's id, $2 when the token was issued, $3 its session family.
+LIVE_USER = f"""
     SELECT {USER_COLUMNS} FROM users u
     WHERE u.id = $1 AND u.is_active
       AND ($2::float8 IS NULL OR u.sessions_revoked_at IS NULL
@@ -49,7 +51,7 @@ async def live_user(
     family `session`) may still speak for, or None. With `lock`, the user's row is held
     (FOR SHARE) until the caller's transaction ends: a transaction that is ending the
     user's sessions is waited for, and one that starts later waits for the caller."""
-    query = f"{_LIVE_USER} FOR SHARE OF u" if lock else _LIVE_USER
+    query = f"{LIVE_USER} FOR SHARE OF u" if lock else LIVE_USER
     row: asyncpg.Record | None = await executor.fetchrow(query, user_id, issued_at, session)
     return user_from_row(row) if row else None
 

@@ -18,7 +18,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from dispatcher import notification_log, outbox, repository
+from dispatcher import notification_log, repository
 from dispatcher.handlers import update_trip
 from dispatcher.notifications import Audience, Broadcast, for_transition
 from shared.commands import UPDATE_TRIP, Command, UpdateTrip
@@ -54,20 +54,19 @@ async def commit_without_publishing(
     try:
         async with conn.transaction():
             now = datetime.now(UTC)
-            assert (
-                await repository.mark_processed(
-                    conn, command.id, command.user_id, command.fingerprint
-                )
-                is None
-            )
-            transition = await update_trip(conn, command, now)
+            admission = await repository.admit(conn, command)
+            assert admission.earlier is None
+            transition = await update_trip(conn, command, admission.sender, now)
             # Trips here have no pick-up point: their offers went to every free driver.
             withdrawn = Audience(broadcast=Broadcast.EVERYONE)
-            numbered = await notification_log.number(
-                conn, for_transition(transition, withdrawn, settings.offer_ttl_seconds), now
-            )
             exchange = Topology(settings.broker_prefix).notifications_exchange
-            return await outbox.store(conn, numbered, now, exchange=exchange)
+            recorded = await notification_log.record(
+                conn,
+                for_transition(transition, withdrawn, settings.offer_ttl_seconds),
+                now,
+                exchange=exchange,
+            )
+            return recorded.outbox_ids
     finally:
         await conn.close()
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from dispatcher import outbox
+from dispatcher import notification_log, outbox
 from dispatcher.notifications import Notification
 from dispatcher.outbox import OutboxRelay
 from dispatcher.publisher import NotificationPublisher
@@ -78,7 +78,10 @@ async def store_committed(
     """Store as a worker would, `stored_ago` in the past; left behind rows are a minute old."""
     async with database.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        ids = await outbox.store(conn, notifications, now - stored_ago, exchange=exchange)
+        recorded = await notification_log.record(
+            conn, notifications, now - stored_ago, exchange=exchange
+        )
+        ids = recorded.outbox_ids
         if left_behind:
             await conn.execute(
                 "UPDATE outbox SET created = now() - interval '1 minute' WHERE id = ANY($1)",
@@ -219,7 +222,7 @@ async def test_store_keeps_the_notification_as_given(database: Database, routing
     body = frame_body()
     async with database.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        ids = await outbox.store(
+        recorded = await notification_log.record(
             conn,
             [
                 Notification(routing_key, body, headers={EXCLUDE_USER_HEADER: "3"}),
@@ -228,6 +231,7 @@ async def test_store_keeps_the_notification_as_given(database: Database, routing
             now,
             exchange="test-exchange",
         )
+        ids = recorded.outbox_ids
         rows = await conn.fetch(
             "SELECT routing_key, body, headers, expires FROM outbox WHERE id = ANY($1) ORDER BY id",
             ids,
@@ -255,12 +259,13 @@ async def test_notifications_stored_in_a_rolled_back_transaction_are_gone(
 
     with pytest.raises(Abandon):
         async with database.pool.acquire() as conn, conn.transaction():
-            ids = await outbox.store(
+            recorded = await notification_log.record(
                 conn,
                 [Notification(routing_key, frame_body())],
                 datetime.now(UTC),
                 exchange="test-exchange",
             )
+            ids = recorded.outbox_ids
             raise Abandon
 
     assert ids

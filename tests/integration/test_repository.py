@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 
-from dispatcher import handlers, repository
+from dispatcher import handlers, notification_log, repository
+from dispatcher.notifications import Notification, for_user
 from shared import trips
 from shared.commands import CREATE_TRIP, Command, CreateTrip
 from shared.locations import Point
 from shared.settings import Settings
+from shared.topology import SEQ_HEADER
 from shared.trips import RuleViolation, Status, Trip
 from shared.users import USER_COLUMNS, User, user_from_row
 
@@ -85,17 +89,25 @@ async def test_get_user_returns_the_user_or_none(db: asyncpg.Connection) -> None
 # Processed commands
 
 
-FINGERPRINT = b"\x01" * 32
+def command_of(user: User, command_id: uuid.UUID, drop_off: str = "B St") -> Command:
+    """A request under `command_id`; another `drop_off` makes it a different request."""
+    return Command(command_id, CREATE_TRIP, user.id, CreateTrip("A St", drop_off), time.time())
+
+
+async def earlier(
+    db: asyncpg.Connection, user: User, command_id: uuid.UUID, drop_off: str = "B St"
+) -> repository.Earlier | None:
+    return (await repository.admit(db, command_of(user, command_id, drop_off))).earlier
 
 
 async def test_a_command_is_processed_once(db: asyncpg.Connection) -> None:
     command_id = uuid.uuid4()
     user = await create_user(db, "rider")
 
-    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
-    again = await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    assert await earlier(db, user, command_id) is None
+    again = await earlier(db, user, command_id)
     assert again == repository.Earlier(same_request=True, answer=None)
-    assert await repository.mark_processed(db, uuid.uuid4(), user.id, FINGERPRINT) is None
+    assert await earlier(db, user, uuid.uuid4()) is None
 
 
 async def test_a_command_id_seen_before_for_a_different_request_is_told_apart(
@@ -103,9 +115,9 @@ async def test_a_command_id_seen_before_for_a_different_request_is_told_apart(
 ) -> None:
     command_id = uuid.uuid4()
     user = await create_user(db, "rider")
-    await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    await earlier(db, user, command_id)
 
-    other = await repository.mark_processed(db, command_id, user.id, b"\x02" * 32)
+    other = await earlier(db, user, command_id, drop_off="C St")
 
     assert other == repository.Earlier(same_request=False, answer=None)
 
@@ -115,36 +127,53 @@ async def test_a_rolled_back_command_can_be_processed_again(db: asyncpg.Connecti
     user = await create_user(db, "rider")
     transaction = db.transaction()
     await transaction.start()
-    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
+    assert await earlier(db, user, command_id) is None
     await transaction.rollback()
 
-    assert await repository.mark_processed(db, command_id, user.id, FINGERPRINT) is None
+    assert await earlier(db, user, command_id) is None
 
 
 async def test_a_refused_command_keeps_its_answer_for_a_retry(db: asyncpg.Connection) -> None:
     command_id = uuid.uuid4()
     user = await create_user(db, "rider")
-    await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    await earlier(db, user, command_id)
 
     await repository.keep_refusal(db, command_id, user.id, b'{"type":"error"}', keep=10)
 
-    again = await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+    again = await earlier(db, user, command_id)
     assert again == repository.Earlier(same_request=True, answer=b'{"type":"error"}')
+
+
+async def test_a_command_is_admitted_with_its_sender_while_their_session_is_live(
+    db: asyncpg.Connection,
+) -> None:
+    user = await create_user(db, "rider")
+    session = uuid.uuid4()
+    command = dataclasses.replace(
+        command_of(user, uuid.uuid4()), issued_at=time.time() - 60, session=session
+    )
+
+    assert (await repository.admit(db, command)).sender == user
+    await db.execute("INSERT INTO session_ends (family, user_id) VALUES ($1, $2)", session, user.id)
+    later = dataclasses.replace(command, id=uuid.uuid4())
+    assert await repository.admit(db, later) == repository.Admission(None, None)
+    await db.execute("UPDATE users SET is_active = false WHERE id = $1", user.id)
+    assert (await repository.admit(db, command_of(user, uuid.uuid4()))).sender is None
 
 
 async def test_only_a_users_newest_refusals_are_kept(db: asyncpg.Connection) -> None:
     user, other = await create_user(db, "rider"), await create_user(db, "rider")
     applied = uuid.uuid4()
-    await repository.mark_processed(db, applied, user.id, FINGERPRINT)
+    await earlier(db, user, applied)
     others_refusal = uuid.uuid4()
-    await repository.mark_processed(db, others_refusal, other.id, FINGERPRINT)
+    await earlier(db, other, others_refusal)
     await repository.keep_refusal(db, others_refusal, other.id, b"no", keep=3)
     refused = []
     for _ in range(5):
         # One transaction each, as the worker's: each later than the one before.
         async with db.transaction():
             command_id = uuid.uuid4()
-            await repository.mark_processed(db, command_id, user.id, FINGERPRINT)
+            await earlier(db, user, command_id)
             await repository.keep_refusal(db, command_id, user.id, b"no", keep=3)
         refused.append(command_id)
 
@@ -155,6 +184,74 @@ async def test_only_a_users_newest_refusals_are_kept(db: asyncpg.Connection) -> 
 
     # The applied command and the other user's refusal are not theirs to forget.
     assert {row["id"] for row in kept} == {applied, others_refusal, *refused[-3:]}
+
+
+# The notification log
+
+
+async def test_each_users_notifications_are_numbered_in_order_and_kept_as_published(
+    db: asyncpg.Connection,
+) -> None:
+    rider, driver = await create_user(db, "rider"), await create_user(db, "driver")
+    await db.execute("UPDATE users SET last_seq = 41 WHERE id = $1", driver.id)
+    offer = Notification("drivers.offers", b'{"type":"trip.requested"}', "trip.requested", 30)
+    given = [
+        for_user(rider.id, b'{"type":"trip.accepted","n":1}', "trip.accepted"),
+        for_user(driver.id, b'{"type":"trip.accepted","n":2}', "trip.accepted"),
+        offer,
+        for_user(rider.id, b'{"type":"trip.in_progress","n":3}', "trip.in_progress"),
+    ]
+
+    async with db.transaction():
+        recorded = await notification_log.record(
+            db, given, datetime.now(UTC), exchange="test-exchange"
+        )
+        logged = await db.fetch(
+            "SELECT user_id, seq, body FROM notifications WHERE user_id = ANY($1::bigint[])"
+            " ORDER BY user_id, seq",
+            [rider.id, driver.id],
+        )
+        queued = await db.fetch(
+            "SELECT body, headers FROM outbox WHERE id = ANY($1::bigint[]) ORDER BY id",
+            recorded.outbox_ids,
+        )
+        await db.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", recorded.outbox_ids)
+
+    assert [n.seq for n in recorded.notifications] == [1, 42, None, 2]
+    assert recorded.notifications[2] == offer
+    numbered = [n for n in recorded.notifications if n.seq is not None]
+    assert [bytes(row["body"]) for row in logged] == [
+        b'{"seq":1,"type":"trip.accepted","n":1}',
+        b'{"seq":2,"type":"trip.in_progress","n":3}',
+        b'{"seq":42,"type":"trip.accepted","n":2}',
+    ]
+    # What the worker publishes now is what the log keeps and what the relay would send.
+    assert sorted(n.body for n in numbered) == sorted(bytes(row["body"]) for row in logged)
+    assert [bytes(row["body"]) for row in queued] == [n.body for n in recorded.notifications]
+    assert [orjson.loads(row["headers"]).get(SEQ_HEADER) for row in queued] == [
+        "1",
+        "42",
+        None,
+        "2",
+    ]
+    assert [n.headers.get(SEQ_HEADER) for n in recorded.notifications] == ["1", "42", None, "2"]
+
+
+async def test_notifications_for_a_user_who_does_not_exist_are_refused(
+    db: asyncpg.Connection,
+) -> None:
+    rider = await create_user(db, "rider")
+
+    with pytest.raises(LookupError, match="-7"):
+        async with db.transaction():
+            await notification_log.record(
+                db,
+                [for_user(rider.id, b'{"type":"a"}', "a"), for_user(-7, b'{"type":"b"}', "b")],
+                datetime.now(UTC),
+                exchange="test-exchange",
+            )
+
+    assert await db.fetchval("SELECT last_seq FROM users WHERE id = $1", rider.id) == 0
 
 
 # Trips
@@ -356,7 +453,7 @@ async def test_create_trip_stores_the_commands_points(db: asyncpg.Connection) ->
     command = Command(uuid.uuid4(), CREATE_TRIP, rider.id, data, time.time())
 
     async with db.transaction():
-        created = await handlers.create_trip(db, command, datetime.now(UTC))
+        created = await handlers.create_trip(db, command, rider, datetime.now(UTC))
 
     assert (created.after.pick_up, created.after.drop_off) == (CENTRAAL, DAM)
     assert await repository.get_trip(db, created.after.id) == created.after
@@ -443,11 +540,11 @@ def create_command(rider: User) -> Command:
 async def test_create_trip_refuses_a_rider_with_a_live_trip(db: asyncpg.Connection) -> None:
     rider = await create_user(db, "rider")
     async with db.transaction():
-        first = await handlers.create_trip(db, create_command(rider), datetime.now(UTC))
+        first = await handlers.create_trip(db, create_command(rider), rider, datetime.now(UTC))
 
     with pytest.raises(RuleViolation) as refused:
         async with db.transaction():
-            await handlers.create_trip(db, create_command(rider), datetime.now(UTC))
+            await handlers.create_trip(db, create_command(rider), rider, datetime.now(UTC))
 
     assert refused.value.code == "trip_in_progress"
     assert await repository.live_trip_of(db, rider.id) == first.after
@@ -462,12 +559,12 @@ async def test_of_a_riders_racing_requests_the_retried_loser_is_refused(
     try:
         early_transaction = early.transaction()
         await early_transaction.start()
-        won = await handlers.create_trip(early, create_command(rider), datetime.now(UTC))
+        won = await handlers.create_trip(early, create_command(rider), rider, datetime.now(UTC))
         command = create_command(rider)
 
         async def create_late() -> trips.Transition:
             async with late.transaction():
-                return await handlers.create_trip(late, command, datetime.now(UTC))
+                return await handlers.create_trip(late, command, rider, datetime.now(UTC))
 
         # The late request finds no committed live trip and waits on the unique index.
         racing = asyncio.create_task(create_late())
