@@ -37,7 +37,7 @@ from dispatcher import matching, repository
 from dispatcher.nearby import NearbyDrivers
 from dispatcher.notifications import NOBODY, Audience, Broadcast
 from shared.db import Connection
-from shared.locations import EARTH_RADIUS_M, Point
+from shared.locations import EARTH_RADIUS_M
 from shared.settings import Settings
 from shared.trips import EventType, Status, Transition, Trip, Withdrawal
 
@@ -146,7 +146,7 @@ class Dispatch:
         for trip_id, driver_id, distance in matching.pair(candidates):
             trip, radius_m = trips[trip_id]
             ring = max(offered[trip_id].values(), default=0) + 1
-            await repository.record_ring(
+            busy = await repository.record_ring(
                 conn,
                 trip_id,
                 ring,
@@ -155,6 +155,8 @@ class Dispatch:
                 self._next_widening(radius_m, now),
                 now + timedelta(seconds=self._policy.offer_seconds),
             )
+            if busy:  # took a trip since the candidates were read: the next round pairs it
+                continue
             paired.append((trip, Audience([(driver_id, distance)])))
         return paired
 
@@ -224,43 +226,41 @@ class Dispatch:
         offered: set[int],
         now: datetime,
     ) -> Ring:
-        assert trip.pick_up is not None
-        chosen = await self._nearest_free(conn, trip.pick_up, radius_m, offered, now)
-        await repository.record_ring(
-            conn,
-            trip.id,
-            ring,
-            chosen,
-            radius_m,
-            self._next_widening(radius_m, now),
-            now + timedelta(seconds=self._policy.offer_seconds),
-        )
-        return chosen
-
-    async def _nearest_free(
-        self, conn: Connection, point: Point, radius_m: float, skip: set[int], now: datetime
-    ) -> Ring:
-        """The nearest drivers within the radius, not in `skip`, who are not on a trip.
+        """Offer the trip to the nearest free drivers within the radius who were not
+        offered it before, and record the ring: its radius and when the next is due too.
 
         The index may still hold a driver who accepted a trip a moment ago (through
-        another worker): Postgres says who is busy, and they leave the index until
-        their gateway reports them free again."""
-        skip = set(skip)
+        another worker): Postgres says who is busy as the ring is recorded, they leave
+        the index until their gateway reports them free again, and the next nearest
+        take their places (farther than every driver chosen before them, so the ring
+        stays nearest first)."""
+        assert trip.pick_up is not None
+        skip = set(offered)
+        chosen: Ring = []
         while True:
             found = self._drivers.nearest(
-                point.lat,
-                point.lng,
+                trip.pick_up.lat,
+                trip.pick_up.lng,
                 radius_m=radius_m,
-                limit=self._policy.max_offers,
+                limit=self._policy.max_offers - len(chosen),
                 now=now.timestamp(),
                 stale_seconds=self._policy.stale_seconds,
                 exclude=skip,
             )
-            if not found:
-                return found
-            busy = await repository.busy_among(conn, [driver_id for driver_id, _ in found])
+            busy = await repository.record_ring(
+                conn,
+                trip.id,
+                ring,
+                found,
+                radius_m,
+                self._next_widening(radius_m, now),
+                now + timedelta(seconds=self._policy.offer_seconds),
+            )
+            chosen += [
+                (driver_id, distance) for driver_id, distance in found if driver_id not in busy
+            ]
             if not busy:
-                return found
-            skip |= busy
+                return chosen
+            skip.update(driver_id for driver_id, _ in found)
             for driver_id in busy:
                 self._drivers.forget(driver_id)

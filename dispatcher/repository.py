@@ -367,17 +367,24 @@ async def record_ring(
     radius_m: float,
     next_ring_at: datetime | None,
     offers_expire_at: datetime | None = None,
-) -> None:
-    """Record who this ring offers the trip to, until when, its radius, and when the
-    next is due."""
-    await conn.execute(
+) -> set[int]:
+    """Record who of `offered` this ring offers the trip to (those not on a trip now),
+    until when, its radius, and when the next is due; return those left out, busy.
+    Recording a ring again adds its further drivers."""
+    rows = await conn.fetch(
         """
-        WITH offered AS (
+        WITH busy AS (
+            SELECT driver_id FROM trips
+            WHERE driver_id = ANY($3::bigint[]) AND status IN ('STARTED', 'IN_PROGRESS')
+        ), offered AS (
             INSERT INTO trip_offers (trip_id, driver_id, distance_m, ring, expires_at)
             SELECT $1, driver_id, distance_m, $2, $7
             FROM unnest($3::bigint[], $4::double precision[]) AS o(driver_id, distance_m)
+            WHERE driver_id NOT IN (SELECT driver_id FROM busy)
+        ), widened AS (
+            UPDATE trips SET offer_radius_m = $5, widen_at = $6 WHERE id = $1
         )
-        UPDATE trips SET offer_radius_m = $5, widen_at = $6 WHERE id = $1
+        SELECT driver_id FROM busy
         """,
         trip_id,
         ring,
@@ -387,6 +394,7 @@ async def record_ring(
         next_ring_at,
         offers_expire_at,
     )
+    return {row["driver_id"] for row in rows}
 
 
 async def offered(conn: Connection, trip_id: uuid.UUID) -> dict[int, int]:
