@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from dispatcher import handlers, notification_log, repository
+from dispatcher.dispatch import Dispatch, DispatchPolicy
+from dispatcher.nearby import NearbyDrivers
 from dispatcher.notifications import Notification, for_user
 from shared import trips
 from shared.commands import CREATE_TRIP, Command, CreateTrip
@@ -653,3 +655,47 @@ async def test_one_drivers_racing_accepts_of_two_trips_cannot_both_commit(
     first_row, second_row = await trip_row(db, first.id), await trip_row(db, second.id)
     assert (first_row["status"], first_row["driver_id"]) == ("STARTED", driver.id)
     assert (second_row["status"], second_row["driver_id"]) == ("REQUESTED", None)
+
+
+# Rings
+
+
+async def test_a_ring_passes_over_drivers_the_index_thinks_free_who_are_on_a_trip(
+    db: asyncpg.Connection,
+) -> None:
+    """The index may still hold a driver who accepted a trip through another worker:
+    the ring takes the next nearest in their place, and the index forgets them."""
+    rider, other_rider = await create_user(db, "rider"), await create_user(db, "rider")
+    drivers = [await create_user(db, "driver") for _ in range(4)]
+    nearest = drivers[0]
+    await create_started_trip(db, other_rider, nearest)
+    index = NearbyDrivers()
+    now = datetime.now(UTC)
+    for rank, driver in enumerate(drivers):
+        index.update(driver.id, CENTRAAL.lat + 0.001 * (rank + 1), CENTRAAL.lng, now.timestamp())
+    dispatch = Dispatch(
+        index, DispatchPolicy(radius_m=5000, max_offers=2, widen_seconds=10, stale_seconds=60)
+    )
+    async with db.transaction():
+        created = await handlers.create_trip(
+            db,
+            Command(
+                uuid.uuid4(),
+                CREATE_TRIP,
+                rider.id,
+                CreateTrip("A", "B", pick_up=CENTRAAL),
+                time.time(),
+            ),
+            rider,
+            now,
+        )
+        audience = await dispatch.audience(db, created, now)
+
+    assert [driver_id for driver_id, _ in audience.named] == [drivers[1].id, drivers[2].id]
+    distances = [distance for _, distance in audience.named]
+    assert distances == sorted(distances)
+    assert await repository.offered(db, created.after.id) == {drivers[1].id: 1, drivers[2].id: 1}
+    found = index.nearest(
+        CENTRAAL.lat, CENTRAAL.lng, radius_m=5000, limit=10, now=now.timestamp(), stale_seconds=60
+    )
+    assert nearest.id not in {driver_id for driver_id, _ in found}
