@@ -40,6 +40,14 @@ NOT_REACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# Every statement is prepared once per connection and run many times. Left to choose,
+# Postgres plans several of ours (those taking arrays: `unnest($1::text[])`,
+# `= ANY($1)`) afresh on every run, because a plan for the values at hand looks
+# cheaper than a generic one; planning then costs more than running. Our statements
+# look rows up by key or walk small indexed sets, so the generic plan is the plan.
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+
+
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
     """We keep no session state (no SET, LISTEN, advisory locks or cursors), so the
     pool's default reset query on every release would be a wasted round trip; an
@@ -57,6 +65,7 @@ class Database:
             min_size=1,
             max_size=self._settings.db_pool_size,
             reset=_nothing_to_reset,
+            server_settings=SERVER_SETTINGS,
         )
 
     async def close(self) -> None:
