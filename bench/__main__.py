@@ -177,6 +177,12 @@ def parse_args() -> argparse.Namespace:
         help="city: metres around a burst's point its pick-ups fall within (default 1500)",
     )
     city.add_argument(
+        "--profile",
+        action="store_true",
+        help="city: py-spy profiles of the gateway and a worker during the by-distance "
+        "phase, in <out>/profiles/ (bench.profiles)",
+    )
+    city.add_argument(
         "--offer-seconds",
         type=int,
         default=5,

@@ -63,7 +63,9 @@ that never reached the rider.
 Also per phase: the whole machine's CPU and any other process busy meanwhile (this
 machine is shared), the generator's GC pauses; from the baseline, the CPU one
 location report costs each process. A request the gateway answers with
-service_unavailable is sent again with the same request_id (backing off).
+service_unavailable is sent again with the same request_id (backing off). With
+`--profile`, py-spy samples the gateway and a worker during the by-distance phase
+(`bench.profiles`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from bench.city_model import BROADCAST_OFFERS_PER_SECOND, SETTLE_SECONDS, SPARE_
 from bench.city_report import city_machine, city_result
 from bench.city_traffic import City
 from bench.client import raise_open_files_limit
+from bench.profiles import Profiles
 from bench.resources import pids_named, rabbitmq_pids
 from bench.revision import Worktree, this_tree_label
 from bench.system import LocalSystem
@@ -174,7 +177,14 @@ async def _run(
         rss_connected = gateway.memory_info().rss if gateway else None
         watched = await _watched(system)
         await run.run_phase("baseline", False, 0, args.baseline_seconds, watched)
+        profiles = None
+        if args.profile and system is not None:
+            profiles = Profiles(args.out / "profiles", system.label, args.seconds)
+            await profiles.start(system.pids())
         await run.run_phase("by distance", True, args.rate, args.seconds, watched)
+        if profiles is not None:
+            for name, path in (await profiles.finish()).items():
+                print(f"  profile of {name}: {path}", file=sys.stderr)
         if args.broadcast_seconds > 0:
             await run.run_phase(
                 "broadcast", False, args.broadcast_rate, args.broadcast_seconds, watched
