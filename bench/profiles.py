@@ -50,11 +50,13 @@ class Profiles:
         for name in PROFILED:
             if not pids.get(name):
                 continue
+            # The process itself, or with several gateway processes one of them (the
+            # first pid is then their supervisor, which only waits).
             self.recordings[name] = await asyncio.create_subprocess_exec(
                 py_spy(),
                 "record",
                 "--pid",
-                str(pids[name][0]),
+                str(pids[name][-1]),
                 "--rate",
                 str(RATE),
                 "--duration",

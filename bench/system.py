@@ -21,6 +21,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import psutil
 
 from bench.resources import rabbitmq_queues
 from shared.migrate import drop_database, migrate, with_database
@@ -198,7 +199,10 @@ class LocalSystem:
         return [int(row["pid"]) for row in rows]
 
     def pids(self) -> dict[str, list[int]]:
-        named = {"gateway": [self.processes[0].pid]}
+        """Each process's pid; the gateway's first, then, with TAXI_GATEWAY_PROCESSES,
+        those of the processes it supervises (their CPU counts as the gateway's)."""
+        gateway = self.processes[0].pid
+        named = {"gateway": [gateway, *(child.pid for child in _children(gateway))]}
         for n, worker in enumerate(self.processes[1:]):
             named[f"dispatcher-{n}"] = [worker.pid]
         return named
@@ -265,3 +269,11 @@ async def delete_queues(settings: Settings, names: list[str]) -> None:
             await channel.close()
 
         await asyncio.gather(*(delete(names[i::DELETE_CHANNELS]) for i in range(DELETE_CHANNELS)))
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        children: list[psutil.Process] = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    return children

@@ -9,6 +9,7 @@ from types import FrameType
 
 import uvicorn
 
+from gateway import processes
 from gateway.app import create_app
 from gateway.live.socket_protocol import limited_protocol
 from gateway.web.http_timeouts import bounded_http
@@ -23,20 +24,41 @@ def main() -> None:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.exit(f"configuration error: {exc}")
+    if settings.gateway_processes == 1:
+        serve(settings)
+        return
     configure_logging(settings.log_level, "gateway")
+    if not processes.port_free(settings.host, settings.port):
+        sys.exit(f"gateway: port {settings.port} is in use (set TAXI_PORT to move it)")
+    sys.exit(processes.supervise(settings.gateway_processes, lambda n: serve(settings, n)))
+
+
+def serve(settings: Settings, process: int = 0) -> None:
+    """One gateway process: process n of several serves its metrics on the metrics
+    port - n and shares the HTTP port with the others (`gateway.processes`)."""
+    several = settings.gateway_processes > 1
+    configure_logging(settings.log_level, f"gateway-{process}" if several else "gateway")
     try:
         tracing.configure("gateway")
     except tracing.TracingUnavailable as exc:
         sys.exit(f"gateway: {exc}")
+    metrics_port = settings.metrics_port - process
     # Bound first, so that a port in use stops the gateway at once, in one line.
     try:
-        metrics_listener = bind(settings.host, settings.metrics_port)
+        metrics_listener = bind(settings.host, metrics_port)
     except MetricsPortUnavailable as exc:
         sys.exit(f"gateway: {exc} (set TAXI_METRICS_PORT to move it)")
+    try:
+        shared_port = (
+            [processes.reuse_port_socket(settings.host, settings.port)] if several else None
+        )
+    except OSError as exc:
+        sys.exit(f"gateway: cannot listen on port {settings.port}: {exc}")
     print(
-        f"gateway: HTTP on http://{settings.host}:{settings.port}/api/, "
+        f"gateway{f' process {process}' if several else ''}: "
+        f"HTTP on http://{settings.host}:{settings.port}/api/, "
         f"WebSocket on ws://{settings.host}:{settings.port}/taxi/?token=..., "
-        f"metrics on http://{settings.host}:{settings.metrics_port}/metrics",
+        f"metrics on http://{settings.host}:{metrics_port}/metrics",
         flush=True,
     )
     app = create_app(settings, metrics_listener)
@@ -59,7 +81,7 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    GatewayServer(config, before_shutdown=app.state.close_sockets).run()
+    GatewayServer(config, before_shutdown=app.state.close_sockets).run(sockets=shared_port)
 
 
 class GatewayServer(uvicorn.Server):

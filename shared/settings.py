@@ -108,6 +108,10 @@ class Settings:
     # Origins (comma-separated, like http://localhost:3001) whose pages may call the
     # HTTP API and load photos from another origin; empty: the gateway's own only.
     cors_origins: str = ""
+    # Gateway processes on this host, each a gateway of its own (its own queue, its own
+    # sockets) sharing the HTTP port (SO_REUSEPORT): one process uses one core. Process
+    # n (from 0) serves its metrics on TAXI_METRICS_PORT - n, below the workers' ports.
+    gateway_processes: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +151,11 @@ class Settings:
         for port_field in ("port", "metrics_port"):
             if not 0 < getattr(self, port_field) < 65536:
                 raise SettingsError(f"{env_name(port_field)}: must be between 1 and 65535")
+        if self.gateway_processes >= self.metrics_port:
+            raise SettingsError(
+                f"{env_name('gateway_processes')}: gateway process n serves its metrics on "
+                f"{env_name('metrics_port')} - n; lower it or raise that port"
+            )
         if self.password_hashing not in PASSWORD_HASHING:
             raise SettingsError(
                 f"{env_name('password_hashing')}: must be one of {', '.join(PASSWORD_HASHING)}"
@@ -346,6 +355,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "signup_attempts": _positive_int,
     "http_read_seconds": _positive_int,
     "cors_origins": _origins,
+    "gateway_processes": _positive_int,
 }
 
 

@@ -189,6 +189,10 @@ def test_every_setting_has_a_taxi_variable() -> None:
         ("TAXI_CORS_ORIGINS", "ftp://files.example.org"),
         ("TAXI_CORS_ORIGINS", "http://localhost:99999"),
         ("TAXI_CORS_ORIGINS", "http://localhost:3001,,https://app.example.org"),
+        ("TAXI_GATEWAY_PROCESSES", "0"),
+        ("TAXI_GATEWAY_PROCESSES", "two"),
+        # Process n serves its metrics on TAXI_METRICS_PORT - n: there must be a port.
+        ("TAXI_GATEWAY_PROCESSES", "9100"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable: str, raw: str) -> None:
