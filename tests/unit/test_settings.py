@@ -294,6 +294,7 @@ def test_to_env_round_trips_through_from_env() -> None:
         signup_attempts=4,
         http_read_seconds=5,
         cors_origins="http://localhost:3001,https://app.example.org",
+        gateway_processes=2,
     )
     # Every field differs from its default, so a field to_env forgot would show.
     defaults = Settings()
