@@ -151,11 +151,11 @@ async def _run(
     args: argparse.Namespace, base_url: str, system: LocalSystem | None, settings: Settings | None
 ) -> dict[str, Any]:
     run = City(args, base_url, settings or _configured())
-    gateway = psutil.Process(system.pids()["gateway"][0]) if system else None
+    gateway = system.pids()["gateway"] if system else None
     print(f"signing up {args.drivers} drivers and {args.riders} riders", file=sys.stderr)
     signed_up_in = await run.sign_up()
     await asyncio.sleep(SETTLE_SECONDS)
-    rss_before = gateway.memory_info().rss if gateway else None
+    rss_before = _rss(gateway) if gateway else None
     print(f"  signed up in {signed_up_in:.0f}s; connecting", file=sys.stderr, flush=True)
     try:
         opened, failed, connect_seconds = await run.connect()
@@ -174,7 +174,7 @@ async def _run(
         # every trip by broadcast), and the last reports get a second to arrive.
         await asyncio.wait_for(run.reported_once.wait(), args.report_seconds * 3 + 10)
         await asyncio.sleep(1)
-        rss_connected = gateway.memory_info().rss if gateway else None
+        rss_connected = _rss(system.pids()["gateway"]) if system else None
         watched = await _watched(system)
         await run.run_phase("baseline", False, 0, args.baseline_seconds, watched)
         profiles = None
@@ -197,6 +197,12 @@ async def _run(
     return city_result(
         args, run, signed_up_in, opened, failed, connect_seconds, rss_before, rss_connected
     )
+
+
+def _rss(pids: list[int]) -> int:
+    """The gateway's resident memory: with several gateway processes, all of theirs
+    (their supervisor's included, which is small)."""
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids)
 
 
 def _configured() -> Settings | None:
