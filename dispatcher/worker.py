@@ -56,7 +56,7 @@ from dispatcher.notifications import (
 from dispatcher.outbox import OutboxRelay, Published
 from dispatcher.publisher import NotificationPublisher
 from dispatcher.registry import HANDLERS, Handler
-from shared import broker, tracing
+from shared import broker, gc_pauses, tracing
 from shared import metrics as shared_metrics
 from shared.commands import Command, InvalidCommand, decode_command
 from shared.database_watch import WATCH_SECONDS, DatabaseWatch
@@ -170,6 +170,7 @@ class Worker:
             consumer_tag = await queue.consume(self._on_message)
             self._consuming = True
             gc.freeze()  # what exists now lives as long as the worker; see gateway/app.py
+            gc_pauses.watch()
             log.info(
                 "dispatcher ready queue=%s concurrency=%d prefetch=%d metrics=%s",
                 queue.name,

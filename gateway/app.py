@@ -44,7 +44,7 @@ from gateway.web.passwords import Passwords
 from gateway.web.sessions import Sessions
 from gateway.web.throttle import Throttle
 from gateway.web.trips_api import TripsApi
-from shared import metrics
+from shared import gc_pauses, metrics
 from shared.database_watch import DatabaseWatch
 from shared.db import DATABASE_OUTAGE, Database
 from shared.settings import Settings
@@ -192,6 +192,7 @@ def create_app(settings: Settings, metrics_listener: socket.socket | None = None
             # collector from walking them on every full collection (its pauses
             # otherwise show up in the latency tail).
             gc.freeze()
+            gc_pauses.watch()
             try:
                 log.info("gateway ready on http://%s:%s", settings.host, settings.port)
                 yield
