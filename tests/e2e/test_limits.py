@@ -181,9 +181,12 @@ async def test_pings_count_toward_the_rate_limit_and_a_client_that_keeps_pinging
             except ConnectionClosed:
                 break
         await asyncio.wait_for(ws.wait_closed(), 10)
+    # Only pings were sent: the close says they counted toward the limit.
     assert ws.close_code == 4008
     assert ws.close_reason == "rate limit exceeded"
-    # The burst's pings were answered; those over the limit were not.
+    # The burst's pings were answered. (Whether those over the limit were cannot be
+    # told from here: a pong acknowledges every earlier ping, so on a slow machine a
+    # token refilled mid-burst makes the refused pings before it look answered.)
     answered = [pong for pong in pongs if pong.done() and not pong.cancelled()]
     answered = [pong for pong in answered if pong.exception() is None]
-    assert BURST <= len(answered) < len(pongs)
+    assert len(answered) >= BURST
