@@ -27,6 +27,7 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkProcess
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,7 @@ START_SECONDS = 5
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """The HTTP port, bound so that the other gateway processes can bind it too."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    listener = socket.socket(family, kind, protocol)
+    listener, address = _unbound(host, port)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind(address)
@@ -49,16 +47,22 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 def port_free(host: str, port: int) -> bool:
     """Whether nothing listens on the port: SO_REUSEPORT would let a stale gateway of the
     same user share it silently, so the parent checks with a plain bind first."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, kind, protocol) as probe:
+    probe, address = _unbound(host, port)
+    with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError:
             return False
     return True
+
+
+def _unbound(host: str, port: int) -> tuple[socket.socket, tuple[Any, ...]]:
+    """A TCP socket of the family `host` resolves to, and the address to bind it to."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return socket.socket(family, kind, protocol), address
 
 
 def supervise(count: int, serve: Callable[[int], None]) -> int:
