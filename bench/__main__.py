@@ -14,6 +14,10 @@ with that TAXI_DISPATCH_POLICY, both side by side on the same drivers, demand an
 seed, with drivers declining (`--decline-share`) and ignoring (`--ignore-share`)
 offers, uniform demand or `--burst`: pick-up distance, time to assign, no_driver.
 
+The servers scenario (`bench.servers`): the gateway's app under each server and
+WebSocket implementation that could carry it (`bench.gateway_servers`), on the same
+driver sockets, reports and echoes: CPU per frame, echo latency, memory per socket.
+
 The cluster scenario (`bench.cluster`): steady traffic on one private RabbitMQ node
 and on a three-node cluster in the same run, as ratios; then nodes killed under it.
 
@@ -44,10 +48,12 @@ from bench.city_report import city_compare_markdown, city_markdown
 from bench.cluster import cluster
 from bench.cluster_report import cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
+from bench.gateway_servers import SERVERS
 from bench.idle import idle, idle_markdown
 from bench.load import Load
 from bench.policies import policies_markdown, run_policies
 from bench.resources import ResourceMonitor, pids_named, rabbitmq_memory_mb, rabbitmq_pids
+from bench.servers import servers, servers_markdown
 from bench.stats import markdown_table, percentiles
 from bench.system import LocalSystem
 
@@ -62,6 +68,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "city": {"drivers": 10_000, "riders": None, "rate": 100, "seconds": 60, "racers": 2},
     # Steady's traffic, on one private RabbitMQ node and on a cluster of three (bench.cluster).
     "cluster": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 60, "racers": 3},
+    # The gateway's socket path under each server (bench.servers); no trips.
+    "servers": {"drivers": 2000, "riders": 0, "rate": 0, "seconds": 30, "racers": 0},
 }
 SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
 OFFER_P99_LIMIT_MS = 100
@@ -237,6 +245,25 @@ def parse_args() -> argparse.Namespace:
         default=30,
         help="cluster: the city run's seconds by distance, and by broadcast (default 30)",
     )
+    on_servers = parser.add_argument_group("servers scenario (--rounds: rounds of every server)")
+    on_servers.add_argument(
+        "--servers",
+        type=lambda raw: [name.strip() for name in raw.split(",") if name.strip()],
+        default=list(SERVERS),
+        help=f"servers: which to measure, comma-separated (default all: {','.join(SERVERS)})",
+    )
+    on_servers.add_argument(
+        "--reports-per-second",
+        type=float,
+        default=2000,
+        help="servers: location reports a second, from the drivers in turn (default 2000)",
+    )
+    on_servers.add_argument(
+        "--echoes-per-second",
+        type=float,
+        default=100,
+        help="servers: echo frames a second, each timed to its answer (default 100)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     if args.compare_with and args.scenario in ("saturation", "workers", "cluster"):
@@ -385,6 +412,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return await city(args)
     if args.scenario == "cluster":
         return await cluster(args, summarise)
+    if args.scenario == "servers":
+        return await servers(args)
     if args.compare_with:
         return await compare_traffic(
             args, summarise, lambda: {**broker_and_database(), "load generator": [os.getpid()]}
@@ -445,6 +474,9 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         return
     if "compare" in result:
         (out / f"{scenario}.md").write_text(compare_markdown(result))
+        return
+    if "servers_runs" in result:
+        (out / f"{scenario}.md").write_text(servers_markdown(result))
         return
     if "runs" in result:
         (out / f"{scenario}.md").write_text(idle_markdown(result))

@@ -16,7 +16,7 @@ import base64
 import contextlib
 import os
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -221,7 +221,7 @@ async def open_idle(
     return sockets, len(tokens) - len(sockets)
 
 
-async def close_all(sockets: list[IdleSocket], concurrency: int = 256) -> None:
+async def close_all(sockets: Sequence[IdleSocket], concurrency: int = 256) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(socket: IdleSocket) -> None:

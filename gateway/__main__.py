@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from gateway import processes
 from gateway.app import create_app
@@ -62,7 +63,14 @@ def serve(settings: Settings, process: int = 0) -> None:
         flush=True,
     )
     app = create_app(settings, metrics_listener)
-    config = uvicorn.Config(
+    config = uvicorn_config(settings, app)
+    GatewayServer(config, before_shutdown=app.state.close_sockets).run(sockets=shared_port)
+
+
+def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
+    """How the gateway runs `app` (the `servers` benchmark swaps in other `ws`
+    implementations on this same configuration)."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -81,7 +89,6 @@ def serve(settings: Settings, process: int = 0) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    GatewayServer(config, before_shutdown=app.state.close_sockets).run(sockets=shared_port)
 
 
 class GatewayServer(uvicorn.Server):

@@ -1,6 +1,6 @@
 """Tiny runs of the load generator, so the benchmark tool cannot rot unnoticed: the
 traffic scenario, the same side by side with another revision, the idle one, the
-city one and the cluster one."""
+city one, the cluster one and the servers one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.gateway_servers import SERVERS
 from shared.migrate import maintenance_url
 from shared.settings import Settings
 
@@ -168,6 +169,30 @@ def test_an_idle_run_measures_what_each_connection_costs(
         assert queues["connected"]["bindings"] - queues["disconnected"]["bindings"] == 20
         assert run["rabbitmq"]["queues_left_after_clean_up"] == 0
     assert "KB per connection" in (tmp_path / "idle.md").read_text()
+
+
+def test_a_servers_run_measures_the_same_app_under_every_server(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("servers", "--drivers", "20", "--seconds", "2", "--rounds", "1"),
+        *("--reports-per-second", "40", "--echoes-per-second", "20", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "servers.json").read_text())
+
+    runs = result["servers_runs"]
+    assert [run["server"] for run in runs] == list(SERVERS)
+    for run in runs:
+        assert run["sockets_opened"] == 20, run
+        assert run["sockets_closed_during_window"] == 0, run
+        assert run["reports"] > 0 and run["errors"] == [], run
+        # Every echo came back: each server carried the app's frames both ways.
+        assert run["echoes_answered"] == run["echoes_sent"] > 0, run
+        assert run["gateway_us_per_frame"] > 0, run
+    assert [row["server"] for row in result["summary"]] == list(SERVERS)
+    assert "gateway us/frame" in (tmp_path / "servers.md").read_text()
 
 
 def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadcast(
