@@ -53,6 +53,7 @@ def main() -> None:
     elif server == GRANIAN:
         from granian import Granian
         from granian.constants import Interfaces, Loops
+        from granian.http import HTTP1Settings
 
         Granian(
             "bench.gateway_servers:granian_app",
@@ -62,6 +63,8 @@ def main() -> None:
             interface=Interfaces.ASGI,
             loop=Loops.uvloop,
             websockets=True,
+            # Its default HTTP/1 buffer is 408 KB; a frame is at most this.
+            http1_settings=HTTP1Settings(max_buffer_size=max(8192, settings.max_frame_bytes)),
             log_access=False,
         ).serve()
     else:
