@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -242,15 +243,15 @@ def _cpu(process: psutil.Process) -> float:
 
 def summary(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Per server, the median over its rounds of each figure."""
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 2)
+
     rows = []
     for name in names:
         own = [run for run in runs if run["server"] == name]
         if not own:
             continue
-
-        def median(values: list[float]) -> float:
-            ordered = sorted(values)
-            return ordered[len(ordered) // 2]
 
         rows.append(
             {
