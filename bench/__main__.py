@@ -115,6 +115,13 @@ def parse_args() -> argparse.Namespace:
         help="city: seconds of location reports alone, before any trip (default 10)",
     )
     city.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=0,
+        help="city: seconds with every socket open and nothing sent, before the baseline, "
+        "so that a report's cost is also given above what the idle city costs (default 0)",
+    )
+    city.add_argument(
         "--broadcast-rate",
         type=float,
         help="city: trips/s without a pick-up point, offered to every free driver "

@@ -10,7 +10,9 @@ module, so one process holds them all; the generator reports its own CPU and how
 late its event loop ran (a 50 ms tick) beside the figures, so a busy generator
 cannot pass for a slow server.
 
-The run, on one driver population, after every driver has reported once:
+The run, on one driver population (with `--quiet-seconds`, first a **quiet** phase:
+every socket open and nothing sent, what the city costs doing nothing, so that a
+report's own cost is also given above it), after every driver has reported once:
 
 1. **baseline**: locations only, no trips (`--baseline-seconds`): what the reports
    cost, so the trips' own cost can be told from it.
@@ -81,7 +83,7 @@ from typing import Any
 
 import psutil
 
-from bench.city_model import BROADCAST_OFFERS_PER_SECOND, SETTLE_SECONDS, SPARE_FILES
+from bench.city_model import BROADCAST_OFFERS_PER_SECOND, SETTLE_SECONDS, SPARE_FILES, Phase
 from bench.city_report import city_machine, city_result
 from bench.city_traffic import City
 from bench.client import raise_open_files_limit
@@ -169,13 +171,18 @@ async def _run(
             raise SystemExit(f"the gateway opened no driver's or no rider's socket{where}")
         gc.collect()
         gc.freeze()  # what exists now lives for the run: keep the collector off it
+        watched = await _watched(system)
+        if args.quiet_seconds > 0:
+            # Every socket open and nothing sent: what the city costs doing nothing,
+            # which the baseline's reports are then also counted above.
+            await run.run_phase("quiet", False, 0, args.quiet_seconds, watched)
+            run.phase = Phase("set-up", False, 0, 0)  # the first reports are not quiet's
         run.start()
         # Every driver reports once before any trip (one without a location would get
         # every trip by broadcast), and the last reports get a second to arrive.
         await asyncio.wait_for(run.reported_once.wait(), args.report_seconds * 3 + 10)
         await asyncio.sleep(1)
         rss_connected = _rss(system.pids()["gateway"]) if system else None
-        watched = await _watched(system)
         await run.run_phase("baseline", False, 0, args.baseline_seconds, watched)
         profiles = None
         if args.profile and system is not None:

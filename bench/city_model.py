@@ -53,7 +53,7 @@ KB_PER_CONNECTION_LIMIT = 30
 TARGET_DRIVERS = 10_000
 TARGET_RATE = 100
 SERVER_PROCESSES = ("gateway", "dispatcher", "rabbitmq", "postgres (this system)")
-PHASES = ("baseline", "by distance", "broadcast")
+PHASES = ("quiet", "baseline", "by distance", "broadcast")
 
 
 def setting(settings: Settings | None, name: str) -> float:

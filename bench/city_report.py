@@ -32,6 +32,10 @@ from bench.policies import (
 from bench.resources import rabbitmq_memory_mb
 
 
+def _cpu_of(processes: dict[str, Any], name: str) -> float:
+    return float(processes.get(name, {}).get("cpu_seconds", 0.0))
+
+
 def server_cpu(processes: dict[str, Any]) -> float:
     """CPU seconds of the system under test: gateway, workers, broker, this system's
     Postgres backends (every Postgres process with --url). The broker is shared with
@@ -76,6 +80,18 @@ def city_result(
             name: round(1e6 * usage["cpu_seconds"] / baseline["locations_sent"])
             for name, usage in baseline["processes"].items()
         }
+        quiet = phases.get("quiet")
+        if quiet and quiet["seconds_in_all"]:
+            # Less what the same sockets cost sending nothing: a report's own cost.
+            scale = baseline["seconds_in_all"] / quiet["seconds_in_all"]
+            baseline["cpu_us_per_location_report_above_quiet"] = {
+                name: round(
+                    1e6
+                    * (usage["cpu_seconds"] - scale * _cpu_of(quiet["processes"], name))
+                    / baseline["locations_sent"]
+                )
+                for name, usage in baseline["processes"].items()
+            }
     peak = max(
         (p["processes"].get("gateway", {}).get("peak_rss_mb", 0) for p in phases.values()),
         default=None,
@@ -265,8 +281,8 @@ def city_compare_markdown(result: dict[str, Any]) -> str:
             value = value.get(key) if isinstance(value, dict) else None
         return "-" if value is None else value
 
-    def per_report(run: dict[str, Any]) -> Any:
-        costs = figure(run, "phases", "baseline", "cpu_us_per_location_report")
+    def per_report(run: dict[str, Any], figure_name: str = "cpu_us_per_location_report") -> Any:
+        costs = figure(run, "phases", "baseline", figure_name)
         if not isinstance(costs, dict):
             return "-"
         server = {k: v for k, v in costs.items() if k != "load generator"}
@@ -281,6 +297,10 @@ def city_compare_markdown(result: dict[str, Any]) -> str:
             ),
         ),
         ("server CPU us per location report (baseline)", per_report),
+        (
+            "the same, less the quiet phase's cost (sockets open, nothing sent)",
+            lambda r: per_report(r, "cpu_us_per_location_report_above_quiet"),
+        ),
         (
             "offer p99 ms (first offer), by distance",
             lambda r: figure(r, "phases", "by distance", "latency_ms", "first_offer", "p99"),
@@ -504,6 +524,15 @@ def city_markdown(result: dict[str, Any]) -> str:
             "",
             "CPU per location report, from the baseline (reports only), in microseconds: "
             + ", ".join(f"{name} {us}" for name, us in per_report.items())
+            + ".",
+        ]
+    above_quiet = phases.get("baseline", {}).get("cpu_us_per_location_report_above_quiet")
+    if above_quiet:
+        lines += [
+            "",
+            "The same less what the quiet phase (sockets open, nothing sent) cost in as "
+            "long, in microseconds: "
+            + ", ".join(f"{name} {us}" for name, us in above_quiet.items())
             + ".",
         ]
     memory = result["gateway_memory"]

@@ -209,11 +209,18 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
         project_root,
         *("city", "--drivers", "300", "--rate", "10", "--seconds", "3"),
         *("--baseline-seconds", "1", "--broadcast-seconds", "2", "--report-seconds", "2"),
-        *("--trip-seconds", "5", "--workers", "1", "--out", str(tmp_path)),
+        *("--trip-seconds", "5", "--workers", "1", "--quiet-seconds", "1"),
+        *("--out", str(tmp_path)),
     )
     result = json.loads((tmp_path / "city.json").read_text())
 
-    assert list(result["phases"]) == ["baseline", "by distance", "broadcast"]
+    assert list(result["phases"]) == ["quiet", "baseline", "by distance", "broadcast"]
+    quiet, baseline = result["phases"]["quiet"], result["phases"]["baseline"]
+    assert quiet["locations_sent"] == 0 and quiet["trips"]["requested"] == 0
+    # A report's cost is given in all and above what the same sockets cost sending nothing.
+    assert set(baseline["cpu_us_per_location_report_above_quiet"]) == set(
+        baseline["cpu_us_per_location_report"]
+    )
     near, wide = result["phases"]["by distance"], result["phases"]["broadcast"]
     for phase in (near, wide):
         assert phase["trips"]["requested"] > 0
@@ -250,6 +257,7 @@ def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadca
     markdown = (tmp_path / "city.md").read_text()
     assert "nearest check" in markdown
     assert "location -> rider ms" in markdown
+    assert "quiet phase" in markdown
 
 
 # Four RabbitMQ nodes and a Patroni-managed Postgres pair boot, two systems start, a node
