@@ -20,6 +20,7 @@ import pytest
 from bench.gateway_servers import SERVERS
 from shared.migrate import maintenance_url
 from shared.settings import Settings
+from tests.ops.terminal import ctrl_c_as_in_a_terminal
 
 LATENCY_FIELDS = {"count", "p50", "p90", "p99", "max"}
 LATENCIES = ("offer", "notified", "assign", "full_trip")
@@ -57,6 +58,7 @@ def bench(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,  # stopped with Ctrl-C, as in a terminal
     )
     try:
         stdout, stderr = process.communicate(timeout=seconds)
@@ -352,6 +354,7 @@ def test_a_cluster_run_stopped_midway_by_ctrl_c_leaves_nothing_behind(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,  # stopped with Ctrl-C, as in a terminal
     )
     seen: list[str] = []
     try:

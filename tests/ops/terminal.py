@@ -51,9 +51,18 @@ def session_processes(session: int) -> list[int]:
     return pids
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In a child before exec: SIGINT's default action, as a terminal's processes get
+    it, whatever this run inherited. A shell that starts a job in the background
+    without job control ignores SIGINT in it, ignored signals pass across exec, and
+    Python then installs no KeyboardInterrupt handler: a Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _take_terminal() -> None:
     # In the child, after setsid: standard input becomes the controlling terminal.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    ctrl_c_as_in_a_terminal()
 
 
 def start_in_terminal(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> InTerminal:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.ops.terminal import ctrl_c_as_in_a_terminal
 
 # Booting a private node on a busy machine, then stopping it and the gateway.
 RUN_SECONDS = 300
@@ -110,6 +111,7 @@ def test_a_test_that_fails_times_out_or_is_interrupted_leaves_nothing_behind(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=ctrl_c_as_in_a_terminal,
         )
     try:
         if how == "ctrl-c":
