@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -25,51 +24,26 @@ from shared.settings import Settings
 READY_TIMEOUT_SECONDS = 30
 
 
-# Ports for servers started later come from below the kernel's ephemeral range: a port
-# from bind(0) is an ephemeral one, and any outgoing connection on the machine may take
-# it in the minutes before its server binds it (a cluster takes that long to boot).
-LISTEN_PORTS_FROM = 10_000
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-# Ports handed out by this process, not offered twice though not yet bound.
-_handed_out: set[int] = set()
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
-
-
 def free_port() -> int:
-    return free_port_run(1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def free_port_run(count: int) -> int:
     """A port p such that p, p + 1, ..., p + count - 1 are all free (workers count up so)."""
     while True:
-        base = _candidate(count)
-        wanted = range(base, base + count)
-        if wanted.stop > 65_536 or _handed_out.intersection(wanted):
+        base = free_port()
+        if base + count > 65536:
             continue
         try:
             with contextlib.ExitStack() as held:
-                for port in wanted:
+                for offset in range(count):
                     probe = held.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", port))
+                    probe.bind(("127.0.0.1", base + offset))
         except OSError:
             continue
-        _handed_out.update(wanted)
         return base
-
-
-def _candidate(count: int) -> int:
-    end = _ephemeral_start() - count
-    if end > LISTEN_PORTS_FROM:
-        return random.randrange(LISTEN_PORTS_FROM, end)
-    with socket.socket() as probe:  # no room below the ephemeral range on this machine
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def answers_ok(url: str) -> bool:
