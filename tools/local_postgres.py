@@ -375,11 +375,14 @@ class PostgresCluster(PrivateServer):
             for pid in self.patroni_pids:
                 _terminate(pid, self.scope, 30)
             for index in range(len(self.ports.postgres)):
+                # A postmaster.pid left by a kill -9 names a pid the machine may have
+                # given to any process since; the scope in its environment (Patroni's,
+                # inherited) says it is still our postmaster.
                 pid = self.postmaster_pid(index)
-                if pid is not None and process_alive(pid, "postgres"):
+                if pid is not None and process_alive(pid, self.scope):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGQUIT)  # immediate shutdown
-                    _terminate(pid, "postgres", 10)
+                    _terminate(pid, self.scope, 10)
             _terminate(self.etcd_pid, self.scope, 10)
             for child in self._children:
                 with contextlib.suppress(subprocess.TimeoutExpired):
