@@ -394,6 +394,12 @@ class LocalCluster(PrivateServer):
         self.save()
         self.epmd.start()
         self.save()
+        try:
+            self._boot_and_join()
+        except RuntimeError as failed:
+            raise RuntimeError(f"{failed}\n{self.diagnosis()}") from failed
+
+    def _boot_and_join(self) -> None:
         for node in self.nodes:
             node.boot(wait=False)
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
@@ -404,6 +410,20 @@ class LocalCluster(PrivateServer):
             node.ctl("join_cluster", first.node)
             node.ctl("start_app")
         self.wait_until_clustered()
+
+    def diagnosis(self) -> str:
+        """What a failed start leaves to go on: whether the cluster's epmd still runs
+        and which nodes it knows, and each node's state and the end of its logs."""
+        lines = [f"epmd on port {self.epmd.port}: {'runs' if self.epmd.running else 'gone'}"]
+        with contextlib.suppress(RuntimeError, OSError, subprocess.TimeoutExpired):
+            epmd = _erlang_tool("epmd")
+            lines.append(run_command([epmd, "-port", str(self.epmd.port), "-names"]).strip())
+        for node in self.nodes:
+            state = "runs" if node.node_running else "not running"
+            lines.append(f"{node.node} (AMQP {node.port}, distribution {node.dist_port}): {state}")
+            for log in [node.log, *sorted((node.base / "log").glob("*.log"))]:
+                lines.append(f"-- {log}:\n{tail(log, 15)}")
+        return "\n".join(lines)
 
     def remove(self) -> None:
         """Stop every node and epmd, and delete the data."""
