@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 from shared.settings import Settings
 
 READY_TIMEOUT_SECONDS = 30
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FROM = 10_000
 
 
 def free_port() -> int:
@@ -30,10 +33,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def free_port_run(count: int) -> int:
-    """A port p such that p, p + 1, ..., p + count - 1 are all free (workers count up so)."""
+def free_port_run(count: int, *, for_later: bool = False) -> int:
+    """A port p such that p, p + 1, ..., p + count - 1 are all free (workers count up so).
+
+    `for_later` takes them from below the kernel's ephemeral range, for servers that
+    bind them minutes later (`make cluster` boots that long): bind(0) gives odd ports
+    and outgoing connections take even ones, so a single free port stays free, but a
+    run of them holds even ports that any connection on the machine may take first."""
     while True:
-        base = free_port()
+        base = _below_ephemeral_range(count) if for_later else free_port()
         if base + count > 65536:
             continue
         try:
@@ -44,6 +52,16 @@ def free_port_run(count: int) -> int:
         except OSError:
             continue
         return base
+
+
+def _below_ephemeral_range(count: int) -> int:
+    try:
+        start = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        start = 32_768  # Linux's default
+    if start - count <= LISTEN_PORTS_FROM:
+        return free_port()  # no room below it on this machine
+    return random.randrange(LISTEN_PORTS_FROM, start - count)
 
 
 def answers_ok(url: str) -> bool:

@@ -123,8 +123,8 @@ def make(target: str, settings: Settings, log: Path, *args: str) -> subprocess.P
 def own_instance(settings: Settings, private_postgres: PrivatePostgres) -> Settings:
     return replace(
         settings,
-        port=free_port_run(2),
-        metrics_port=free_port_run(WORKERS + 2),
+        port=free_port_run(2, for_later=True),
+        metrics_port=free_port_run(WORKERS + 2, for_later=True),
         broker_prefix=unique_name("cluster").replace("_", "-"),
         database_url=private_postgres.url(unique_name("cluster")),
         log_level="INFO",

@@ -67,7 +67,7 @@ def own_instance(settings: Settings, metrics_port: int | None = None) -> Setting
     return replace(
         settings,
         port=free_port(),
-        metrics_port=metrics_port or free_port_run(WORKERS + 1),
+        metrics_port=metrics_port or free_port_run(WORKERS + 1, for_later=True),
         broker_prefix=unique_name("run").replace("_", "-"),
         database_url=with_database(settings.database_url, unique_name("run")),
         log_level="INFO",
@@ -204,7 +204,7 @@ async def test_two_instances_run_side_by_side_and_ctrl_c_stops_each_promptly_aft
 ) -> None:
     # The second instance's metrics ports start right after the first one's last: any
     # port counted twice, or beyond the documented range, would collide.
-    first = own_instance(settings, free_port_run(2 * (WORKERS + 1)))
+    first = own_instance(settings, free_port_run(2 * (WORKERS + 1), for_later=True))
     second = own_instance(settings, first.metrics_port + WORKERS + 1)
     async with make_run(first, tmp_path) as one, make_run(second, tmp_path) as other:
         # Both are serving: the gateways on their TAXI_PORT and TAXI_METRICS_PORT, the
