@@ -105,7 +105,8 @@ def parse_args() -> argparse.Namespace:
         "--rounds",
         type=int,
         default=4,
-        help="with --compare-with: rounds per system, alternating (default 4)",
+        help="rounds per system (--compare-with, cluster) or of every server (servers), "
+        "alternating (default 4)",
     )
     city = parser.add_argument_group("city scenario")
     city.add_argument(
@@ -255,13 +256,13 @@ def parse_args() -> argparse.Namespace:
     on_servers = parser.add_argument_group("servers scenario (--rounds: rounds of every server)")
     on_servers.add_argument(
         "--servers",
-        type=lambda raw: [name.strip() for name in raw.split(",") if name.strip()],
+        type=_server_names,
         default=list(SERVERS),
         help=f"servers: which to measure, comma-separated (default all: {','.join(SERVERS)})",
     )
     on_servers.add_argument(
         "--reports-per-second",
-        type=float,
+        type=_positive,
         default=2000,
         help="servers: location reports a second, from the drivers in turn (default 2000)",
     )
@@ -273,7 +274,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    if args.compare_with and args.scenario in ("saturation", "workers", "cluster"):
+    if args.compare_with and args.scenario in ("saturation", "workers", "cluster", "servers"):
         parser.error("--compare-with applies to steady, smoke, idle and city")
     if args.compare_with and args.url:
         parser.error("--compare-with starts both systems itself: leave out --url")
@@ -283,10 +284,33 @@ def parse_args() -> argparse.Namespace:
         )
     if args.url and args.scenario == "cluster":
         parser.error("cluster starts its RabbitMQ nodes and both systems itself: leave out --url")
+    if args.url and args.scenario == "servers":
+        parser.error("servers starts each server itself: leave out --url")
     for name, default in SCENARIOS[args.scenario].items():
         if getattr(args, name) is None:
             setattr(args, name, default)
     return args
+
+
+def _server_names(raw: str) -> list[str]:
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"at least one of {', '.join(SERVERS)}")
+    if unknown := [name for name in names if name not in SERVERS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(SERVERS)}"
+        )
+    return names
+
+
+def _positive(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("above 0")
+    return value
 
 
 def _sizes(raw: str) -> list[int]:

@@ -38,7 +38,11 @@ SERVERS: Final = (SHIPPED, *UVICORN_PROTOCOLS, GRANIAN)
 
 def granian_app() -> Starlette:
     """The factory granian's worker process calls: the app, its metrics bound there."""
-    settings = Settings.from_env()
+    return _app(Settings.from_env())
+
+
+def _app(settings: Settings) -> Starlette:
+    """The gateway's app as `python -m gateway` builds it, logging and metrics too."""
     configure_logging(settings.log_level, "gateway")
     return create_app(settings, bind(settings.host, settings.metrics_port))
 
@@ -68,8 +72,7 @@ def main() -> None:
             log_access=False,
         ).serve()
     else:
-        configure_logging(settings.log_level, "gateway")
-        app = create_app(settings, bind(settings.host, settings.metrics_port))
+        app = _app(settings)
         config = gateway_main.uvicorn_config(settings, app)
         config.ws = UVICORN_PROTOCOLS[server]  # read when the server starts
         gateway_main.GatewayServer(config, before_shutdown=app.state.close_sockets).run()

@@ -35,18 +35,15 @@ from typing import Any
 import orjson
 import psutil
 
+from bench.city_model import SETTLE_SECONDS, SPARE_FILES
 from bench.client import IdleSocket, close_all, open_sockets, raise_open_files_limit
-from bench.gateway_servers import SERVERS
 from bench.load import Load
+from bench.resources import Watched
 from bench.stats import percentiles
 from bench.system import LocalSystem
 from tools.processes import ServiceProcess, free_port
 
-# Before the sockets open and after, and after the reports stop: let the gateway settle.
-SETTLE_SECONDS = 3
-SPARE_FILES = 200
-# The gateway's reports of where its drivers are, thinned to one a second per driver:
-# reports come near that, spread over the city.
+# Where the drivers report from: a 10 km square around it.
 CENTRE = (52.52, 13.405)
 
 
@@ -85,12 +82,6 @@ class TimedSocket(IdleSocket):
 
 
 async def servers(args: argparse.Namespace) -> dict[str, Any]:
-    if args.url:
-        raise SystemExit("the servers scenario starts each server itself: run it without --url")
-    unknown = [name for name in args.servers if name not in SERVERS]
-    if unknown:
-        choices = ", ".join(SERVERS)
-        raise SystemExit(f"unknown server(s) {', '.join(unknown)}; choose from {choices}")
     raise_open_files_limit(args.drivers + SPARE_FILES)
     runs: list[dict[str, Any]] = []
     async with LocalSystem(workers=0) as system:
@@ -133,23 +124,23 @@ async def measure_server(
     base_url = f"http://127.0.0.1:{settings.port}"
     try:
         await asyncio.to_thread(gateway.wait_until_ready, f"{base_url}/readyz")
-        tree = psutil.Process(gateway.pid)
+        gateway_process = psutil.Process(gateway.pid)
         await asyncio.sleep(SETTLE_SECONDS)
-        rss_before = _rss(tree)
+        rss_before = _tree(gateway_process).rss()
         window = Window()
         opened = await open_sockets(
             base_url, tokens, lambda host, path, _: TimedSocket(host, path, window)
         )
         sockets: list[TimedSocket] = [s for s in opened if s is not None]
         await asyncio.sleep(SETTLE_SECONDS)
-        rss_open = _rss(tree)
+        rss_open = _tree(gateway_process).rss()
         generator = psutil.Process()
-        cpu_before, own_before = _cpu(tree), generator.cpu_times()
+        cpu_before, own_before = _tree(gateway_process).cpu(), generator.cpu_times()
         started = time.perf_counter()
         await send_frames(sockets, window, args)
         await answered(window)
         elapsed = time.perf_counter() - started
-        cpu, own_after = _cpu(tree) - cpu_before, generator.cpu_times()
+        cpu, own_after = _tree(gateway_process).cpu() - cpu_before, generator.cpu_times()
         closed = sum(1 for s in sockets if s.closed.done())
         await close_all(sockets)
     finally:
@@ -183,28 +174,37 @@ async def send_frames(sockets: list[TimedSocket], window: Window, args: argparse
     in turn at `echoes_per_second`; late ticks catch up at once (open loop)."""
     if not sockets:
         return
-    report_step = 1 / args.reports_per_second
-    echo_step = 1 / args.echoes_per_second if args.echoes_per_second > 0 else float("inf")
     start = time.perf_counter()
     end = start + args.seconds
     reports = echoes = 0
     while (now := time.perf_counter()) < end:
-        while reports < int((now - start) / report_step) + 1:
+        while reports < _due(args.reports_per_second, now - start):
             socket = sockets[reports % len(sockets)]
             lat, lng = _position(reports, len(sockets), now - start)
             frame = {"type": "update.location", "data": {"lat": lat, "lng": lng}}
             if socket.send_text(orjson.dumps(frame)):
                 window.reports += 1
             reports += 1
-        while echoes < int((now - start) / echo_step) + 1:
+        while echoes < _due(args.echoes_per_second, now - start):
             socket = sockets[(echoes * 7919) % len(sockets)]  # a prime stride: many sockets
             echo = {"type": "echo.message", "data": repr(time.perf_counter())}
             if socket.send_text(orjson.dumps(echo)):
                 window.echoes_sent += 1
             echoes += 1
-        next_report = start + reports * report_step
-        next_echo = start + echoes * echo_step
-        await asyncio.sleep(max(0.002, min(next_report, next_echo) - time.perf_counter()))
+        next_tick = min(
+            _next(args.reports_per_second, reports), _next(args.echoes_per_second, echoes)
+        )
+        await asyncio.sleep(max(0.002, start + next_tick - time.perf_counter()))
+
+
+def _due(rate: float, elapsed: float) -> int:
+    """How many of a frame sent `rate` a second, the first at once, are due by `elapsed`."""
+    return int(elapsed * rate) + 1 if rate > 0 else 0
+
+
+def _next(rate: float, sent: int) -> float:
+    """When, from the start, the frame after `sent` of them is due."""
+    return sent / rate if rate > 0 else float("inf")
 
 
 async def answered(window: Window) -> None:
@@ -225,20 +225,9 @@ def _position(report: int, drivers: int, elapsed: float) -> tuple[float, float]:
     )
 
 
-def _tree(process: psutil.Process) -> list[psutil.Process]:
-    return [process, *process.children(recursive=True)]
-
-
-def _rss(process: psutil.Process) -> int:
-    return sum(p.memory_info().rss for p in _tree(process))
-
-
-def _cpu(process: psutil.Process) -> float:
-    total = 0.0
-    for p in _tree(process):
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
+def _tree(process: psutil.Process) -> Watched:
+    """The gateway's process and its children (granian's worker), for CPU and memory."""
+    return Watched([process, *process.children(recursive=True)])
 
 
 def summary(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:

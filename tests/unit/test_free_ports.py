@@ -16,4 +16,3 @@ def test_a_run_for_later_is_free_and_below_the_ephemeral_range() -> None:
     for port in range(base, base + 5):
         with socket.socket() as server:
             server.bind(("127.0.0.1", port))
-
