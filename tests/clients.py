@@ -120,6 +120,12 @@ def about(trip_id: str, frame_type: str | None = None) -> Callable[[dict[str, An
     return matches
 
 
+def equal_to(expected: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """Matches `expected` itself (an echo, say), which other traffic may come before: a
+    new driver without a location is offered every request without a pick-up point."""
+    return lambda frame: frame == expected
+
+
 def is_error(frame: dict[str, Any]) -> bool:
     return frame.get("type") == "error"
 

@@ -16,7 +16,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.settings import Settings
-from tests.clients import Account, connect, create_account, receive, receive_until, send
+from tests.clients import (
+    Account,
+    connect,
+    create_account,
+    equal_to,
+    receive,
+    receive_until,
+    send,
+)
 
 ECHO = {"type": "echo.message", "data": "still here"}
 
@@ -100,8 +108,7 @@ async def test_ending_a_users_sessions_closes_their_sockets_and_refuses_their_to
     account = await create_account(http, "driver")
     async with await connect(base_url, account.access) as phone:
         await send(phone, ECHO)
-        # Past any offer of another test's request without a pick-up point.
-        assert await receive_until(phone, lambda frame: frame == ECHO) == ECHO
+        assert await receive_until(phone, equal_to(ECHO)) == ECHO
 
         await db.execute(change, account.id)
         code, took = await closed_with(phone, settings.revoke_seconds + 5)

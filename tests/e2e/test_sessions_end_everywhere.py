@@ -15,7 +15,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import httpx
@@ -33,6 +32,7 @@ from tests.clients import (
     Account,
     connect,
     create_account,
+    equal_to,
     is_error,
     receive_until,
     send,
@@ -41,12 +41,6 @@ from tests.clients import (
 from tools.processes import ServiceProcess, metrics_url
 
 ECHO = {"type": "echo.message", "data": "still here"}
-
-
-def is_echo(frame: dict[str, Any]) -> bool:
-    """The echo, past any offer or ending of another test's open request (a new driver
-    without a location is offered requests without a pick-up point)."""
-    return frame == ECHO
 
 
 NEW_PASSWORD = "n3w-pAssw0rd!"
@@ -164,7 +158,7 @@ async def test_a_password_change_in_a_slow_transaction_closes_old_sockets_and_re
     new_hash = await Passwords(settings.password_hashing).hash(NEW_PASSWORD)
     async with await connect(base_url, account.access) as old:
         await send(old, ECHO)
-        assert await receive_until(old, is_echo) == ECHO
+        assert await receive_until(old, equal_to(ECHO)) == ECHO
 
         async with open_transaction(settings) as slow:
             await slow.execute(
@@ -237,7 +231,7 @@ async def test_reusing_a_refresh_token_stops_the_thief_everywhere(
         await connect_v2(base_url, other_device["access"]) as witness,
     ):
         await send(thief_socket, ECHO)
-        assert await receive_until(thief_socket, is_echo) == ECHO
+        assert await receive_until(thief_socket, equal_to(ECHO)) == ECHO
 
         await just_after_a_check(gateway_metrics)
         reused = await http.post("/api/token/refresh/", json={"refresh": owner.refresh})
@@ -247,7 +241,7 @@ async def test_reusing_a_refresh_token_stops_the_thief_everywhere(
         refusal = await refused_command(witness, "thief-after-the-reuse")
 
         await send(witness, ECHO)
-        still_open = await receive_until(witness, is_echo)
+        still_open = await receive_until(witness, equal_to(ECHO))
 
     assert reused.status_code == 401
     assert "used before" in reused.json()["detail"]
@@ -279,7 +273,7 @@ async def test_log_out_closes_the_sockets_of_that_session_and_only_those(
         ended = time.monotonic()
         code = await closed_within(leaving, ended, settings.revoke_seconds)
         await send(staying, ECHO)
-        echoed = await receive_until(staying, is_echo)
+        echoed = await receive_until(staying, equal_to(ECHO))
 
     assert logged_out.status_code == 204
     assert code == 4003
