@@ -83,7 +83,7 @@ from typing import Any
 
 import psutil
 
-from bench.city_model import BROADCAST_OFFERS_PER_SECOND, SETTLE_SECONDS, SPARE_FILES, Phase
+from bench.city_model import BROADCAST_OFFERS_PER_SECOND, SETTLE_SECONDS, SPARE_FILES
 from bench.city_report import city_machine, city_result
 from bench.city_traffic import City
 from bench.client import raise_open_files_limit
@@ -176,7 +176,7 @@ async def _run(
             # Every socket open and nothing sent: what the city costs doing nothing,
             # which the baseline's reports are then also counted above.
             await run.run_phase("quiet", False, 0, args.quiet_seconds, watched)
-            run.phase = Phase("set-up", False, 0, 0)  # the first reports are not quiet's
+            run.between_phases()  # the first reports are not quiet's
         run.start()
         # Every driver reports once before any trip (one without a location would get
         # every trip by broadcast), and the last reports get a second to arrive.

@@ -36,6 +36,21 @@ def _cpu_of(processes: dict[str, Any], name: str) -> float:
     return float(processes.get(name, {}).get("cpu_seconds", 0.0))
 
 
+def _us_per_report(baseline: dict[str, Any], quiet: dict[str, Any] | None = None) -> dict[str, int]:
+    """What a location report costs each process of the server, in microseconds, from
+    the baseline (only reports); with `quiet`, less what the same sockets cost in as
+    long sending nothing: a report's own cost."""
+    scale = baseline["seconds_in_all"] / quiet["seconds_in_all"] if quiet else 0.0
+    return {
+        name: round(
+            1e6
+            * (usage["cpu_seconds"] - (scale * _cpu_of(quiet["processes"], name) if quiet else 0))
+            / baseline["locations_sent"]
+        )
+        for name, usage in baseline["processes"].items()
+    }
+
+
 def server_cpu(processes: dict[str, Any]) -> float:
     """CPU seconds of the system under test: gateway, workers, broker, this system's
     Postgres backends (every Postgres process with --url). The broker is shared with
@@ -75,23 +90,10 @@ def city_result(
             round(1000 * extra / trips, 2) if trips else None
         )
     if baseline and baseline["locations_sent"]:
-        # Only reports in the baseline: what one costs each process of the server.
-        baseline["cpu_us_per_location_report"] = {
-            name: round(1e6 * usage["cpu_seconds"] / baseline["locations_sent"])
-            for name, usage in baseline["processes"].items()
-        }
+        baseline["cpu_us_per_location_report"] = _us_per_report(baseline)
         quiet = phases.get("quiet")
         if quiet and quiet["seconds_in_all"]:
-            # Less what the same sockets cost sending nothing: a report's own cost.
-            scale = baseline["seconds_in_all"] / quiet["seconds_in_all"]
-            baseline["cpu_us_per_location_report_above_quiet"] = {
-                name: round(
-                    1e6
-                    * (usage["cpu_seconds"] - scale * _cpu_of(quiet["processes"], name))
-                    / baseline["locations_sent"]
-                )
-                for name, usage in baseline["processes"].items()
-            }
+            baseline["cpu_us_per_location_report_above_quiet"] = _us_per_report(baseline, quiet)
     peak = max(
         (p["processes"].get("gateway", {}).get("peak_rss_mb", 0) for p in phases.values()),
         default=None,
@@ -518,23 +520,20 @@ def city_markdown(result: dict[str, Any]) -> str:
     ]
     for process in processes:
         lines.append(row(process, partial(_usage, process)))
-    per_report = phases.get("baseline", {}).get("cpu_us_per_location_report")
-    if per_report:
-        lines += [
-            "",
-            "CPU per location report, from the baseline (reports only), in microseconds: "
-            + ", ".join(f"{name} {us}" for name, us in per_report.items())
-            + ".",
-        ]
-    above_quiet = phases.get("baseline", {}).get("cpu_us_per_location_report_above_quiet")
-    if above_quiet:
-        lines += [
-            "",
-            "The same less what the quiet phase (sockets open, nothing sent) cost in as "
-            "long, in microseconds: "
-            + ", ".join(f"{name} {us}" for name, us in above_quiet.items())
-            + ".",
-        ]
+    for figure, what in (
+        ("cpu_us_per_location_report", "CPU per location report, from the baseline (reports only)"),
+        (
+            "cpu_us_per_location_report_above_quiet",
+            "The same less what the quiet phase (sockets open, nothing sent) cost in as long",
+        ),
+    ):
+        if per_report := phases.get("baseline", {}).get(figure):
+            lines += [
+                "",
+                f"{what}, in microseconds: "
+                + ", ".join(f"{name} {us}" for name, us in per_report.items())
+                + ".",
+            ]
     memory = result["gateway_memory"]
     lines += [
         "",

@@ -90,7 +90,7 @@ class City:
         self.all_ended = asyncio.Event()
         self.all_ended.set()
         self.phases: dict[str, Phase] = {}
-        self.phase = Phase("set-up", False, 0, 0)
+        self.between_phases()
         self.lag: list[tuple[float, float]] = []
         self.collector = CollectorPauses()
         self.reports_started = 0.0
@@ -186,6 +186,10 @@ class City:
             self.phase.locations_sent += 1
 
     # --- trips --------------------------------------------------------------------
+
+    def between_phases(self) -> None:
+        """What happens from now on (the first reports, say) is no measured phase's."""
+        self.phase = Phase("set-up", False, 0, 0)
 
     async def run_phase(
         self,
