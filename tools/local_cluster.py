@@ -396,7 +396,7 @@ class LocalCluster(PrivateServer):
         self.save()
         try:
             self._boot_and_join()
-        except RuntimeError as failed:
+        except (RuntimeError, subprocess.TimeoutExpired) as failed:
             raise RuntimeError(f"{failed}\n{self.diagnosis()}") from failed
 
     def _boot_and_join(self) -> None:

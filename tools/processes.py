@@ -37,9 +37,9 @@ def free_port_run(count: int, *, for_later: bool = False) -> int:
     """A port p such that p, p + 1, ..., p + count - 1 are all free (workers count up so).
 
     `for_later` takes them from below the kernel's ephemeral range, for servers that
-    bind them minutes later (`make cluster` boots that long): bind(0) gives odd ports
-    and outgoing connections take even ones, so a single free port stays free, but a
-    run of them holds even ports that any connection on the machine may take first."""
+    bind them minutes later (`make cluster` boots that long): on Linux bind(0) gives
+    odd ports and outgoing connections try even ones first, so a single free port is
+    seldom taken meanwhile, but a run holds even ports any connection may take."""
     while True:
         base = _below_ephemeral_range(count) if for_later else free_port()
         if base + count > 65536:
@@ -54,11 +54,16 @@ def free_port_run(count: int, *, for_later: bool = False) -> int:
         return base
 
 
-def _below_ephemeral_range(count: int) -> int:
+def ephemeral_start() -> int:
+    """The first port of the range the kernel gives outgoing connections theirs from."""
     try:
-        start = int(EPHEMERAL_RANGE.read_text().split()[0])
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        start = 32_768  # Linux's default
+        return 32_768  # Linux's default
+
+
+def _below_ephemeral_range(count: int) -> int:
+    start = ephemeral_start()
     if start - count <= LISTEN_PORTS_FROM:
         return free_port()  # no room below it on this machine
     return random.randrange(LISTEN_PORTS_FROM, start - count)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import socket
 
-from tools.processes import EPHEMERAL_RANGE, free_port_run
+from tools.processes import ephemeral_start, free_port_run
 
 
 def test_a_run_for_later_is_free_and_below_the_ephemeral_range() -> None:
     base = free_port_run(5, for_later=True)
 
-    assert base + 5 <= int(EPHEMERAL_RANGE.read_text().split()[0])
+    assert base + 5 <= ephemeral_start()
     for port in range(base, base + 5):
         with socket.socket() as server:
             server.bind(("127.0.0.1", port))
