@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,10 @@ class LocalSystem:
         traceback: TracebackType | None,
     ) -> None:
         await self._tear_down()
+        if exc_type is None:
+            # A run that ended well leaves nothing; one that failed keeps its processes'
+            # logs, where its error points.
+            shutil.rmtree(self.logs, ignore_errors=True)
 
     async def _tear_down(self) -> None:
         for process in self.processes:

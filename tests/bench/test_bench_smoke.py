@@ -8,10 +8,13 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,10 +23,25 @@ import pytest
 from bench.gateway_servers import SERVERS
 from shared.migrate import maintenance_url
 from shared.settings import Settings
+from tests.leftovers import kill_marked, marked_processes
 from tests.ops.terminal import ctrl_c_as_in_a_terminal
 
 LATENCY_FIELDS = {"count", "p50", "p90", "p99", "max"}
 LATENCIES = ("offer", "notified", "assign", "full_trip")
+
+
+@pytest.fixture(autouse=True)
+def run_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The runs' TMPDIR, removed after each test: what a run keeps there (its processes'
+    logs, its nodes' data) is the test's to see, and none of it outlives the test. Open
+    to every user: the private nodes run as rabbitmq and postgres."""
+    folder = Path(tempfile.mkdtemp(prefix="taxi-bench-test-"))
+    folder.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(folder))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # What a run may take before it is stopped; a stopped run is given this long to stop and
@@ -90,7 +108,7 @@ def worktrees(project_root: Path) -> str:
 
 
 def test_a_smoke_run_measures_everything_and_loses_nothing(
-    settings: Settings, tmp_path: Path, project_root: Path
+    settings: Settings, tmp_path: Path, project_root: Path, run_tmp: Path
 ) -> None:
     run = bench(settings, project_root, "smoke", "--out", str(tmp_path))
     result = json.loads((tmp_path / "smoke.json").read_text())
@@ -119,6 +137,7 @@ def test_a_smoke_run_measures_everything_and_loses_nothing(
     assert result["socket_closes"] == 0
     assert "| offer |" in (tmp_path / "smoke.md").read_text()
     assert "offers" in run.stderr  # progress was shown while it ran
+    assert list(run_tmp.iterdir()) == []  # a run that ended well leaves no logs behind
 
 
 def test_a_side_by_side_run_measures_both_revisions_in_alternating_rounds(
@@ -315,19 +334,6 @@ def test_a_cluster_run_compares_one_node_with_three_and_rides_out_a_node_killed(
     assert "database failover" in (tmp_path / "cluster.md").read_text()
 
 
-def marked_processes(mark: str) -> list[str]:
-    """The processes whose environment carries `mark`: whatever a run started, however
-    deep (RabbitMQ nodes and epmd included: they inherit it), and still running."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if mark.encode() in (entry / "environ").read_bytes():
-                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                    found.append(f"{entry.name}: {cmdline.decode(errors='replace')[:200]}")
-    return found
-
-
 def databases(settings: Settings) -> set[str]:
     with psycopg.connect(maintenance_url(settings.database_url)) as conn:
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
@@ -370,7 +376,7 @@ def test_a_cluster_run_stopped_midway_by_ctrl_c_leaves_nothing_behind(
         stop_bench(process)
     output = "".join(seen) + rest
     assert "interrupted" in output, output[-3000:]
-    assert marked_processes(mark) == [], output[-3000:]
+    assert kill_marked(mark) == [], output[-3000:]
     made = set(re.findall(r"database (taxi_bench_\w+),", output))
     assert len(made) == 2, output[-3000:]
     assert made.isdisjoint(databases(settings)), made & databases(settings)
@@ -395,7 +401,7 @@ def test_a_run_out_of_time_is_stopped_and_leaves_nothing_behind(
             seconds=OUT_OF_TIME_SECONDS,
             env={"TAXI_LEFTOVER_MARK": mark},
         )
-    assert marked_processes(mark) == []
+    assert kill_marked(mark) == []
     output = ran_out.value.stderr or ""
     output = output if isinstance(output, str) else output.decode(errors="replace")
     for made in re.findall(r"database (taxi_bench_\w+),", output):

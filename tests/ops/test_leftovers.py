@@ -5,8 +5,7 @@ fails on purpose, hangs until pytest-timeout stops it, or is interrupted. Afterw
 no process it started runs and the node's data folder is gone.
 
 Every process the inner run starts inherits a mark in its environment (RabbitMQ nodes
-and epmd too), so what is left is found however deep it was started and whatever
-process group or session it moved to.
+and epmd too): tests/leftovers.py finds what is left by it.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.leftovers import kill_marked, marked_processes
 from tests.ops.terminal import ctrl_c_as_in_a_terminal
 
 # Booting a private node on a busy machine, then stopping it and the gateway.
@@ -66,22 +66,8 @@ def test_it(running):
 """
 
 
-def marked_processes(mark: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            with contextlib.suppress(OSError):
-                if mark.encode() in (entry / "environ").read_bytes():
-                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                    found.append(f"{entry.name}: {cmdline.decode(errors='replace')[:160]}")
-    return found
-
-
-def remove_leftovers(processes: list[str], ready: Path) -> None:
-    """SIGKILL each process listed by `marked_processes`, and remove the node's folder."""
-    for entry in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+def remove_data(ready: Path) -> None:
+    """Remove the node's folder, if the inner run got as far as naming it."""
     if ready.exists():
         shutil.rmtree(ready.read_text(), ignore_errors=True)
 
@@ -128,9 +114,9 @@ def test_a_test_that_fails_times_out_or_is_interrupted_leaves_nothing_behind(
             os.killpg(inner.pid, signal.SIGKILL)
         # Whatever the inner run left is found now and then removed, so that a failure
         # here leaves no node behind to slow the tests after it.
-        left = marked_processes(mark)
+        left = kill_marked(mark)
         data_left = ready.exists() and Path(ready.read_text()).exists()
-        remove_leftovers(left, ready)
+        remove_data(ready)
     output = log.read_text()
     assert ready.exists(), output  # the test got as far as running it all
     assert status != 0, output
