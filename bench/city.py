@@ -172,12 +172,13 @@ async def _run(
         gc.collect()
         gc.freeze()  # what exists now lives for the run: keep the collector off it
         watched = await _watched(system)
+        run.watch()
         if args.quiet_seconds > 0:
             # Every socket open and nothing sent: what the city costs doing nothing,
             # which the baseline's reports are then also counted above.
             await run.run_phase("quiet", False, 0, args.quiet_seconds, watched)
             run.between_phases()  # the first reports are not quiet's
-        run.start()
+        run.start_reports()
         # Every driver reports once before any trip (one without a location would get
         # every trip by broadcast), and the last reports get a second to arrive.
         await asyncio.wait_for(run.reported_once.wait(), args.report_seconds * 3 + 10)

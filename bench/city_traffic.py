@@ -135,13 +135,17 @@ class City:
         if not self.closing:
             self.phase.socket_closes += 1
 
-    def start(self) -> None:
+    def watch(self) -> None:
+        """Start timing the generator's own loop lag and collector pauses, and showing
+        progress: every phase's figures have them, the quiet one's too."""
         gc.callbacks.append(self.collector)
-        self._tasks = [
-            asyncio.create_task(self._report_locations()),
+        self._tasks += [
             asyncio.create_task(self._watch_lag()),
             asyncio.create_task(self._progress()),
         ]
+
+    def start_reports(self) -> None:
+        self._tasks.append(asyncio.create_task(self._report_locations()))
 
     async def close(self) -> None:
         self.closing = True
