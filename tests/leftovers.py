@@ -16,21 +16,25 @@ from pathlib import Path
 
 def marked_processes(mark: str) -> list[str]:
     """The processes whose environment carries `mark`, still running: "pid: command"."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            with contextlib.suppress(OSError):
-                if mark.encode() in (entry / "environ").read_bytes():
-                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                    found.append(f"{entry.name}: {cmdline.decode(errors='replace')[:200]}")
-    return found
+    return [f"{pid}: {command}" for pid, command in _marked(mark).items()]
 
 
 def kill_marked(mark: str) -> list[str]:
     """The marked processes still running, each SIGKILLed once listed: a test that finds
     some fails, and leaves none behind to slow the tests after it."""
-    left = marked_processes(mark)
-    for entry in left:
+    marked = _marked(mark)
+    for pid in marked:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
-    return left
+            os.kill(pid, signal.SIGKILL)
+    return [f"{pid}: {command}" for pid, command in marked.items()]
+
+
+def _marked(mark: str) -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if mark.encode() in (entry / "environ").read_bytes():
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                    found[int(entry.name)] = cmdline.decode(errors="replace")[:200]
+    return found

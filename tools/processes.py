@@ -24,6 +24,8 @@ from shared.settings import Settings
 
 READY_TIMEOUT_SECONDS = 30
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Where runs of ports for later are taken from, up to the ephemeral range: above the
+# well-known services' ports.
 LISTEN_PORTS_FROM = 10_000
 
 
