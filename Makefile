@@ -99,7 +99,7 @@ clean-broker: install-run
 reset: install-run
 	$(BIN)/python -m tools.cleanup reset
 
-# Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|city|cluster|servers|smoke
+# Benchmarks: `make bench` runs the steady scenario; SCENARIO=saturation|workers|idle|city|cluster|servers|hops|smoke
 # for the others, BENCH_ARGS for more options (`python -m bench --help`).
 SCENARIO ?= steady
 bench: install-bench

@@ -18,6 +18,10 @@ The servers scenario (`bench.servers`): the gateway's app under each server and
 WebSocket implementation that could carry it (`bench.gateway_servers`), on the same
 driver sockets, reports and echoes: CPU per frame, echo latency, memory per socket.
 
+The hops scenario (`bench.hops`): what one crossing between processes costs (a
+command and a notification through RabbitMQ, a statement's round trip to Postgres,
+an event loop's wake-up), in each process it touches, at the rates of `--hop-rates`.
+
 The cluster scenario (`bench.cluster`): steady traffic on one private RabbitMQ node
 and on a three-node cluster in the same run, as ratios; then nodes killed under it.
 
@@ -49,6 +53,7 @@ from bench.cluster import cluster
 from bench.cluster_report import cluster_markdown
 from bench.compare import compare_markdown, compare_traffic
 from bench.gateway_servers import SERVERS
+from bench.hops import hops, hops_markdown
 from bench.idle import idle, idle_markdown
 from bench.load import Load
 from bench.policies import policies_markdown, run_policies
@@ -70,6 +75,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "cluster": {"drivers": 200, "riders": 50, "rate": 20, "seconds": 60, "racers": 3},
     # The gateway's socket path under each server (bench.servers); no trips.
     "servers": {"drivers": 2000, "riders": 0, "rate": 0, "seconds": 30, "racers": 0},
+    # One crossing between processes at a time (bench.hops): --seconds at each rate.
+    "hops": {"seconds": 20},
 }
 SATURATION_STEPS = (20, 30, 40, 45, 48, 50, 52, 55, 60, 70, 80, 100)
 OFFER_P99_LIMIT_MS = 100
@@ -272,6 +279,13 @@ def parse_args() -> argparse.Namespace:
         default=100,
         help="servers: echo frames a second, each timed to its answer (default 100)",
     )
+    on_hops = parser.add_argument_group("hops scenario")
+    on_hops.add_argument(
+        "--hop-rates",
+        type=_rates,
+        default=[50.0, 500.0],
+        help="hops: crossings a second to measure each at, comma-separated (default 50,500)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     if args.compare_with and args.scenario in ("saturation", "workers", "cluster", "servers"):
@@ -286,6 +300,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("cluster starts its RabbitMQ nodes and both systems itself: leave out --url")
     if args.url and args.scenario == "servers":
         parser.error("servers starts each server itself: leave out --url")
+    if args.scenario == "hops" and (args.url or args.compare_with):
+        parser.error("hops measures the local RabbitMQ and Postgres: no --url or --compare-with")
     for name, default in SCENARIOS[args.scenario].items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -311,6 +327,16 @@ def _positive(raw: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError("above 0")
     return value
+
+
+def _rates(raw: str) -> list[float]:
+    try:
+        rates = [float(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("numbers, comma-separated") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("at least one rate, each above 0")
+    return rates
 
 
 def _sizes(raw: str) -> list[int]:
@@ -445,6 +471,8 @@ async def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         return await cluster(args, summarise)
     if args.scenario == "servers":
         return await servers(args)
+    if args.scenario == "hops":
+        return await hops(args)
     if args.compare_with:
         return await compare_traffic(
             args, summarise, lambda: {**broker_and_database(), "load generator": [os.getpid()]}
@@ -508,6 +536,9 @@ def write(result: dict[str, Any], out: Path, scenario: str) -> None:
         return
     if "servers_runs" in result:
         (out / f"{scenario}.md").write_text(servers_markdown(result))
+        return
+    if "hops" in result:
+        (out / f"{scenario}.md").write_text(hops_markdown(result))
         return
     if "runs" in result:
         (out / f"{scenario}.md").write_text(idle_markdown(result))

@@ -21,6 +21,8 @@ import psycopg
 import pytest
 
 from bench.gateway_servers import SERVERS
+from bench.hops import HOPS
+from bench.resources import rabbitmq_queues
 from shared.migrate import maintenance_url
 from shared.settings import Settings
 from tests.leftovers import kill_marked, marked_processes
@@ -220,6 +222,40 @@ def test_a_servers_run_measures_the_same_app_under_every_server(
         assert run["gateway_us_per_frame"] > 0, run
     assert [row["server"] for row in result["summary"]] == list(SERVERS)
     assert "gateway us/frame" in (tmp_path / "servers.md").read_text()
+
+
+def test_a_hops_run_times_every_crossing_and_removes_what_it_declared(
+    settings: Settings, tmp_path: Path, project_root: Path
+) -> None:
+    bench(
+        settings,
+        project_root,
+        *("hops", "--seconds", "1", "--hop-rates", "40", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "hops.json").read_text())
+
+    rows = {row["hop"]: row for row in result["hops"]}
+    assert list(rows) == list(HOPS)
+    for row in rows.values():
+        # Every crossing sent arrived, and the thread that sent it spent CPU on it.
+        assert row["received"] == row["sent"] == 40, row
+        assert row["latency_ms"]["count"] == 40, row
+        assert row["sender_us"] > 0, row
+        assert row["in_all_us"] >= row["sender_us"], row
+    for name in ("command", "notification", "position"):
+        assert rows[name]["receiver_us"] > 0, rows[name]
+    # The servers' CPU is read in clock ticks (10 ms): 40 crossings may not make one.
+    assert all(row["server_us"] >= 0 for row in rows.values())
+    prefix = result["parameters"]["broker_prefix"]
+    assert rabbitmq_queues(prefix) == [], "the command hop's queues were left behind"
+    exchanges = subprocess.run(
+        ["rabbitmqctl", "list_exchanges", "name", "--silent"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not [name for name in exchanges if name.startswith(prefix)]
+    assert "| command | 40 | 40 / 40 |" in (tmp_path / "hops.md").read_text()
 
 
 def test_a_city_run_offers_each_trip_to_the_nearest_drivers_and_compares_broadcast(
