@@ -67,6 +67,27 @@ async def test_reports_wait_for_the_next_batch_and_go_together_with_what_came_me
     assert len(broker.batches) == 1
 
 
+async def test_a_full_batch_goes_at_once_without_waiting_for_its_time() -> None:
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
+    now = [100.0]
+    locations = DriverLocations(broker, clock=lambda: now[0], batch_seconds=3600, batch_reports=3)
+    drivers = [await users.join(driver(n)) for n in range(1, 5)]
+    publisher = asyncio.create_task(locations.run())
+    await broker.published.wait()  # the first tick: the heartbeat
+
+    for n, connected in enumerate(drivers[:3]):
+        locations.report(connected, Location(Point(52.0 + n / 100, 4.9)))
+    await published_with_reports(broker)  # within seconds, not the batch's hour
+    locations.report(drivers[3], Location(Point(52.5, 4.9)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    publisher.cancel()
+
+    # The three filled a batch, which went at once; the fourth waits for the next.
+    (batch,) = broker.with_reports()
+    assert [report.driver_id for report in decode_reports(batch).reports] == [1, 2, 3]
+
+
 class _NoLog:
     async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:
         return []
