@@ -55,6 +55,11 @@ EXCLUDE_USER_HEADER = "x-exclude-user"
 # A user's notification carries its place in the user's sequence, so a gateway
 # puts each in order without parsing the frame.
 SEQ_HEADER = "x-seq"
+# One notification for several users (a transition's rider and driver get the same
+# frame): the frame without its number, routed by the first user's key with the
+# others' in CC, and each user's number here (JSON: user id -> seq). A gateway numbers
+# it for each of those users it holds, byte for byte as the log keeps it.
+SEQS_HEADER = "x-seqs"
 # An offer (or its withdrawal) names its trip and the trip's version, so a gateway
 # drops one older than what it already passed on.
 TRIP_HEADER = "x-trip"

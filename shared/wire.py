@@ -197,3 +197,11 @@ def with_seq(body: bytes, seq: int) -> bytes:
     if not body.startswith(b'{"'):
         raise ValueError("not a frame: a frame is a JSON object")
     return b'{"seq":%d,' % seq + body[1:]
+
+
+def without_seq(body: bytes, seq: int) -> bytes:
+    """The frame `with_seq(frame, seq)` was made from."""
+    numbered = b'{"seq":%d,' % seq
+    if not body.startswith(numbered):
+        raise ValueError(f"not a frame numbered {seq}")
+    return b"{" + body[len(numbered) :]

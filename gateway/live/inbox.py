@@ -3,6 +3,9 @@
 The gateway's own queue (`gateway.live.broker`) carries:
 - `user.<id>` with a number (x-seq): a notification of the user, for every socket
   of theirs here (`ConnectedUser.pass_on`);
+- `user.<id>` with numbers (x-seqs): a notification of several users alike (a
+  transition's rider and driver; the others' keys in CC), numbered here for each of
+  them connected here, as their log has it, then passed on the same way;
 - `user.<id>` without one: an offer or its withdrawal, sent to drivers by name
   (`OfferFanout.by_name`: the key, and the keys in CC, name them), or a driver's
   location for the rider of their trip under way (`driver.location`), passed on
@@ -22,6 +25,7 @@ from collections.abc import Callable
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueueIterator
+from opentelemetry.context import Context
 
 from gateway.live import metrics
 from gateway.live.connected import ConnectedUsers
@@ -30,7 +34,14 @@ from gateway.live.offers import OfferFanout
 from gateway.live.outgoing import Frame
 from shared import tracing
 from shared.locations import DRIVER_LOCATION
-from shared.topology import LOCATIONS_WANTED_KEY, SEQ_HEADER, SOCKETS_REPLACED, TRIP_HEADER
+from shared.topology import (
+    LOCATIONS_WANTED_KEY,
+    SEQ_HEADER,
+    SEQS_HEADER,
+    SOCKETS_REPLACED,
+    TRIP_HEADER,
+)
+from shared.wire import with_seq
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,12 @@ class Inbox:
         headers = message.headers or {}
         seq = headers.get(SEQ_HEADER)
         kind = message.type or "unknown"
+        # The command's trace, for the writes to the sockets (`shared.tracing`).
+        trace = tracing.extract(headers) if tracing.enabled else None
+        seqs = headers.get(SEQS_HEADER)
+        if isinstance(seqs, (str, bytes)):
+            self._pass_on_each(message.body, orjson.loads(seqs), kind, trace)
+            return
         if seq is None and kind not in _FOR_ONE_USER:
             self._offers.by_name(message)
             return
@@ -75,8 +92,6 @@ class Inbox:
         connected = self._users.get(int(user_id))
         if connected is None:
             return  # their last socket here closed after the message was routed
-        # The command's trace, for the writes to the sockets (`shared.tracing`).
-        trace = tracing.extract(headers) if tracing.enabled else None
         if seq is not None:
             connected.pass_on(Frame(message.body.decode(), kind, int(str(seq)), trace))
         elif kind == DRIVER_LOCATION:
@@ -88,3 +103,13 @@ class Inbox:
             connected.put_live(Frame(message.body.decode(), REFUSAL, trace=trace))
         else:
             connected.replace(set(orjson.loads(message.body)))
+
+    def _pass_on_each(
+        self, frame: bytes, seqs: dict[str, int], kind: str, trace: Context | None
+    ) -> None:
+        """One frame for several users: each of them here gets it with their number."""
+        for user_id, seq in seqs.items():
+            connected = self._users.get(int(user_id))
+            if connected is not None:
+                numbered = with_seq(frame, seq).decode()
+                connected.pass_on(Frame(numbered, kind, seq, trace))

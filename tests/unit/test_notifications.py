@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from dispatcher.notifications import (
     for_transition,
     offers,
 )
+from dispatcher.publisher import together
 from shared import trips
 from shared.locations import Point
 from shared.topology import (
@@ -23,11 +25,14 @@ from shared.topology import (
     DISTANCES_HEADER,
     DRIVER_OFFERS_KEY,
     EXCLUDE_USER_HEADER,
+    SEQ_HEADER,
+    SEQS_HEADER,
     TRIP_HEADER,
     VERSION_HEADER,
 )
 from shared.trips import Status, Transition, Trip
 from shared.users import User
+from shared.wire import with_seq
 
 OFFER_TTL = 30
 # A trip without a pick-up point: every free driver hears of it, by broadcast.
@@ -273,3 +278,36 @@ def test_refusals_have_distinct_event_ids() -> None:
     second = frame(for_refusal(1, "forbidden", "no", "create.trip"))["event_id"]
 
     assert first != second
+
+
+def numbered(notification: Notification, seq: int) -> Notification:
+    """As the notification log stores it (`dispatcher.notification_log`)."""
+    return dataclasses.replace(
+        notification,
+        seq=seq,
+        body=with_seq(notification.body, seq),
+        headers={**notification.headers, SEQ_HEADER: str(seq)},
+    )
+
+
+def test_what_a_rider_and_a_driver_are_told_alike_goes_as_one_message() -> None:
+    rider, driver, taken = for_transition(accepted(), EVERYONE, OFFER_TTL)
+    told = [numbered(rider, 5), numbered(driver, 9), taken]
+
+    message, offer = together(told)
+
+    assert offer == taken  # the withdrawal to other drivers: a message of its own
+    assert message.routing_key == "user.7"
+    assert message.headers == {CC_HEADER: ["user.42"], SEQS_HEADER: '{"7":5,"42":9}'}
+    assert (message.seq, message.user_id, message.ttl_seconds) == (None, None, None)
+    # Numbered for each user, it is what each one's log keeps.
+    assert with_seq(message.body, 5) == told[0].body
+    assert with_seq(message.body, 9) == told[1].body
+
+
+def test_frames_that_differ_are_not_put_together() -> None:
+    first = numbered(for_transition(picked_up(), EVERYONE, OFFER_TTL)[0], 3)
+    second = numbered(for_transition(completed(), EVERYONE, OFFER_TTL)[0], 4)
+    alone = numbered(for_transition(completed(), EVERYONE, OFFER_TTL)[1], 2)
+
+    assert together([first, second, alone]) == [first, second, alone]

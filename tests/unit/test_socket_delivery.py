@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.live.connected import ConnectedUser, ConnectedUsers
+from gateway.live.inbox import Inbox
 from gateway.live.notification_log import READ_BATCH, Logged, ResumePoint
 from gateway.live.offers import OfferFanout
 from gateway.live.outgoing import BUFFER_FRAMES, CATCH_UP, Frame, Outgoing
@@ -20,11 +21,13 @@ from shared.topology import (
     CC_HEADER,
     DISTANCES_HEADER,
     EXCLUDE_USER_HEADER,
+    SEQS_HEADER,
     TRIP_HEADER,
     VERSION_HEADER,
 )
 from shared.trips import TripUnderWay
 from shared.users import User
+from shared.wire import with_seq
 
 RIDER = User(7, "ann@example.com", "Ann", "Rider", "rider", None)
 DRIVER = User(42, "dan@example.com", "Dan", "Driver", "driver", None)
@@ -517,4 +520,33 @@ async def test_offers_by_name_reach_each_named_free_driver_and_never_after_a_wit
         {"type": "trip.taken", "data": {"v": 2}},
     ]
     assert sockets[3].sent == ["end"]  # busy
+    await stop(tasks)
+
+
+async def test_one_message_for_a_rider_and_a_driver_reaches_each_numbered_in_their_own_order() -> (
+    None
+):
+    log = Log()
+    users = ConnectedUsers(bind=_nothing, unbind=_nothing, log=log)
+    rider, driver = await users.join(RIDER), await users.join(DRIVER)
+    rider.last_seq, driver.last_seq = 4, 8
+    sockets, _, tasks = await listening(rider, driver)
+    inbox = Inbox(users, OfferFanout(users), locations=None)  # type: ignore[arg-type]
+    frame = b'{"type":"trip.accepted","event_id":"e-1","data":{"id":"trip-1"}}'
+
+    # Routed by the rider's key, the driver's in CC, and a user held by another gateway.
+    inbox.route(
+        Offer(  # type: ignore[arg-type]
+            frame,
+            "trip.accepted",
+            {CC_HEADER: ["user.42", "user.99"], SEQS_HEADER: '{"7":5,"42":9,"99":3}'},
+            "user.7",
+        )
+    )
+    await settle(lambda: bool(sockets[RIDER.id].sent and sockets[DRIVER.id].sent))
+
+    # Each gets the frame with their own number, byte for byte as their log keeps it.
+    assert sockets[RIDER.id].sent == [with_seq(frame, 5).decode()]
+    assert sockets[DRIVER.id].sent == [with_seq(frame, 9).decode()]
+    assert (rider.last_seq, driver.last_seq) == (5, 9)
     await stop(tasks)
