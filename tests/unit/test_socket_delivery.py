@@ -532,7 +532,8 @@ async def test_one_message_for_a_rider_and_a_driver_reaches_each_numbered_in_the
     rider.last_seq, driver.last_seq = 4, 8
     sockets, _, tasks = await listening(rider, driver)
     inbox = Inbox(users, OfferFanout(users), locations=None)  # type: ignore[arg-type]
-    frame = b'{"type":"trip.accepted","event_id":"e-1","data":{"id":"trip-1"}}'
+    trip = b'{"id":"trip-1","rider":{"id":7},"driver":{"id":42}}'
+    frame = b'{"type":"trip.accepted","event_id":"e-1","data":%s}' % trip
 
     # Routed by the rider's key, the driver's in CC, and a user held by another gateway.
     inbox.route(
