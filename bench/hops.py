@@ -9,8 +9,8 @@ Postgres (`TAXI_AMQP_URL`, `TAXI_DATABASE_URL`), for `--seconds` at each rate of
 `--hop-rates`:
 
 - `wake-up`: the event loop woken at the rate and doing nothing else, the floor
-  under every crossing below (and the window in which the broker's and the
-  server's idle CPU is read, to be taken off theirs);
+  under every crossing below (and the window in which the broker's idle CPU is
+  read, to be taken off its CPU in the others);
 - `command`: a persistent message published with a confirm, mandatory, to the
   commands exchange and its replicated (quorum) queue, consumed by a consumer with a
   prefetch, acknowledged (`shared.broker`'s own declarations, under a prefix of
@@ -21,14 +21,17 @@ Postgres (`TAXI_AMQP_URL`, `TAXI_DATABASE_URL`), for `--seconds` at each rate of
 - `position`: the same, published without a confirm (as a gateway sends a driver's
   position to the rider of their trip, and its batches of reports to the workers);
 - `statement`: a prepared statement's round trip to Postgres (`SELECT $1`), the unit
-  a command's transaction is made of.
+  a command's transaction is made of (less than a real one costs: it reads and
+  writes no table, and commits nothing).
 
 The sender and the receiver are two threads of this process, each with its own
-event loop; each thread's own CPU time is what it cost. RabbitMQ's and Postgres's CPU
-are read from their processes, less what they used in the wake-up window of the same
-length (they serve others on a shared machine); they are read in clock ticks of 10 ms,
-which is why each rate runs for 20 s by default (a thousand statements of about
-80 us are eight ticks). Latency is from before the send to the receipt. Results:
+event loop; each thread's own CPU time from the first send until the last arrived
+(not its connecting and declaring) is what it cost. RabbitMQ's CPU is read from its
+process over that window, less what it used in the wake-up window of the same
+length (it serves others on a shared machine); a statement's backend is its own, so
+all its CPU is the hop's. Both are read in clock ticks of 10 ms, which is why each
+rate runs for 20 s by default (a thousand statements of about 80 us are eight
+ticks). Latency is from before the send to the receipt. Results:
 `hops.json` and `hops.md`.
 """
 
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
@@ -64,30 +66,35 @@ DRAIN_SECONDS = 5.0
 
 
 class Side:
-    """One thread's event loop and the CPU its work took."""
+    """One thread's event loop, and the CPU its thread spent between `start_clock` and
+    `stop_clock` (the crossings, not connecting or declaring)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.cpu_seconds = 0.0
         self.error: BaseException | None = None
+        self._started = 0.0
 
     def run(self, work: Callable[[], Awaitable[None]]) -> threading.Thread:
         def main() -> None:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(self._timed(work))
+                runner.run(self._caught(work))
 
         thread = threading.Thread(target=main, name=self.name)
         thread.start()
         return thread
 
-    async def _timed(self, work: Callable[[], Awaitable[None]]) -> None:
-        started = time.thread_time()
+    def start_clock(self) -> None:
+        self._started = time.thread_time()
+
+    def stop_clock(self) -> None:
+        self.cpu_seconds = time.thread_time() - self._started
+
+    async def _caught(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
         except BaseException as exc:
             self.error = exc  # raised again in the main thread, by `measure`
-        finally:
-            self.cpu_seconds = time.thread_time() - started
 
 
 async def paced(rate: float, seconds: float, send: Callable[[int], Awaitable[None]]) -> int:
@@ -103,20 +110,42 @@ async def paced(rate: float, seconds: float, send: Callable[[int], Awaitable[Non
 
 
 class Hop:
-    """One crossing measured at one rate: a sender, a receiver and a server between."""
+    """One crossing measured at one rate: a sender, a receiver and a server between.
 
-    def __init__(self, settings: Settings, topology: Topology, rate: float, seconds: float):
+    The window measured opens when the sender is about to send the first and closes
+    once the receiver took the last (or DRAIN_SECONDS after the last was sent): the
+    server's CPU is read at both ends, each thread's own at its own."""
+
+    def __init__(
+        self, settings: Settings, topology: Topology, rate: float, seconds: float, server: Watched
+    ):
         self.settings = settings
         self.topology = topology
         self.rate = rate
         self.seconds = seconds
+        self.server = server
+        self.server_cpu = 0.0
+        self.window_seconds = 0.0
         self.sent_at: dict[int, float] = {}
         self.latencies_ms: list[float] = []
         self.sent = 0
+        # Set however the receiver's set-up ended, and however the sending ended, so
+        # that neither thread waits for ever on the other.
         self.receiver_ready = threading.Event()
+        self.sending_done = threading.Event()
         self.all_received = threading.Event()
         # The sender's and the receiver's threads both count.
         self._lock = threading.Lock()
+        self._opened = 0.0
+
+    def open_window(self) -> None:
+        self._opened = time.perf_counter()
+        self.server_cpu = self.server.cpu()
+
+    def close_window(self) -> None:
+        self.all_received.wait(DRAIN_SECONDS)
+        self.server_cpu = self.server.cpu() - self.server_cpu
+        self.window_seconds = time.perf_counter() - self._opened
 
     def note_sent(self, n: int) -> None:
         self.sent_at[n] = time.perf_counter()
@@ -131,99 +160,112 @@ class Hop:
             self.sent = count
             self._check()
 
+    def wait_until_done(self) -> None:
+        """For a receiver: until the last was taken, or the sender gave up."""
+        self.sending_done.wait()
+        self.all_received.wait(DRAIN_SECONDS)
+
     def _check(self) -> None:
         if self.sent and len(self.latencies_ms) == self.sent:
             self.all_received.set()
 
 
-async def _wake_ups(hop: Hop) -> None:
+async def _send_all(hop: Hop, sender: Side, send: Callable[[int], Awaitable[None]]) -> None:
+    """The measured window: every crossing, sent at the hop's rate, until the last is in."""
+    sender.start_clock()
+    hop.open_window()
+    try:
+        hop.done_sending(await paced(hop.rate, hop.seconds, send))
+        await asyncio.to_thread(hop.close_window)
+    finally:
+        hop.sending_done.set()
+        sender.stop_clock()
+
+
+async def _wake_ups(hop: Hop, sender: Side) -> None:
     async def nothing(n: int) -> None:
         hop.note_sent(n)
         hop.received(n)
 
-    hop.done_sending(await paced(hop.rate, hop.seconds, nothing))
+    await _send_all(hop, sender, nothing)
 
 
-async def _broker_sender(hop: Hop, *, command: bool, confirmed: bool = True) -> None:
+async def _broker_sender(hop: Hop, sender: Side, *, command: bool, confirmed: bool = True) -> None:
     """A command (persistent, mandatory, to the replicated queue) or a notification
     (transient, to a user's key), published as the gateway and the worker do."""
-    await asyncio.to_thread(hop.receiver_ready.wait)
-    connection = await aio_pika.connect(hop.settings.amqp_urls[0])
-    async with connection:
-        channel = await connection.channel(publisher_confirms=confirmed)
-        commands, notifications = await broker.declare_exchanges(channel, hop.topology)
-        exchange = commands if command else notifications
-        key = command_key("update.trip") if command else user_key(1)
-        mode = aio_pika.DeliveryMode.PERSISTENT if command else aio_pika.DeliveryMode.NOT_PERSISTENT
+    try:
+        await asyncio.to_thread(hop.receiver_ready.wait)
+        connection = await aio_pika.connect(hop.settings.amqp_urls[0])
+        async with connection:
+            channel = await connection.channel(publisher_confirms=confirmed)
+            commands, notifications = await broker.declare_exchanges(channel, hop.topology)
+            exchange = commands if command else notifications
+            key = command_key("update.trip") if command else user_key(1)
+            mode = (
+                aio_pika.DeliveryMode.PERSISTENT
+                if command
+                else aio_pika.DeliveryMode.NOT_PERSISTENT
+            )
 
-        async def send(n: int) -> None:
-            message = aio_pika.Message(BODY, message_id=str(n), delivery_mode=mode)
-            hop.note_sent(n)
-            if confirmed:
-                await broker.publish_confirmed(exchange, message, key, mandatory=command)
+            async def send(n: int) -> None:
+                message = aio_pika.Message(BODY, message_id=str(n), delivery_mode=mode)
+                hop.note_sent(n)
+                if confirmed:
+                    await broker.publish_confirmed(exchange, message, key, mandatory=command)
+                else:
+                    await exchange.publish(message, key, mandatory=False)
+
+            await _send_all(hop, sender, send)
+    finally:
+        hop.sending_done.set()
+
+
+async def _broker_receiver(hop: Hop, receiver: Side, *, command: bool) -> None:
+    """As a worker takes commands (the replicated queue, a prefetch, each acknowledged)
+    or a gateway its notifications (a queue of its own bound to the user's key, no
+    acknowledgements)."""
+    try:
+        connection = await aio_pika.connect(hop.settings.amqp_urls[0])
+        async with connection:
+            channel = await connection.channel()
+            commands, notifications = await broker.declare_exchanges(channel, hop.topology)
+            if command:
+                await channel.set_qos(prefetch_count=32)
+                queue = await broker.declare_dispatcher_queue(channel, hop.topology, commands)
             else:
-                await exchange.publish(message, key, mandatory=False)
+                queue = await channel.declare_queue(
+                    exclusive=True, arguments=broker.gateway_queue_arguments()
+                )
+                await queue.bind(notifications, user_key(1))
 
-        hop.done_sending(await paced(hop.rate, hop.seconds, send))
-        await asyncio.to_thread(hop.all_received.wait, DRAIN_SECONDS)
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                hop.received(int(message.message_id or 0))
+                if command:
+                    await message.ack()
 
-
-async def _command_receiver(hop: Hop) -> None:
-    connection = await aio_pika.connect(hop.settings.amqp_urls[0])
-    async with connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=32)
-        commands, _ = await broker.declare_exchanges(channel, hop.topology)
-        queue = await broker.declare_dispatcher_queue(channel, hop.topology, commands)
-
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            hop.received(int(message.message_id or 0))
-            await message.ack()
-
-        await queue.consume(on_message)
-        hop.receiver_ready.set()
-        await asyncio.to_thread(hop.all_received.wait, hop.seconds + DRAIN_SECONDS)
-
-
-async def _notification_receiver(hop: Hop) -> None:
-    connection = await aio_pika.connect(hop.settings.amqp_urls[0])
-    async with connection:
-        channel = await connection.channel()
-        _, notifications = await broker.declare_exchanges(channel, hop.topology)
-        queue = await channel.declare_queue(
-            exclusive=True, arguments=broker.gateway_queue_arguments()
-        )
-        await queue.bind(notifications, user_key(1))
+            await queue.consume(on_message, no_ack=not command)
+            receiver.start_clock()
+            hop.receiver_ready.set()
+            await asyncio.to_thread(hop.wait_until_done)
+            receiver.stop_clock()
+    finally:
         hop.receiver_ready.set()
 
-        async def take_all() -> None:
-            async with queue.iterator(no_ack=True) as messages:
-                async for message in messages:
-                    hop.received(int(message.message_id or 0))
-                    if hop.all_received.is_set():
-                        return
 
-        # A message lost would otherwise keep it waiting for ever.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(take_all(), hop.seconds + DRAIN_SECONDS)
-
-
-async def _statements(hop: Hop, backend_cpu: list[float]) -> None:
+async def _statements(hop: Hop, sender: Side) -> None:
     # The server's maintenance database: a statement that reads no table needs no other.
     connection = await asyncpg.connect(maintenance_url(hop.settings.database_url))
     try:
         pid = int(await connection.fetchval("SELECT pg_backend_pid()"))
-        # A backend of its own: all the CPU it uses from here on is this hop's.
-        backend = Watched([psutil.Process(pid)])
-        before = backend.cpu()
+        # A backend of its own: all the CPU it uses in the window is this hop's.
+        hop.server.processes.append(psutil.Process(pid))
         statement = await connection.prepare("SELECT $1::int")
 
         async def send(n: int) -> None:
             hop.note_sent(n)
             hop.received(await statement.fetchval(n))
 
-        hop.done_sending(await paced(hop.rate, hop.seconds, send))
-        backend_cpu.append(backend.cpu() - before)
+        await _send_all(hop, sender, send)
     finally:
         await connection.close()
 
@@ -232,48 +274,44 @@ def measure(settings: Settings, name: str, rate: float, seconds: float) -> dict[
     """One crossing at one rate: its sender's, receiver's and server's CPU per unit (the
     server's in CPU seconds, for the caller to take its idle rate off) and latency."""
     topology = Topology(f"{settings.broker_prefix}-{uuid.uuid4().hex[:8]}")
-    hop = Hop(settings, topology, rate, seconds)
+    through_broker = SERVER_OF[name] == "RabbitMQ"
+    # The broker in the wake-up's window too: its idle rate, to take off the others'.
+    server = Watched([] if name == "statement" else [psutil.Process(p) for p in rabbitmq_pids()])
+    hop = Hop(settings, topology, rate, seconds, server)
     sender, receiver = Side("sender"), Side("receiver")
-    backend_cpu: list[float] = []
-    broker_vm = Watched([psutil.Process(pid) for pid in rabbitmq_pids()])
-    broker_before = broker_vm.cpu()
-    started = time.perf_counter()
     threads: list[threading.Thread] = []
     try:
         if name == "wake-up":
-            threads.append(sender.run(lambda: _wake_ups(hop)))
+            threads.append(sender.run(lambda: _wake_ups(hop, sender)))
         elif name == "command":
-            threads.append(receiver.run(lambda: _command_receiver(hop)))
-            threads.append(sender.run(lambda: _broker_sender(hop, command=True)))
+            threads.append(receiver.run(lambda: _broker_receiver(hop, receiver, command=True)))
+            threads.append(sender.run(lambda: _broker_sender(hop, sender, command=True)))
         elif name in ("notification", "position"):
             confirmed = name == "notification"
-            threads.append(receiver.run(lambda: _notification_receiver(hop)))
+            threads.append(receiver.run(lambda: _broker_receiver(hop, receiver, command=False)))
             threads.append(
-                sender.run(lambda: _broker_sender(hop, command=False, confirmed=confirmed))
+                sender.run(lambda: _broker_sender(hop, sender, command=False, confirmed=confirmed))
             )
         else:
-            threads.append(sender.run(lambda: _statements(hop, backend_cpu)))
+            threads.append(sender.run(lambda: _statements(hop, sender)))
         for thread in threads:
             thread.join()
-        for side in (sender, receiver):
+        for side in (receiver, sender):
             if side.error is not None:
                 raise RuntimeError(f"hops: the {name} {side.name} failed") from side.error
     finally:
-        if name in SERVER_OF and SERVER_OF[name] == "RabbitMQ":
+        if through_broker:
             asyncio.run(_remove(settings, topology))
-    elapsed = time.perf_counter() - started
     count = max(1, hop.sent)
     return {
         "hop": name,
         "rate": rate,
         "sent": hop.sent,
         "received": len(hop.latencies_ms),
-        "seconds": round(elapsed, 2),
+        "seconds": round(hop.window_seconds, 2),
         "sender_us": round(sender.cpu_seconds / count * 1e6, 1),
         "receiver_us": round(receiver.cpu_seconds / count * 1e6, 1),
-        "server_cpu_seconds": (
-            sum(backend_cpu) if name == "statement" else broker_vm.cpu() - broker_before
-        ),
+        "server_cpu_seconds": hop.server_cpu,
         "latency_ms": percentiles(hop.latencies_ms),
     }
 
