@@ -10,22 +10,23 @@ kept with the driver (`ConnectedUser.location`), then goes one of two ways:
   on `user.<rider id>`: unnumbered, never kept, and dropped by the broker when the
   rider has no socket anywhere. The rider's gateway checks the trip too.
 
-The workers also hear at once when a driver turns busy or free (a driver who just
-finished a trip is offered the next one without waiting for a report) and when
-their last socket here closes; a worker that starts gets every location held here.
+The workers also hear, with the next batch, when a driver turns busy or free (a
+driver who just finished a trip is offered the next one without waiting for a
+report) and when their last socket here closes; a worker that starts gets every location held here.
 
 Nothing waits on the broker: reports leave through one publisher task, and while
 the broker is away they are dropped, since the next one replaces them. The reports
 for the workers go out in batches, one message for all that came in meanwhile,
 every `BATCH_SECONDS` or as soon as `BATCH_REPORTS` wait: the broker's and the
-workers' cost is per message, not per report (about a millisecond of CPU in all
-for each message through the broker, `make bench SCENARIO=hops`), so at a few
-hundred reports a second two batches a second cost a fifth of what ten did, and at
-thousands a batch goes whenever it is full. A rider's view of their driver goes at
-once. Each batch names this gateway, and one goes out at least every
-`HEARTBEAT_SECONDS`, empty if need be: a worker that stops hearing from a gateway
-(killed, or cut off from the broker) stops offering trips to its drivers within
-TAXI_GATEWAY_SILENT_SECONDS, instead of until their locations go stale.
+workers' cost is per message, not per report (a millisecond and a half of CPU for a
+message through the broker, more for each worker it reaches: `make bench
+SCENARIO=hops`), so at a few hundred reports a second two batches a second cost a
+fifth of what ten did, and at thousands a batch goes whenever it is full. A rider's
+view of their driver goes at once. Each batch names this gateway, and one goes out
+at least every `HEARTBEAT_SECONDS`, empty if need be: a worker that stops hearing
+from a gateway (killed, or cut off from the broker) stops offering trips to its
+drivers within TAXI_GATEWAY_SILENT_SECONDS, instead of until their locations go
+stale.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ HEARTBEAT_SECONDS = 1.0
 # dispatch knows is at most this much older, half of the shortest interval between a
 # driver's reports (REPORT_INTERVAL_SECONDS).
 BATCH_SECONDS = 0.5
-# A batch this full goes at once (about 33 KB): at thousands of reports a second,
-# dispatch learns of them sooner, and no message grows without bound.
+# A batch this full goes at once, and no batch holds more (about 33 KB): at
+# thousands of reports a second dispatch learns of them sooner, and a worker's
+# start (every location held here at once) goes as several messages, not one.
 BATCH_REPORTS = 1_000
 
 
@@ -114,16 +116,19 @@ class DriverLocations:
         return True
 
     def trip_changed(self, driver: ConnectedUser) -> None:
-        """The driver took a trip or finished one: dispatch must know at once (to
-        forget or offer them), and a rider whose driver is on the way sees where they
-        are without waiting for the next report."""
+        """The driver took a trip or finished one: dispatch learns it with the next
+        batch (to forget or offer them) rather than at their next report, and a rider
+        whose driver is on the way sees where they are without waiting for it.
+        Not sooner: a message of its own would cost more than a trip's other
+        notifications, and a driver taken is left out of rings by Postgres anyway."""
         if driver.location is not None:
             self._for_dispatch(driver)
             if driver.under_way is not None:
                 self._for_rider(driver)
 
     def gone(self, driver: ConnectedUser) -> None:
-        """The driver's last socket here closed: they take no offers now."""
+        """The driver's last socket here closed: they take no offers now (dispatch
+        hears it with the next batch)."""
         if driver.location is not None:
             self._put_report(DriverReport.gone(driver.user.id, self._wall_clock()))
 
@@ -155,8 +160,11 @@ class DriverLocations:
                 )
             if not self._batch_due:
                 continue
-            reports, self._reports = self._reports, []
+            reports = self._reports[: self._batch_reports]
+            del self._reports[: self._batch_reports]
             beat, self._beat, self._batch_due = self._beat, False, False
+            if self._reports:
+                self._send_batch()  # the rest, in the next message
             if reports or beat:
                 await self._publish(
                     self._broker.publish_location(encode_reports(gateway_id, reports)),
@@ -208,6 +216,10 @@ class DriverLocations:
             return
         # It goes with the next batch (`_batches`), or now if that batch is full.
         self._reports.append(report.encode())
-        if len(self._reports) >= self._batch_reports and not self._batch_due:
-            self._batch_due = True
-            self._waiting.set()
+        if len(self._reports) >= self._batch_reports:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        """What waits goes with the publisher's next round, not at the next tick."""
+        self._batch_due = True
+        self._waiting.set()

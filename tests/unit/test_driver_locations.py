@@ -88,6 +88,22 @@ async def test_a_full_batch_goes_at_once_without_waiting_for_its_time() -> None:
     assert [report.driver_id for report in decode_reports(batch).reports] == [1, 2, 3]
 
 
+async def test_more_than_a_batch_holds_goes_as_several_messages() -> None:
+    users, broker = ConnectedUsers(_nothing, _nothing, _NoLog()), Broker()
+    locations = DriverLocations(broker, clock=lambda: 100.0, batch_seconds=3600, batch_reports=2)
+    drivers = [await users.join(driver(n)) for n in range(1, 6)]
+    for n, connected in enumerate(drivers):
+        connected.location = Location(Point(52.0 + n / 100, 4.9))
+    publisher = asyncio.create_task(locations.run())
+
+    locations.replay(drivers)  # a worker started: every location held here
+    await published_with_reports(broker, count=3)
+    publisher.cancel()
+
+    batches = [decode_reports(batch).reports for batch in broker.with_reports()]
+    assert [[report.driver_id for report in batch] for batch in batches] == [[1, 2], [3, 4], [5]]
+
+
 class _NoLog:
     async def read(self, user_id: int, after: int, upto: int | None = None) -> list[Logged]:
         return []
