@@ -26,6 +26,8 @@ from shared.wire import without_seq
 
 __all__ = ["NotificationPublisher", "PublishFailed"]
 
+_SORTED_KEYS = orjson.OPT_SORT_KEYS
+
 
 class NotificationPublisher:
     def __init__(self, exchange: AbstractExchange) -> None:
@@ -70,18 +72,22 @@ def together(notifications: Sequence[Notification]) -> list[Notification]:
     frame (a transition's, to its rider and its driver) as one, the frame without a
     number, routed to the first user's key with the others' in CC and each user's
     number in SEQS_HEADER; every other one as it is."""
-    alike: dict[tuple[str, bytes], list[Notification]] = {}
+    alike: dict[tuple[str, bytes, str], list[Notification]] = {}
     messages: list[Notification | list[Notification]] = []
     for notification in notifications:
         if notification.seq is None or notification.ttl_seconds is not None:
             messages.append(notification)
             continue
         frame = without_seq(notification.body, notification.seq)
-        group = alike.get((notification.frame_type, frame))
-        if group is None:
-            group = alike[notification.frame_type, frame] = []
+        headers = {name: v for name, v in notification.headers.items() if name != SEQ_HEADER}
+        key = (notification.frame_type, frame, orjson.dumps(headers, option=_SORTED_KEYS).decode())
+        group = alike.get(key)
+        if group is not None and all(n.user_id != notification.user_id for n in group):
+            group.append(notification)
+        else:
+            # The first of its kind, or a second one for a user: one number a message.
+            group = alike[key] = [notification]
             messages.append(group)
-        group.append(notification)
     return [_as_one(message) if isinstance(message, list) else message for message in messages]
 
 

@@ -311,3 +311,15 @@ def test_frames_that_differ_are_not_put_together() -> None:
     alone = numbered(for_transition(completed(), EVERYONE, OFFER_TTL)[1], 2)
 
     assert together([first, second, alone]) == [first, second, alone]
+
+
+def test_one_user_twice_or_other_headers_are_not_put_together() -> None:
+    rider, driver, _ = for_transition(accepted(), EVERYONE, OFFER_TTL)
+    again = numbered(rider, 6)
+    traced = dataclasses.replace(
+        numbered(driver, 9), headers={"traceparent": "00-x", SEQ_HEADER: "9"}
+    )
+
+    # One message carries one number a user; headers that differ stay with their frame.
+    assert together([numbered(rider, 5), again]) == [numbered(rider, 5), again]
+    assert together([numbered(rider, 5), traced]) == [numbered(rider, 5), traced]
