@@ -13,7 +13,11 @@ that trickles its body. Its httptools protocol, subclassed here, adds two deadli
   a slow link is fine; a byte every few seconds is not).
 
 A request past its deadline gets 408 if nothing was answered yet, and the connection
-is closed (one that never began a request is closed without a word). A WebSocket
+is closed (one that never began a request is closed without a word). After a 408 the
+close lingers: the gateway stops writing, then reads and drops what the client still
+sends for up to LINGER_SECONDS. Closed at once with the client's last bytes unread,
+the connection would be reset, and a client still sending could lose the 408 before
+reading it (seen with a client on a busy machine). A WebSocket
 handshake ends the HTTP part: once upgraded, a socket lives as long as it needs to
 (its own limits are the socket endpoint's).
 """
@@ -27,6 +31,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # The slowest body a client may send, once `read_seconds` are spent.
 BODY_BYTES_PER_SECOND = 8 * 1024
+# After a 408, how long what the client still sends is read and dropped.
+LINGER_SECONDS = 2.0
 
 _TIMED_OUT_BODY = (
     b'{"detail": "the request arrived too slowly and was cut off", "code": "request_timeout"}'
@@ -61,10 +67,16 @@ class _Bounded(HttpToolsProtocol):
         self._body_received = 0
         self._reading_body = False
         self._in_request = False
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self.read_seconds)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # answered with 408: what still comes is dropped
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -121,4 +133,12 @@ class _Bounded(HttpToolsProtocol):
                 return
         if self._in_request and (self.cycle is None or not self.cycle.response_started):
             self.transport.write(TIMED_OUT)
+            self._linger()
+            return
         self.transport.close()
+
+    def _linger(self) -> None:
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
