@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 
 from gateway import processes
 from gateway.app import create_app
+from gateway.live import metrics
 from gateway.live.socket_protocol import limited_protocol
 from gateway.web.http_timeouts import bounded_http
 from shared import tracing
@@ -110,7 +111,14 @@ class GatewayServer(uvicorn.Server):
         # "by SIGTERM"; a graceful stop is a normal exit (status 0) for supervisors.
         self._captured_signals.clear()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Only now does the HTTP port accept connections: the metrics port answers
+        # from the app's start, and /readyz on a shared port reaches any process.
+        metrics.SERVING.set(1 if self.started else 0)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        metrics.SERVING.set(0)
         await self._before_shutdown()
         await super().shutdown(sockets)
 

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,25 +135,23 @@ class ServiceProcess:
 
     def wait_for_log(self, text: str) -> None:
         """Wait until the child logs `text`; fail with the log if it dies or never does."""
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.poll() is not None:
-                raise RuntimeError(f"{self.module} exited early:\n{self.log()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.module} never logged {text!r}:\n{self.log()}")
+        self.wait_until(lambda: text in self.log(), f"never logged {text!r}")
 
     def wait_until_ready(self, url: str) -> None:
         """Poll the readiness URL until it answers 200; fail with the log if the child dies."""
+        self.wait_until(lambda: answers_ok(url), f"not ready after {READY_TIMEOUT_SECONDS}s")
+
+    def wait_until(self, condition: Callable[[], bool], failure: str) -> None:
+        """Poll `condition` until it holds; fail with `failure` and the log if the child
+        dies or it does not hold within READY_TIMEOUT_SECONDS."""
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
+            if condition():
+                return
             if self.poll() is not None:
                 raise RuntimeError(f"{self.module} exited early:\n{self.log()}")
-            if answers_ok(url):
-                return
             time.sleep(0.1)
-        raise RuntimeError(f"{self.module} not ready after {READY_TIMEOUT_SECONDS}s:\n{self.log()}")
+        raise RuntimeError(f"{self.module} {failure}:\n{self.log()}")
 
 
 def start_gateway(

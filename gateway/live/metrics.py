@@ -13,6 +13,12 @@ from shared.commands import COMMAND_TYPES, UPDATE_LOCATION
 OPEN_CONNECTIONS = Gauge(
     "taxi_gateway_open_connections", "WebSockets open now, by the user's group.", ["role"]
 )
+SERVING = Gauge(
+    "taxi_gateway_serving",
+    "1 while this gateway process accepts connections on the HTTP port (its start-up "
+    "done), 0 while it starts and once it stops. With several processes on one port, "
+    "the one readiness each process answers for itself.",
+)
 FRAMES_IN = Counter(
     "taxi_gateway_frames_in_total",
     "Frames received from clients, by type (unknown types count as 'unknown').",

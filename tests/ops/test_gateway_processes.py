@@ -4,6 +4,7 @@ per process, a trip across them, one stop for all, and a crashed process replace
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 import time
@@ -48,25 +49,43 @@ def gateway_processes(settings: Settings, log_dir: Path) -> Iterator[tuple[Servi
     )
     gateway = ServiceProcess("gateway", own, log_dir / "gateway.log").start()
     try:
-        for process in range(PROCESSES):
-            gateway.wait_until_ready(metrics_of(own, process))
+        wait_until_all_serve(gateway)
         yield gateway, f"http://127.0.0.1:{own.port}"
     finally:
         gateway.stop()
+
+
+def wait_until_all_serve(gateway: ServiceProcess) -> None:
+    """Each process accepting connections on the shared port: its metrics answer from
+    its start, before it listens, and any one process's /readyz answers for the port."""
+    for process in range(PROCESSES):
+        url = metrics_of(gateway.settings, process)
+        gateway.wait_until(functools.partial(serving, url), f"process {process} not serving")
 
 
 def metrics_of(settings: Settings, process: int) -> str:
     return f"http://127.0.0.1:{settings.metrics_port - process}/metrics"
 
 
+def serving(url: str) -> bool:
+    try:
+        return metric_sum(httpx.get(url, timeout=1).text, "taxi_gateway_serving") == 1
+    except httpx.HTTPError:
+        return False
+
+
 async def open_connections(url: str) -> float:
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(url)
+    return metric_sum(response.text, "taxi_gateway_open_connections")
+
+
+def metric_sum(exposition: str, name: str) -> float:
     return sum(
         sample.value
-        for family in text_string_to_metric_families(response.text)
+        for family in text_string_to_metric_families(exposition)
         for sample in family.samples
-        if sample.name == "taxi_gateway_open_connections"
+        if sample.name == name
     )
 
 
@@ -147,8 +166,7 @@ async def test_a_process_that_dies_is_started_again_while_the_others_run_on(
             return len(now) == PROCESSES and killed.pid not in {c.pid for c in now}
 
         await wait_for(replaced, 20)
-        for process in range(PROCESSES):
-            gateway.wait_until_ready(metrics_of(gateway.settings, process))
+        wait_until_all_serve(gateway)
         survivor = children[1]
         assert survivor.is_running()
 

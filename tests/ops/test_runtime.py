@@ -57,6 +57,7 @@ async def test_metrics_move_when_traffic_flows(isolated_settings: Settings, tmp_
     try:
         gateway_before = await scrape(gateway_metrics)
         worker_before = await scrape(worker_metrics)
+        assert value(gateway_before, "taxi_gateway_serving") == 1
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             rider = await create_account(http, "rider")
             driver = await create_account(http, "driver")
