@@ -71,9 +71,12 @@ def together(notifications: Sequence[Notification]) -> list[Notification]:
     """The notifications as messages: those numbered for users that carry the same
     frame (a transition's, to its rider and its driver) as one, the frame without a
     number, routed to the first user's key with the others' in CC and each user's
-    number in SEQS_HEADER; every other one as it is."""
-    alike: dict[tuple[str, bytes, str], list[Notification]] = {}
-    messages: list[Notification | list[Notification]] = []
+    number in SEQS_HEADER; every other one as it is.
+
+    They come numbered as the log keeps them (`notification_log.record`), which is
+    what the relay reads back too; so the number comes off here."""
+    alike: dict[tuple[str, bytes, str], _Alike] = {}
+    messages: list[Notification | _Alike] = []
     for notification in notifications:
         if notification.seq is None or notification.ttl_seconds is not None:
             messages.append(notification)
@@ -82,23 +85,30 @@ def together(notifications: Sequence[Notification]) -> list[Notification]:
         headers = {name: v for name, v in notification.headers.items() if name != SEQ_HEADER}
         key = (notification.frame_type, frame, orjson.dumps(headers, option=_SORTED_KEYS).decode())
         group = alike.get(key)
-        if group is not None and all(n.user_id != notification.user_id for n in group):
-            group.append(notification)
+        if group is not None and all(n.user_id != notification.user_id for n in group.told):
+            group.told.append(notification)
         else:
             # The first of its kind, or a second one for a user: one number a message.
-            group = alike[key] = [notification]
+            group = alike[key] = _Alike(frame, headers, [notification])
             messages.append(group)
-    return [_as_one(message) if isinstance(message, list) else message for message in messages]
+    return [message.as_one() if isinstance(message, _Alike) else message for message in messages]
 
 
-def _as_one(group: list[Notification]) -> Notification:
-    first = group[0]
-    if len(group) == 1:
-        return first
-    assert first.seq is not None
-    headers = {name: value for name, value in first.headers.items() if name != SEQ_HEADER}
-    headers[CC_HEADER] = [n.routing_key for n in group[1:]]
-    headers[SEQS_HEADER] = orjson.dumps({str(n.user_id): n.seq for n in group}).decode()
-    return dataclasses.replace(
-        first, body=without_seq(first.body, first.seq), headers=headers, user_id=None, seq=None
-    )
+@dataclasses.dataclass(slots=True)
+class _Alike:
+    """Numbered notifications of one frame and the same headers, each for another user."""
+
+    frame: bytes
+    headers: dict[str, str | list[str]]
+    told: list[Notification]
+
+    def as_one(self) -> Notification:
+        first = self.told[0]
+        if len(self.told) == 1:
+            return first
+        headers = {
+            **self.headers,
+            CC_HEADER: [n.routing_key for n in self.told[1:]],
+            SEQS_HEADER: orjson.dumps({str(n.user_id): n.seq for n in self.told}).decode(),
+        }
+        return dataclasses.replace(first, body=self.frame, headers=headers, user_id=None, seq=None)
