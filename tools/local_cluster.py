@@ -411,7 +411,7 @@ class LocalCluster(PrivateServer):
             node.ctl("start_app")
         self.wait_until_clustered()
 
-    def diagnosis(self) -> str:
+    def diagnosis(self, tail_lines: int = 15) -> str:
         """What a failed start leaves to go on: whether the cluster's epmd still runs
         and which nodes it knows, and each node's state and the end of its logs."""
         lines = [f"epmd on port {self.epmd.port}: {'runs' if self.epmd.running else 'gone'}"]
@@ -422,7 +422,7 @@ class LocalCluster(PrivateServer):
             state = "runs" if node.node_running else "not running"
             lines.append(f"{node.node} (AMQP {node.port}, distribution {node.dist_port}): {state}")
             for log in [node.log, *sorted((node.base / "log").glob("*.log"))]:
-                lines.append(f"-- {log}:\n{tail(log, 15)}")
+                lines.append(f"-- {log}:\n{tail(log, tail_lines)}")
         return "\n".join(lines)
 
     def remove(self) -> None:
