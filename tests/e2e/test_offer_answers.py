@@ -61,7 +61,11 @@ def system(
             "dispatch_radius_meters": 1000,
             "dispatch_max_offers": 1,
             "dispatch_widen_seconds": NEVER_SECONDS,
-            "location_stale_seconds": 4,
+            # Nothing here waits for a location to go stale or a gateway to fall
+            # silent; an empty ring would wait the minute above, so a loaded machine's
+            # delays must not empty one.
+            "location_stale_seconds": 15,
+            "gateway_silent_seconds": 15,
             **overrides,
         },
     )
