@@ -16,6 +16,7 @@ something connected to it down with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import signal
@@ -152,21 +153,34 @@ async def time_until_a_trip_flows(
     """Seconds from now until a trip requested on one gateway is offered on the other,
     accepted there and the acceptance is back with its rider. Each attempt is a new
     rider and driver, so that nothing an earlier attempt left half done stands in its
-    way; what each attempt met is in the failure's message, and in `met` if given."""
+    way; what each attempt met, and when each of its steps ended, is in the failure's
+    message, and in `met` if given."""
     started = time.monotonic()
     met = [] if met is None else met
-    step = "socket"
+
+    def mark(what: str) -> None:
+        met.append(f"{time.monotonic() - started:.2f}s {what}")
+
     for attempt in itertools.count():
         elapsed = time.monotonic() - started
         if elapsed > within:
             raise AssertionError(f"no trip flowed within {within}s; attempts met: {met}")
+        step = "socket"
         try:
             rider = await create_account(http, "rider")
             driver = await create_account(http, "driver")
-            async with (
-                await connect(rider_url, rider.access) as rider_ws,
-                await connect(driver_url, driver.access) as driver_ws,
-            ):
+            mark("accounts")
+            # Each socket's open and close is marked too: a slow one shows where.
+            stack = contextlib.AsyncExitStack()
+            async with stack:
+                stack.callback(mark, "both sockets closed")
+                rider_ws = await stack.enter_async_context(await connect(rider_url, rider.access))
+                stack.callback(mark, "driver's socket closed")
+                driver_ws = await stack.enter_async_context(
+                    await connect(driver_url, driver.access)
+                )
+                mark("sockets open")
+                stack.callback(mark, "closing the sockets")
                 step = "answer to the request"
                 request = {"pick_up_address": f"{label} {attempt}", "drop_off_address": "Y"}
                 await send(rider_ws, {"type": "create.trip", "data": request})
