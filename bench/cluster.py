@@ -69,7 +69,7 @@ from shared.migrate import migrate, with_database
 from tools.local_cluster import LocalCluster
 from tools.local_postgres import PostgresCluster
 from tools.private_servers import wait_until
-from tools.processes import ServiceProcess, start_dispatcher, start_gateway
+from tools.processes import ServiceProcess, dispatcher_process, gateway_process, gateway_url
 
 SIDES = ("one node", "cluster")
 NODES = 3
@@ -283,19 +283,19 @@ class BrokerSystem(LocalSystem):
     async def _start(self) -> None:
         await asyncio.to_thread(migrate, self.settings.database_url)
         for n in range(self.gateways):
-            gateway, url = await asyncio.to_thread(start_gateway, self._listing_from(n), self.logs)
-            self.processes.append(gateway)
-            self.base_urls.append(url)
+            gateway = gateway_process(self._listing_from(n), self.logs)
+            await self._started(gateway)
+            self.base_urls.append(gateway_url(gateway))
         self.base_url = self.base_urls[0]
         for n in range(self.workers):
-            worker = await asyncio.to_thread(
-                start_dispatcher,
-                self._listing_from(self.gateways + n),
-                self.logs / f"dispatcher-{n}.log",
-                "--concurrency",
-                str(self.concurrency),
+            await self._started(
+                dispatcher_process(
+                    self._listing_from(self.gateways + n),
+                    self.logs / f"dispatcher-{n}.log",
+                    "--concurrency",
+                    str(self.concurrency),
+                )
             )
-            self.processes.append(worker)
 
     @property
     def gateway_processes(self) -> list[ServiceProcess]:

@@ -30,9 +30,10 @@ from shared.settings import Settings
 from tools.cleanup import delete_broker_objects, unique_name
 from tools.processes import (
     ServiceProcess,
+    dispatcher_process,
     free_port,
-    start_dispatcher,
-    start_gateway,
+    gateway_process,
+    gateway_url,
 )
 
 # Queue deletions run on this many channels at once (thousands of per-user queues).
@@ -53,9 +54,15 @@ class CheckoutProcess(ServiceProcess):
     """A ServiceProcess whose modules come from another checkout of the project."""
 
     def __init__(
-        self, code: Path, module: str, settings: Settings, log_path: Path, *args: str
+        self,
+        code: Path,
+        module: str,
+        settings: Settings,
+        log_path: Path,
+        *args: str,
+        ready_url: str | None = None,
     ) -> None:
-        super().__init__(module, settings, log_path, *args)
+        super().__init__(module, settings, log_path, *args, ready_url=ready_url)
         self.code = code
 
     def start(self) -> CheckoutProcess:
@@ -123,40 +130,51 @@ class LocalSystem:
     async def _start(self) -> None:
         if self.code is None:
             await asyncio.to_thread(migrate, self.settings.database_url)
-            gateway, self.base_url = await asyncio.to_thread(
-                start_gateway, self.settings, self.logs
-            )
+            gateway = gateway_process(self.settings, self.logs)
         else:
             await asyncio.to_thread(self._check_checkout)
             await asyncio.to_thread(self._run_in_checkout, "-m", "shared.migrate")
-            gateway, self.base_url = await asyncio.to_thread(self._start_checkout_gateway)
-        self.processes.append(gateway)
+            gateway = self._checkout_gateway()
+        await self._started(gateway)
+        self.base_url = gateway_url(gateway)
         for n in range(self.workers):
-            self.processes.append(await asyncio.to_thread(self._start_worker, n))
+            await self._started(self._worker(n))
 
-    def _start_worker(self, n: int) -> ServiceProcess:
+    async def _started(self, process: ServiceProcess) -> None:
+        """Start `process` and wait until it is ready. It is kept first: a run stopped
+        while it waits (Ctrl-C) stops it with the rest."""
+        self.processes.append(process.start())
+        await asyncio.to_thread(process.wait_until_ready)
+
+    def _worker(self, n: int) -> ServiceProcess:
         log = self.logs / f"dispatcher-{n}.log"
         args = ("--concurrency", str(self.concurrency))
         if self.code is None:
-            return start_dispatcher(self.settings, log, *args)
+            return dispatcher_process(self.settings, log, *args)
         port = free_port()
-        process = CheckoutProcess(
-            self.code, "dispatcher", self.settings, log, *args, "--metrics-port", str(port)
+        return CheckoutProcess(
+            self.code,
+            "dispatcher",
+            self.settings,
+            log,
+            *args,
+            "--metrics-port",
+            str(port),
+            ready_url=f"http://127.0.0.1:{port}/readyz",
         )
-        process.start()
-        process.wait_until_ready(f"http://127.0.0.1:{port}/readyz")
-        return process
 
-    def _start_checkout_gateway(self) -> tuple[ServiceProcess, str]:
+    def _checkout_gateway(self) -> ServiceProcess:
         assert self.code is not None
         port = free_port()
         # A revision that serves the gateway's metrics apart takes them on their own port.
         settings = replace(self.settings, port=port, metrics_port=free_port())
-        process = CheckoutProcess(self.code, "gateway", settings, self.logs / f"gateway-{port}.log")
-        process.start()
-        base_url = f"http://127.0.0.1:{port}"
-        process.wait_until_ready(f"{base_url}/readyz")
-        return process, base_url
+        return CheckoutProcess(
+            self.code,
+            "gateway",
+            settings,
+            self.logs / f"gateway-{port}.log",
+            ready_url=f"http://127.0.0.1:{port}/readyz",
+        )
 
     def _run_in_checkout(self, *argv: str) -> str:
         """`python <argv>` in the checkout; its output."""

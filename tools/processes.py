@@ -84,10 +84,19 @@ def answers_ok(url: str) -> bool:
 class ServiceProcess:
     """A `python -m <module>` child with the test run's settings; its output goes to a log."""
 
-    def __init__(self, module: str, settings: Settings, log_path: Path, *args: str) -> None:
+    def __init__(
+        self,
+        module: str,
+        settings: Settings,
+        log_path: Path,
+        *args: str,
+        ready_url: str | None = None,
+    ) -> None:
         self.module = module
         self.settings = settings
         self.log_path = log_path
+        # What answers 200 once the process serves (its /readyz), if it has one.
+        self.ready_url = ready_url
         self._args = args
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -137,9 +146,12 @@ class ServiceProcess:
         """Wait until the child logs `text`; fail with the log if it dies or never does."""
         self.wait_until(lambda: text in self.log(), f"never logged {text!r}")
 
-    def wait_until_ready(self, url: str) -> None:
-        """Poll the readiness URL until it answers 200; fail with the log if the child dies."""
-        self.wait_until(lambda: answers_ok(url), f"not ready after {READY_TIMEOUT_SECONDS}s")
+    def wait_until_ready(self, url: str | None = None) -> None:
+        """Poll the readiness URL (`url`, or the process's own) until it answers 200;
+        fail with the log if the child dies."""
+        ready_url = url or self.ready_url
+        assert ready_url is not None, f"{self.module}: no readiness URL"
+        self.wait_until(lambda: answers_ok(ready_url), f"not ready after {READY_TIMEOUT_SECONDS}s")
 
     def wait_until(self, condition: Callable[[], bool], failure: str) -> None:
         """Poll `condition` until it holds; fail with `failure` and the log if the child
@@ -160,20 +172,32 @@ def start_gateway(
     """A gateway on `port` (or a free one), ready once its /readyz answers 200; its
     metrics on `metrics_port`, or a free one, so that many gateways share a host.
     The process's `settings` name both ports."""
+    process = gateway_process(settings, log_dir, port, metrics_port=metrics_port).start()
+    process.wait_until_ready()
+    return process, gateway_url(process)
+
+
+def gateway_process(
+    settings: Settings, log_dir: Path, port: int | None = None, *, metrics_port: int | None = None
+) -> ServiceProcess:
+    """The gateway `start_gateway` starts, not started yet: whoever must stop it
+    whatever happens (a run stopped with Ctrl-C) keeps it before it waits for it."""
     port = port or free_port()
     if metrics_port is None:
         metrics_port = free_port()
         while metrics_port == port:
             metrics_port = free_port()
-    process = ServiceProcess(
+    return ServiceProcess(
         "gateway",
         replace(settings, port=port, metrics_port=metrics_port),
         log_dir / f"gateway-{port}.log",
+        ready_url=f"http://127.0.0.1:{port}/readyz",
     )
-    process.start()
-    base_url = f"http://127.0.0.1:{port}"
-    process.wait_until_ready(f"{base_url}/readyz")
-    return process, base_url
+
+
+def gateway_url(gateway: ServiceProcess) -> str:
+    """Where a gateway started here serves HTTP and its sockets."""
+    return f"http://127.0.0.1:{gateway.settings.port}"
 
 
 def metrics_url(gateway: ServiceProcess) -> str:
@@ -185,8 +209,22 @@ def start_dispatcher(
     settings: Settings, log_path: Path, *args: str, metrics_port: int | None = None
 ) -> ServiceProcess:
     """A worker, ready once its /readyz (on its metrics port) answers 200."""
-    port = metrics_port or free_port()
-    process = ServiceProcess("dispatcher", settings, log_path, *args, "--metrics-port", str(port))
-    process.start()
-    process.wait_until_ready(f"http://127.0.0.1:{port}/readyz")
+    process = dispatcher_process(settings, log_path, *args, metrics_port=metrics_port).start()
+    process.wait_until_ready()
     return process
+
+
+def dispatcher_process(
+    settings: Settings, log_path: Path, *args: str, metrics_port: int | None = None
+) -> ServiceProcess:
+    """The worker `start_dispatcher` starts, not started yet (see `gateway_process`)."""
+    port = metrics_port or free_port()
+    return ServiceProcess(
+        "dispatcher",
+        settings,
+        log_path,
+        *args,
+        "--metrics-port",
+        str(port),
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+    )
