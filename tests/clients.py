@@ -22,6 +22,9 @@ PASSWORD = "pAssw0rd!"
 # Our clients speak our own dialect (PROTOCOL D4), not the course's.
 SUBPROTOCOLS = [Subprotocol(OUR_SUBPROTOCOL)]
 RECEIVE_TIMEOUT_SECONDS = 10
+# A command refused as unavailable (a gateway restoring its broker link) is sent again
+# this long after, as a client's retry would be.
+RESEND_SECONDS = 0.2
 _counter = itertools.count()
 
 
@@ -104,6 +107,30 @@ async def receive_until(
             frame = await receive(ws, wait_seconds)
             if wanted(frame):
                 return frame
+
+
+async def command(
+    ws: ClientConnection,
+    frame: dict[str, Any],
+    answered: Callable[[dict[str, Any]], bool],
+    wait_seconds: float = RECEIVE_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Send `frame` with a request id, and again with the same id while the gateway
+    refuses it with `service_unavailable`, as the protocol asks of clients; the first
+    frame `answered` accepts, or the first other refusal of it."""
+    frame = {**frame, "request_id": uuid.uuid4().hex}
+
+    def refusal_or_answer(reply: dict[str, Any]) -> bool:
+        refused = is_error(reply) and reply["data"].get("request_id") == frame["request_id"]
+        return refused or answered(reply)
+
+    async with asyncio.timeout(wait_seconds):
+        while True:
+            await send(ws, frame)
+            reply = await receive_until(ws, refusal_or_answer, wait_seconds)
+            if not (is_error(reply) and reply["data"]["code"] == "service_unavailable"):
+                return reply
+            await asyncio.sleep(RESEND_SECONDS)
 
 
 def about(trip_id: str, frame_type: str | None = None) -> Callable[[dict[str, Any]], bool]:

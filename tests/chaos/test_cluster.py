@@ -37,7 +37,7 @@ import websockets
 
 from shared.settings import Settings
 from tests.chaos.traffic import RIDER_EVENTS, Delivery, Traffic, rider_deliveries
-from tests.clients import about, connect, create_account, receive_until, send
+from tests.clients import about, command, connect, create_account, receive_until, send
 from tools.cleanup import unique_name
 from tools.local_cluster import RABBITMQ_USER, LocalCluster
 from tools.private_servers import Owner
@@ -183,9 +183,10 @@ async def time_until_a_trip_flows(
                 stack.callback(mark, "closing the sockets")
                 step = "answer to the request"
                 request = {"pick_up_address": f"{label} {attempt}", "drop_off_address": "Y"}
-                await send(rider_ws, {"type": "create.trip", "data": request})
-                first = await receive_until(
-                    rider_ws, lambda f: f["type"] in ("trip.requested", "error"), 10
+                first = await command(
+                    rider_ws,
+                    {"type": "create.trip", "data": request},
+                    lambda f: f["type"] == "trip.requested",
                 )
                 if first["type"] != "trip.requested":
                     met.append(f"{elapsed:.1f}s: {first['data']['code']}")
@@ -196,7 +197,11 @@ async def time_until_a_trip_flows(
                 await receive_until(driver_ws, about(trip_id, "trip.requested"), 5)
                 step = "acceptance"
                 accept = {"type": "update.trip", "data": {"id": trip_id, "status": "STARTED"}}
-                await send(driver_ws, accept)
+                accepted = await command(driver_ws, accept, about(trip_id, "trip.accepted"), 5)
+                if accepted["type"] != "trip.accepted":
+                    met.append(f"{elapsed:.1f}s: acceptance {accepted['data']['code']}")
+                    continue
+                mark("accepted")
                 await receive_until(rider_ws, about(trip_id, "trip.accepted"), 5)
                 flowed = time.monotonic() - started
                 step = "the rest of the trip"
