@@ -16,8 +16,6 @@ something connected to it down with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import signal
 import time
@@ -33,11 +31,10 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import websockets
 
 from shared.settings import Settings
+from tests.chaos.probe import signed_up_then, time_until_a_trip_flows
 from tests.chaos.traffic import RIDER_EVENTS, Delivery, Traffic, rider_deliveries
-from tests.clients import about, command, connect, create_account, receive_until, send
 from tools.cleanup import unique_name
 from tools.local_cluster import RABBITMQ_USER, LocalCluster
 from tools.private_servers import Owner
@@ -60,7 +57,6 @@ TRIPS_PER_KILL = 100
 PAUSE_SECONDS = 5.0
 # What the issue asks: trips flow again within this long of a node's loss.
 RECOVERY_SECONDS = 10
-FINISH = (("IN_PROGRESS", "trip.picked_up"), ("COMPLETED", "trip.completed"))
 
 
 @pytest.fixture(scope="module")
@@ -140,87 +136,6 @@ def connections_per_node(cluster: LocalCluster) -> dict[str, int]:
         for node in cluster.nodes
         if node.node_running
     }
-
-
-async def time_until_a_trip_flows(
-    http: httpx.AsyncClient,
-    rider_url: str,
-    driver_url: str,
-    label: str,
-    within: float = 60,
-    met: list[str] | None = None,
-) -> float:
-    """Seconds from now until a trip requested on one gateway is offered on the other,
-    accepted there and the acceptance is back with its rider. Each attempt is a new
-    rider and driver, so that nothing an earlier attempt left half done stands in its
-    way; what each attempt met, and when each of its steps ended, is in the failure's
-    message, and in `met` if given."""
-    started = time.monotonic()
-    met = [] if met is None else met
-
-    def mark(what: str) -> None:
-        met.append(f"{time.monotonic() - started:.2f}s {what}")
-
-    for attempt in itertools.count():
-        elapsed = time.monotonic() - started
-        if elapsed > within:
-            raise AssertionError(f"no trip flowed within {within}s; attempts met: {met}")
-        step = "socket"
-        try:
-            rider = await create_account(http, "rider")
-            driver = await create_account(http, "driver")
-            mark("accounts")
-            # Each socket's open and close is marked too: a slow one shows where.
-            stack = contextlib.AsyncExitStack()
-            async with stack:
-                stack.callback(mark, "both sockets closed")
-                rider_ws = await stack.enter_async_context(await connect(rider_url, rider.access))
-                stack.callback(mark, "driver's socket closed")
-                driver_ws = await stack.enter_async_context(
-                    await connect(driver_url, driver.access)
-                )
-                mark("sockets open")
-                stack.callback(mark, "closing the sockets")
-                step = "answer to the request"
-                request = {"pick_up_address": f"{label} {attempt}", "drop_off_address": "Y"}
-                first = await command(
-                    rider_ws,
-                    {"type": "create.trip", "data": request},
-                    lambda f: f["type"] == "trip.requested",
-                )
-                if first["type"] != "trip.requested":
-                    met.append(f"{elapsed:.1f}s: {first['data']['code']}")
-                    await asyncio.sleep(0.2)
-                    continue
-                trip_id = first["data"]["id"]
-                step = "offer"
-                await receive_until(driver_ws, about(trip_id, "trip.requested"), 5)
-                step = "acceptance"
-                accept = {"type": "update.trip", "data": {"id": trip_id, "status": "STARTED"}}
-                accepted = await command(driver_ws, accept, about(trip_id, "trip.accepted"), 5)
-                if accepted["type"] != "trip.accepted":
-                    met.append(f"{elapsed:.1f}s: acceptance {accepted['data']['code']}")
-                    continue
-                mark("accepted")
-                await receive_until(rider_ws, about(trip_id, "trip.accepted"), 5)
-                flowed = time.monotonic() - started
-                step = "the rest of the trip"
-                for status, event in FINISH:
-                    frame = {"type": "update.trip", "data": {"id": trip_id, "status": status}}
-                    await send(driver_ws, frame)
-                    await receive_until(rider_ws, about(trip_id, event), 10)
-                return flowed
-        except websockets.InvalidStatus as refused:
-            # A gateway refuses sockets (503) until its broker connection is back.
-            assert refused.response.status_code == 503, refused
-            met.append(f"{elapsed:.1f}s: 503")
-            await asyncio.sleep(0.1)  # a client's retry pace
-        except TimeoutError:
-            met.append(f"{elapsed:.1f}s: no {step}")
-        except (OSError, httpx.TransportError, websockets.ConnectionClosed) as exc:
-            met.append(f"{elapsed:.1f}s: {exc!r}")
-            await asyncio.sleep(0.1)
-    raise AssertionError("unreachable")
 
 
 async def assert_nothing_lost_or_doubled(
@@ -363,12 +278,13 @@ async def test_each_node_killed_in_turn_mid_burst_loses_no_trip_and_no_notificat
     async with system_on(cluster_settings, cluster, tmp_path) as (processes, (url_a, url_b)):
         async with httpx.AsyncClient(base_url=url_a, timeout=10) as http:
             traffic = await Traffic.open(http, [url_a, url_b], PAIRS, spread=True)
+            new_pair = signed_up_then(http)
             recoveries: list[float] = []
             slow: list[str] = []
             stop = asyncio.Event()
             burst = asyncio.create_task(traffic.run_until(stop, PAUSE_SECONDS))
             try:
-                baseline = await time_until_a_trip_flows(http, url_a, url_b, "baseline")
+                baseline = await time_until_a_trip_flows(new_pair, url_a, url_b, "baseline")
                 for index in range(NODES):
                     await until_completed_or_failed(traffic, burst, TRIPS_PER_KILL * (index + 1))
                     held = await asyncio.to_thread(connections_per_node, cluster)
@@ -376,7 +292,7 @@ async def test_each_node_killed_in_turn_mid_burst_loses_no_trip_and_no_notificat
                     killed_at = time.monotonic()
                     met: list[str] = []
                     recovery = await time_until_a_trip_flows(
-                        http, url_a, url_b, f"probe {index}", met=met
+                        new_pair, url_a, url_b, f"probe {index}", step_seconds=5, met=met
                     )
                     recoveries.append(recovery)
                     if recovery >= RECOVERY_SECONDS:
