@@ -34,6 +34,7 @@ from tools.processes import (
     free_port,
     gateway_process,
     gateway_url,
+    readiness_url,
 )
 
 # Queue deletions run on this many channels at once (thousands of per-user queues).
@@ -160,7 +161,7 @@ class LocalSystem:
             *args,
             "--metrics-port",
             str(port),
-            ready_url=f"http://127.0.0.1:{port}/readyz",
+            ready_url=readiness_url(port),
         )
 
     def _checkout_gateway(self) -> ServiceProcess:
@@ -173,7 +174,7 @@ class LocalSystem:
             "gateway",
             settings,
             self.logs / f"gateway-{port}.log",
-            ready_url=f"http://127.0.0.1:{port}/readyz",
+            ready_url=readiness_url(port),
         )
 
     def _run_in_checkout(self, *argv: str) -> str:

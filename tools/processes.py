@@ -191,8 +191,14 @@ def gateway_process(
         "gateway",
         replace(settings, port=port, metrics_port=metrics_port),
         log_dir / f"gateway-{port}.log",
-        ready_url=f"http://127.0.0.1:{port}/readyz",
+        ready_url=readiness_url(port),
     )
+
+
+def readiness_url(port: int) -> str:
+    """A process's /readyz on this host: a gateway's on its HTTP port, a worker's on its
+    metrics port."""
+    return f"http://127.0.0.1:{port}/readyz"
 
 
 def gateway_url(gateway: ServiceProcess) -> str:
@@ -226,5 +232,5 @@ def dispatcher_process(
         *args,
         "--metrics-port",
         str(port),
-        ready_url=f"http://127.0.0.1:{port}/readyz",
+        ready_url=readiness_url(port),
     )
